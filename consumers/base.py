@@ -1,0 +1,100 @@
+"""The base consumer every protocol's consumer class builds on.
+
+Under ``runworker`` one consumer instance serves a whole channel, so nothing
+about a client may live on ``self``. Each message is handed to its handler as
+a :class:`MessageContext` that carries everything the handler needs, and a
+handler that raises, or a message of a type nobody handles, is logged and
+counted without killing the instance (stock ``dispatch`` raises, and the
+instance's queue is lost with it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from typing import Any
+
+from channels.consumer import AsyncConsumer, get_handler_name
+from channels.db import database_sync_to_async
+
+logger = logging.getLogger("consumers")
+
+
+class MessageContext:
+    """One message and the means to answer it.
+
+    Args:
+        consumer: the consumer instance handling it.
+        message: the message as received.
+    """
+
+    def __init__(self, consumer: "GatewayConsumer", message: dict[str, Any]) -> None:
+        self.consumer = consumer
+        self.message = message
+        self.channel_layer = consumer.channel_layer
+
+    @property
+    def type(self) -> str:
+        """The message's ``type``."""
+        return self.message["type"]
+
+    @property
+    def reply_channel(self) -> str | None:
+        """Where the gateway listens for answers to this message."""
+        return self.message.get("reply_channel")
+
+    async def send_to(self, channel: str, message: dict[str, Any]) -> None:
+        """Send ``message`` on ``channel`` through the layer."""
+        await self.channel_layer.send(channel, message)
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        """Send ``message`` to every channel in ``group``."""
+        await self.channel_layer.group_send(group, message)
+
+
+class GatewayConsumer(AsyncConsumer):
+    """Dispatches gateway messages to ``<type with _ for .>`` handlers.
+
+    A handler takes the :class:`MessageContext` (``context_class``); it may be
+    ``async def`` or plain ``def`` (run in a thread with database access).
+    ``stats`` counts handled, failed and unhandled messages per class.
+    """
+
+    context_class: type[MessageContext] = MessageContext
+    stats: collections.Counter = collections.Counter()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.stats = collections.Counter()
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Run the handler for ``message``; log and count what goes wrong."""
+        mtype = message.get("type", "?")
+        try:
+            handler = getattr(self, get_handler_name(message), None)
+        except ValueError:
+            handler = None
+        if handler is None:
+            self.stats["unhandled"] += 1
+            logger.warning("%s: no handler for message type %r", type(self).__name__, mtype)
+            return
+        context = self.context_class(self, message)
+        try:
+            if asyncio.iscoroutinefunction(handler):
+                await handler(context)
+            else:
+                await database_sync_to_async(handler)(context)
+        except Exception:
+            self.stats["failed"] += 1
+            logger.exception("%s: handler for %r failed", type(self).__name__, mtype)
+            await self.handler_failed(context)
+            return
+        self.stats["handled"] += 1
+        await self.handler_done(context)
+
+    async def handler_done(self, context: MessageContext) -> None:
+        """Called after a handler returned (email acknowledges here)."""
+
+    async def handler_failed(self, context: MessageContext) -> None:
+        """Called after a handler raised."""

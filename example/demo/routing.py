@@ -1,0 +1,12 @@
+"""Which consumer handles which channel.
+
+The gateways' YAML routes traffic to these channel names (config/demo.yaml);
+`gateway up` runs workers for every channel the config routes to.
+"""
+
+from demo.websocket_consumers import ChatConsumer, EchoConsumer
+
+CHANNELS = {
+    "websocket.echo": EchoConsumer.as_asgi(),
+    "websocket.chat": ChatConsumer.as_asgi(),
+}

@@ -1,0 +1,7 @@
+"""``python -m gateways`` is the ``gateway`` command."""
+
+import sys
+
+from gateways.core.cli import main
+
+sys.exit(main())

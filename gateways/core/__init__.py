@@ -1,0 +1,1 @@
+"""What every gateway shares: config, layer, lifecycle, CLI, health. No protocol knowledge."""

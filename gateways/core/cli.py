@@ -1,0 +1,95 @@
+"""The ``gateway`` command.
+
+``gateway <protocol> --config FILE`` runs one daemon, ``gateway check`` validates
+a file, ``gateway up`` runs the whole stack, ``gateway worker`` runs Django
+consumers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from gateways.core import registry
+from gateways.core.config import ConfigError, check_host_port, check_url, load_config
+from gateways.core.logs import setup_logging
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", "-c", required=True, help="YAML configuration file")
+        p.add_argument("--log-json", action="store_true", default=None, help="log JSON lines")
+        p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level")
+
+    for name in registry.section_classes():
+        p = sub.add_parser(name, help=f"run the {name} gateway daemon")
+        common(p)
+        p.add_argument("--layer", help="channel layer URL, overriding layer.url")
+        p.add_argument("--listen", help="HOST:PORT to listen on, overriding the file")
+
+    p = sub.add_parser("check", help="validate a configuration file")
+    p.add_argument("--config", "-c", required=True, help="YAML configuration file")
+
+    p = sub.add_parser("up", help="run the whole stack: layer, daemons, Django workers")
+    common(p)
+
+    p = sub.add_parser("worker", help="run the Django consumers for the configured channels")
+    common(p)
+    p.add_argument("channels", nargs="*", help="channels to consume (default: those the config routes to)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``gateway`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    if args.command == "check":
+        print(f"{args.config}: OK ({', '.join(config.sections) or 'no gateway sections'})")
+        return 0
+    setup_logging(args.log_level or config.log.level, config.log.json if args.log_json is None else True)
+    if args.command == "up":
+        from gateways.core.supervisor import run_stack
+
+        return run_stack(config)
+    if args.command == "worker":
+        from gateways.core.worker import run_worker
+
+        return run_worker(config, args.channels)
+    return _run_daemon(args, config)
+
+
+def _run_daemon(args: argparse.Namespace, config) -> int:
+    from gateways.core.daemon import run_gateway
+
+    gateway_class = registry.gateway_class(args.command)
+    if args.command not in config.sections:
+        print(f"{args.config}: no `{args.command}:` section", file=sys.stderr)
+        return 2
+    if args.layer:
+        problem = check_url("redis", "rediss", "unix", "sentinel", "memory")(args.layer)
+        if problem:
+            print(f"--layer: {problem}", file=sys.stderr)
+            return 2
+        config.layer.url = args.layer
+    if args.listen and check_host_port(args.listen):
+        print(f"--listen: {check_host_port(args.listen)}", file=sys.stderr)
+        return 2
+    gateway_class.apply_overrides(config.sections[args.command], args.listen)
+    if not config.layer.url:
+        print(f"{args.config}: layer.url is required to run a daemon alone (or use `gateway up`)",
+              file=sys.stderr)
+        return 2
+    return run_gateway(gateway_class, config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

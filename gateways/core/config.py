@@ -1,0 +1,536 @@
+"""YAML configuration into typed, validated dataclasses.
+
+One file may hold the whole stack: ``layer:``, ``django:``, ``log:`` and one
+section per protocol (``email:``, ``slack:``, ``mqtt:``, ``websocket:``). Each
+protocol package declares its section as a dataclass (see
+:class:`GatewaySection`); this module knows no protocol, it finds the section
+classes through :mod:`gateways.core.registry`.
+
+Every problem is reported as ``file:line: key.path: message`` and all of them
+are collected before failing, so ``gateway check`` can list them at once.
+
+Section dataclasses describe themselves with ordinary type hints (``str``,
+``int``, ``float``, ``bool``, ``list[X]``, ``dict[str, X]``, ``X | None``,
+``Literal[...]`` and nested dataclasses) and ``field(metadata=...)`` keys:
+
+- ``doc``: one line for the configuration reference (required);
+- ``check``: ``callable(value) -> str | None`` returning a problem;
+- ``required``: the key must be present even though it has no default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+from urllib.parse import urlsplit
+
+import yaml
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One configuration problem at a place in a file."""
+
+    file: str
+    line: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}: " if self.path else ""
+        return f"{self.file}:{self.line}: {where}{self.message}"
+
+
+class ConfigError(Exception):
+    """A configuration file with one or more problems."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+# --------------------------------------------------------------------------
+# Field checks, used in ``metadata={"check": ...}``.
+
+
+def check_host_port(value: str) -> str | None:
+    """``HOST:PORT`` with a numeric port (IPv6 hosts in brackets)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        return f"{value!r} is not HOST:PORT"
+    return None
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """Split a checked ``HOST:PORT`` into host and port."""
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def check_url(*schemes: str) -> Callable[[str], str | None]:
+    """A check that accepts URLs with one of ``schemes`` and a location."""
+
+    def check(value: str) -> str | None:
+        parts = urlsplit(value)
+        if parts.scheme not in schemes:
+            allowed = ", ".join(f"{s}://" for s in schemes)
+            return f"{value!r} is not a URL with scheme {allowed}"
+        if not parts.netloc and not parts.path:
+            return f"{value!r} has no host or path"
+        if "," not in parts.netloc:  # several hosts are judged elsewhere
+            try:
+                parts.port
+            except ValueError as exc:
+                return f"{value!r}: {exc}"
+        return None
+
+    return check
+
+
+def check_regex(value: str) -> str | None:
+    """A valid Python regular expression."""
+    try:
+        re.compile(value)
+    except re.error as exc:
+        return f"{value!r} is not a valid regular expression: {exc}"
+    return None
+
+
+def check_positive(value: float) -> str | None:
+    """A number greater than zero."""
+    return None if value > 0 else f"{value} must be greater than 0"
+
+
+def check_channel_name(value: str) -> str | None:
+    """A valid Channels channel name (no ``!``: those are process-specific)."""
+    if not re.fullmatch(r"[a-zA-Z0-9_.\-]{1,99}", value):
+        return f"{value!r} is not a valid channel name (letters, digits, '_', '-', '.')"
+    return None
+
+
+# --------------------------------------------------------------------------
+# The shared sections.
+
+
+@dataclass
+class HealthConfig:
+    """The optional HTTP port with ``/healthz`` and Prometheus ``/metrics``."""
+
+    listen: str | None = field(
+        default=None,
+        metadata={"doc": "HOST:PORT for /healthz and /metrics; off when unset", "check": check_host_port},
+    )
+
+
+@dataclass
+class GatewaySection:
+    """Keys every protocol section has; protocol sections subclass this."""
+
+    grace_period: float = field(
+        default=10.0,
+        metadata={"doc": "seconds to finish in-flight work on SIGTERM before closing", "check": check_positive},
+    )
+    health: HealthConfig = field(
+        default_factory=HealthConfig, metadata={"doc": "health and metrics HTTP endpoint"}
+    )
+    outbound_concurrency: int = field(
+        default=64,
+        metadata={"doc": "outbound messages handled at once", "check": check_positive},
+    )
+
+
+@dataclass
+class LayerConfig:
+    """The channel layer every daemon and worker of the stack shares."""
+
+    url: str | None = field(
+        default=None,
+        metadata={
+            "doc": "redis://, rediss://, unix://, sentinel://h1:p1,h2:p2/master, or memory://; "
+            "unset: `gateway up` embeds a server",
+            "check": check_url("redis", "rediss", "unix", "sentinel", "memory"),
+        },
+    )
+    prefix: str = field(default="asgi", metadata={"doc": "key prefix in Redis"})
+    capacity: int = field(
+        default=1000,
+        metadata={"doc": "messages a channel holds before sends raise ChannelFull", "check": check_positive},
+    )
+    channel_capacity: dict[str, int] = field(
+        default_factory=dict,
+        metadata={"doc": "per-channel capacities: glob pattern -> capacity"},
+    )
+    expiry: int = field(
+        default=60, metadata={"doc": "seconds an unread message lives", "check": check_positive}
+    )
+    group_expiry: int = field(
+        default=86400, metadata={"doc": "seconds a group membership lives", "check": check_positive}
+    )
+    symmetric_encryption_keys: list[str] = field(
+        default_factory=list, metadata={"doc": "keys to encrypt messages at rest (use ${ENV})"}
+    )
+    max_connections: int = field(
+        default=64,
+        metadata={"doc": "Redis connections per process; operations beyond wait", "check": check_positive},
+    )
+
+
+@dataclass
+class DjangoConfig:
+    """The Django project whose consumers handle the gateways' messages."""
+
+    settings: str = field(
+        default="", metadata={"doc": "settings module, e.g. demo.settings", "required": True}
+    )
+    path: list[str] = field(
+        default_factory=list,
+        metadata={"doc": "directories added to sys.path, relative to this file"},
+    )
+    workers: int = field(
+        default=1, metadata={"doc": "worker processes `gateway up` starts", "check": check_positive}
+    )
+    channels: list[str] = field(
+        default_factory=list,
+        metadata={"doc": "extra channels the workers consume, beyond those the routes name"},
+    )
+
+
+@dataclass
+class LogConfig:
+    """Logging of every daemon."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = field(
+        default="INFO", metadata={"doc": "log level"}
+    )
+    json: bool = field(default=False, metadata={"doc": "one JSON object per line instead of text"})
+
+
+@dataclass
+class Config:
+    """A whole configuration file.
+
+    Args:
+        path: the file it came from (``<string>`` for text).
+        layer: the channel layer.
+        django: the Django project, when the file names one.
+        log: logging.
+        sections: protocol name -> that protocol's section dataclass.
+    """
+
+    path: Path
+    layer: LayerConfig
+    django: DjangoConfig | None
+    log: LogConfig
+    sections: dict[str, GatewaySection]
+
+    def resolve(self, relative: str) -> Path:
+        """A path from the file, taken relative to the file's directory."""
+        return (self.path.parent / relative).resolve()
+
+
+# --------------------------------------------------------------------------
+# YAML with line numbers.
+
+
+class _Loader(yaml.SafeLoader):
+    """The loader whose resolver and scalar constructors the reader uses."""
+
+
+@dataclass
+class _Node:
+    value: Any
+    line: int
+
+
+def _compose(text: str, filename: str) -> yaml.Node | None:
+    try:
+        return yaml.compose(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        raise ConfigError([Problem(filename, line, "", f"invalid YAML: {exc.problem or exc}")])
+    except yaml.YAMLError as exc:
+        raise ConfigError([Problem(filename, 1, "", f"invalid YAML: {exc}")])
+
+
+class _Reader:
+    """Turns composed YAML nodes into plain values, keeping each one's line."""
+
+    def __init__(self, filename: str, environ: typing.Mapping[str, str]) -> None:
+        self.filename = filename
+        self.environ = environ
+        self.problems: list[Problem] = []
+        self._scalars = _Loader("")
+
+    def problem(self, line: int, path: str, message: str) -> None:
+        self.problems.append(Problem(self.filename, line, path, message))
+
+    def read(self, node: yaml.Node, path: str) -> _Node:
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            out: dict[str, _Node] = {}
+            for key_node, value_node in node.value:
+                key = key_node.value
+                if not isinstance(key_node, yaml.ScalarNode) or not isinstance(key, str):
+                    self.problem(key_node.start_mark.line + 1, path, "keys must be strings")
+                    continue
+                sub = f"{path}.{key}" if path else key
+                if key in out:
+                    self.problem(key_node.start_mark.line + 1, sub, "duplicate key")
+                    continue
+                out[key] = self.read(value_node, sub)
+            return _Node(out, line)
+        if isinstance(node, yaml.SequenceNode):
+            return _Node([self.read(n, f"{path}[{i}]") for i, n in enumerate(node.value)], line)
+        value = self._scalars.construct_object(node)
+        if isinstance(value, str):
+            value = self.interpolate(value, line, path)
+        return _Node(value, line)
+
+    def interpolate(self, text: str, line: int, path: str) -> str:
+        def substitute(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in self.environ:
+                return self.environ[name]
+            if default is not None:
+                return default
+            self.problem(line, path, f"environment variable {name} is not set")
+            return ""
+
+        return _ENV_REF.sub(substitute, text)
+
+
+# --------------------------------------------------------------------------
+# Plain values into dataclasses.
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return f"mapping of {_type_name(typing.get_args(tp)[1])}"
+    if dataclasses.is_dataclass(tp):
+        return "mapping"
+    return {str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+class _Builder:
+    def __init__(self, reader: _Reader) -> None:
+        self.reader = reader
+
+    def build(self, tp: Any, node: _Node, path: str) -> Any:
+        """Convert ``node`` to ``tp``; on a problem, record it and return None."""
+        origin = typing.get_origin(tp)
+        value = node.value
+        if origin in (typing.Union, types.UnionType):
+            args = typing.get_args(tp)
+            if value is None and type(None) in args:
+                return None
+            for arg in args:
+                if arg is type(None):
+                    continue
+                if self._matches(arg, value):
+                    return self.build(arg, node, path)
+            return self._wrong(tp, node, path)
+        if origin is Literal:
+            if value in typing.get_args(tp):
+                return value
+            return self._wrong(tp, node, path)
+        if origin is list:
+            if not isinstance(value, list):
+                return self._wrong(tp, node, path)
+            (item,) = typing.get_args(tp)
+            return [self.build(item, n, f"{path}[{i}]") for i, n in enumerate(value)]
+        if origin is dict:
+            if not isinstance(value, dict):
+                return self._wrong(tp, node, path)
+            _, item = typing.get_args(tp)
+            return {k: self.build(item, n, f"{path}.{k}") for k, n in value.items()}
+        if dataclasses.is_dataclass(tp):
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                return self._wrong(tp, node, path)
+            return self.build_dataclass(tp, value, node.line, path)
+        if tp is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if tp is Any or (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+            return value
+        if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        return self._wrong(tp, node, path)
+
+    @staticmethod
+    def _matches(tp: Any, value: Any) -> bool:
+        origin = typing.get_origin(tp)
+        if origin is list:
+            return isinstance(value, list)
+        if origin is dict or dataclasses.is_dataclass(tp):
+            return isinstance(value, dict)
+        if origin is Literal:
+            return value in typing.get_args(tp)
+        if tp is float:
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+        if tp is int:
+            return isinstance(value, int) and not isinstance(value, bool)
+        return tp is Any or isinstance(value, tp)
+
+    def _wrong(self, tp: Any, node: _Node, path: str) -> None:
+        shown = "nothing" if node.value is None else repr(_plain(node.value))
+        self.reader.problem(node.line, path, f"expected {_type_name(tp)}, got {shown}")
+        return None
+
+    def build_dataclass(self, cls: type, values: dict[str, _Node], line: int, path: str) -> Any:
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        kwargs: dict[str, Any] = {}
+        for key, node in values.items():
+            sub = f"{path}.{key}" if path else key
+            if key not in fields:
+                known = ", ".join(sorted(fields))
+                self.reader.problem(node.line, sub, f"unknown key (known: {known})")
+                continue
+            value = self.build(hints[key], node, sub)
+            if value is None and node.value is not None:
+                continue
+            check = fields[key].metadata.get("check")
+            if check is not None and value is not None:
+                for item in value if isinstance(value, list) else [value]:
+                    problem = check(item)
+                    if problem:
+                        self.reader.problem(node.line, sub, problem)
+            kwargs[key] = value
+        for name, f in fields.items():
+            if f.metadata.get("required") and name not in values:
+                sub = f"{path}.{name}" if path else name
+                self.reader.problem(line, sub, "required key is missing")
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as exc:
+            self.reader.problem(line, path, str(exc))
+            return None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v.value) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v.value) for v in value]
+    return value
+
+
+def section_problems(section: Any) -> list[tuple[str, str]]:
+    """Cross-field problems a section reports through ``problems()``."""
+    problems = getattr(section, "problems", None)
+    return list(problems()) if callable(problems) else []
+
+
+def parse_config(
+    text: str,
+    filename: str = "<string>",
+    section_classes: dict[str, type] | None = None,
+    environ: typing.Mapping[str, str] | None = None,
+) -> Config:
+    """Parse configuration text; raise :class:`ConfigError` listing every problem.
+
+    Args:
+        text: the YAML text.
+        filename: the name problems are reported under.
+        section_classes: protocol name -> section dataclass; by default the
+            installed protocols' (see :func:`gateways.core.registry.section_classes`).
+        environ: where ``${VAR}`` references are looked up (``os.environ``).
+    """
+    if section_classes is None:
+        from gateways.core.registry import section_classes as installed
+
+        section_classes = installed()
+    reader = _Reader(filename, os.environ if environ is None else environ)
+    root = _compose(text, filename)
+    top = reader.read(root, "") if root is not None else _Node({}, 1)
+    if not isinstance(top.value, dict):
+        raise ConfigError([Problem(filename, top.line, "", "the file must be a mapping of sections")])
+    builder = _Builder(reader)
+    items = top.value
+    known = {"layer", "django", "log", *section_classes}
+    for key, node in items.items():
+        if key not in known:
+            reader.problem(node.line, key, f"unknown section (known: {', '.join(sorted(known))})")
+    empty = _Node({}, 1)
+    layer = builder.build(LayerConfig, items.get("layer", empty), "layer") or LayerConfig()
+    django = builder.build(DjangoConfig, items["django"], "django") if "django" in items else None
+    log = builder.build(LogConfig, items.get("log", empty), "log") or LogConfig()
+    sections: dict[str, GatewaySection] = {}
+    for name, cls in section_classes.items():
+        if name in items:
+            section = builder.build(cls, items[name], name)
+            if section is not None:
+                for key, message in section_problems(section):
+                    reader.problem(items[name].line, f"{name}.{key}" if key else name, message)
+                sections[name] = section
+    _check_layer(layer, items.get("layer", empty), reader)
+    if reader.problems:
+        raise ConfigError(sorted(reader.problems, key=lambda p: p.line))
+    return Config(Path(filename).resolve() if filename != "<string>" else Path.cwd() / filename,
+                  layer, django, log, sections)
+
+
+def _check_layer(layer: LayerConfig, node: _Node, reader: _Reader) -> None:
+    if not layer.url or not isinstance(node.value, dict) or "url" not in node.value:
+        return
+    parts = urlsplit(layer.url)
+    if parts.scheme in ("redis", "rediss") and "," in parts.netloc:
+        reader.problem(
+            node.value["url"].line,
+            "layer.url",
+            "several Redis hosts are not supported: channels_redis shards process-specific "
+            "channels inconsistently between send and receive, so replies get lost; use one "
+            "Redis endpoint (or sentinel://) instead",
+        )
+
+
+def load_config(path: str | Path, environ: typing.Mapping[str, str] | None = None) -> Config:
+    """Read and validate a configuration file; raise :class:`ConfigError`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([Problem(str(path), 0, "", f"cannot read: {exc.strerror}")])
+    return parse_config(text, str(path), environ=environ)
+
+
+def reference(cls: type, prefix: str) -> list[tuple[str, str, Any, str]]:
+    """Every key of a section dataclass as ``(path, type, default, doc)`` rows.
+
+    The README's configuration reference is checked against these rows.
+    """
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        path = f"{prefix}.{f.name}"
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows.extend(reference(tp, path))
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            default = None
+        rows.append((path, _type_name(tp), default, f.metadata.get("doc", "")))
+    return rows

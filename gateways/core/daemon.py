@@ -1,0 +1,387 @@
+"""The daemon lifecycle every gateway shares.
+
+:func:`run_gateway` builds the layer, starts the protocol's :class:`Gateway`,
+the outbound listener and the health endpoint, and on SIGTERM/SIGINT drains:
+stop accepting, let hand-offs in flight finish within ``grace_period``, close
+connections the protocol's way, close the layer, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar, Coroutine
+
+from channels.exceptions import ChannelFull
+
+from gateways.core.backoff import Backoff
+from gateways.core.config import Config, GatewaySection, split_host_port
+from gateways.core.health import HealthServer
+from gateways.core.layer import build_layer, close_layer
+from gateways.core.metrics import Metrics
+from gateways.core.specs import InvalidMessage, ProtocolSchema, load_schema
+
+#: Errors that mean "the layer did not take the message".
+LAYER_ERRORS: tuple[type[BaseException], ...] = (ChannelFull, OSError, ConnectionError, asyncio.TimeoutError)
+try:  # redis-py's errors do not all derive from OSError
+    from redis.exceptions import RedisError
+
+    LAYER_ERRORS += (RedisError,)
+except ImportError:  # pragma: no cover - redis is a dependency
+    pass
+
+
+class HandoffError(Exception):
+    """The layer refused or could not take a message.
+
+    Args:
+        reason: ``"full"`` (ChannelFull) or ``"unavailable"`` (layer down).
+        detail: the underlying error, for logs.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"layer {reason}: {detail}")
+
+
+class Runtime:
+    """What a gateway gets from the core: the layer, metrics, logging and tasks.
+
+    Args:
+        config: the whole configuration.
+        section: this protocol's section.
+        protocol: the protocol name.
+        layer: the channel layer (built from ``config.layer`` when omitted).
+    """
+
+    def __init__(self, config: Config, section: GatewaySection, protocol: str, layer: Any = None) -> None:
+        self.config = config
+        self.section = section
+        self.protocol = protocol
+        self.layer = layer if layer is not None else build_layer(config.layer)
+        self.metrics = Metrics()
+        self.log = logging.getLogger(f"gateway.{protocol}")
+        self.schema: ProtocolSchema = load_schema(protocol)
+        self.stopping = asyncio.Event()
+        self.layer_ok = True
+        self.strict = os.environ.get("GATEWAY_STRICT") == "1"
+        self._tasks: set[asyncio.Task] = set()
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- hand-off to the layer -------------------------------------------
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        """Hand ``message`` to the layer on ``channel``.
+
+        Raises :class:`HandoffError` when the layer is full or unreachable;
+        the caller answers its peer the protocol's way.
+        """
+        if self.strict:
+            self.schema.validate(message)
+        mtype = message.get("type", "?")
+        self._inflight += 1
+        self._idle.clear()
+        started = time.perf_counter()
+        try:
+            await self.layer.send(channel, message)
+        except ChannelFull as exc:
+            self.metrics.inc("handoff_failures_total", "messages the layer refused", reason="full", type=mtype)
+            raise HandoffError("full", f"channel {channel!r} is full") from exc
+        except LAYER_ERRORS as exc:
+            self.metrics.inc("handoff_failures_total", "messages the layer refused", reason="unavailable", type=mtype)
+            self._layer_down(exc)
+            raise HandoffError("unavailable", f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.set()
+        self._layer_up()
+        self.metrics.observe("layer_send_seconds", time.perf_counter() - started, "layer send latency")
+        self.metrics.inc("messages_in_total", "messages handed to the layer", type=mtype)
+
+    async def group_add(self, group: str, channel: str) -> None:
+        """Add ``channel`` to ``group`` on the layer."""
+        await self.layer.group_add(group, channel)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        """Remove ``channel`` from ``group`` on the layer."""
+        await self.layer.group_discard(group, channel)
+
+    async def new_channel(self) -> str:
+        """A new process-specific channel name (a reply channel)."""
+        return await self.layer.new_channel()
+
+    def _layer_down(self, exc: BaseException) -> None:
+        if self.layer_ok:
+            self.log.warning("channel layer unavailable: %s: %s", type(exc).__name__, exc)
+        self.layer_ok = False
+
+    def _layer_up(self) -> None:
+        if not self.layer_ok:
+            self.log.info("channel layer available again")
+        self.layer_ok = True
+
+    async def handoffs_done(self) -> None:
+        """Wait until no :meth:`send` is in flight."""
+        await self._idle.wait()
+
+    # -- tasks -------------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:
+        """Run ``coro`` as a tracked task; an exception is logged, not lost."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("task %s failed", task.get_name(), exc_info=task.exception())
+
+    async def cancel_tasks(self) -> None:
+        """Cancel every tracked task and wait for them."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def reject(self, channel: str, message: Any, problem: str) -> None:
+        """Log and count a message a consumer sent that the gateway cannot use."""
+        mtype = message.get("type", "?") if isinstance(message, dict) else "?"
+        self.metrics.inc("invalid_messages_total", "consumer messages rejected", type=str(mtype))
+        self.log.error("invalid message on %s: %s", channel, problem)
+
+
+@dataclass
+class Service:
+    """A process `gateway up` runs beside a gateway (a local broker, say).
+
+    Args:
+        name: the prefix of its log lines.
+        argv: the command.
+        port: a TCP port on 127.0.0.1 to wait for before starting the gateway.
+    """
+
+    name: str
+    argv: list[str]
+    port: int | None = None
+
+
+class StackUnavailable(Exception):
+    """A gateway `gateway up` cannot run on this machine; the message says in
+    one line what to do to add it."""
+
+
+class Gateway:
+    """Base class of a protocol's daemon; subclasses do the protocol's I/O.
+
+    Args:
+        runtime: the core services (layer, metrics, logging, tasks).
+        section: the protocol's configuration section.
+
+    Class attributes:
+        protocol: the protocol name, as in the CLI and the YAML.
+        section_class: the section dataclass (a :class:`GatewaySection`).
+    """
+
+    protocol: ClassVar[str]
+    section_class: ClassVar[type[GatewaySection]]
+
+    def __init__(self, runtime: Runtime, section: Any) -> None:
+        self.runtime = runtime
+        self.section = section
+        self.log = runtime.log
+
+    @classmethod
+    def apply_overrides(cls, section: Any, listen: str | None) -> None:
+        """Apply the CLI's ``--listen HOST:PORT`` to the section."""
+        if listen is not None:
+            if not hasattr(section, "listen"):
+                raise SystemExit(f"gateway {cls.protocol}: --listen does not apply to this protocol")
+            section.listen = listen
+
+    @classmethod
+    def consumer_channels(cls, section: Any) -> list[str]:
+        """Channels this gateway sends to, which Django workers must consume."""
+        return []
+
+    @classmethod
+    def stack_services(cls, section: Any, config: Config) -> list[Service]:
+        """Processes `gateway up` starts before this gateway; raise
+        :class:`StackUnavailable` when the gateway cannot run here."""
+        return []
+
+    def outbound_channels(self) -> list[str]:
+        """Named channels consumers send this gateway work on (e.g. ``email.send``)."""
+        return []
+
+    def uses_process_channel(self) -> bool:
+        """Whether consumers reply on this process's reply channels."""
+        return False
+
+    async def start(self) -> None:
+        """Connect or start listening."""
+
+    async def handle(self, channel: str, message: dict[str, Any]) -> None:
+        """Act on a valid message from a consumer, received on ``channel``."""
+        raise NotImplementedError
+
+    async def handle_invalid(self, channel: str, message: Any, problem: str) -> None:
+        """Answer an invalid consumer message (after the core logged and counted it)."""
+
+    async def stop_accepting(self) -> None:
+        """Stop taking new connections or messages from the outside."""
+
+    async def drain(self) -> None:
+        """Wait for the protocol's work in flight (bounded by the grace period)."""
+
+    async def close(self) -> None:
+        """Close connections the protocol's way."""
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Protocol health for ``/healthz``."""
+        return True, {}
+
+
+class Daemon:
+    """Runs one :class:`Gateway` with its receive loops until told to stop.
+
+    Args:
+        gateway_class: the protocol's gateway class.
+        config: the configuration.
+        layer: a layer to use instead of building one (tests).
+    """
+
+    def __init__(self, gateway_class: type[Gateway], config: Config, layer: Any = None) -> None:
+        section = config.sections[gateway_class.protocol]
+        self.runtime = Runtime(config, section, gateway_class.protocol, layer)
+        self.gateway = gateway_class(self.runtime, section)
+        self.section = section
+        self.log = self.runtime.log
+        self.health_server: HealthServer | None = None
+        self._dispatch_slots = asyncio.Semaphore(section.outbound_concurrency)
+
+    async def run(self) -> int:
+        """Start, wait for SIGTERM/SIGINT (or :meth:`stop`), drain; return the exit code."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self.stop)
+            except (NotImplementedError, RuntimeError):  # not the main thread
+                pass
+        await self.start()
+        await self.runtime.stopping.wait()
+        await self.shutdown()
+        return 0
+
+    async def start(self) -> None:
+        """Start the gateway, its receive loops and the health endpoint."""
+        runtime = self.runtime
+        if self.section.health.listen:
+            self.health_server = HealthServer(runtime.metrics, self._status)
+            await self.health_server.start(*split_host_port(self.section.health.listen))
+        await self.gateway.start()
+        for channel in self.gateway.outbound_channels():
+            runtime.spawn(self._receive_loop(channel, process=False), f"receive {channel}")
+        if self.gateway.uses_process_channel():
+            runtime.spawn(self._receive_loop(runtime.layer.process_channel, process=True), "receive replies")
+        self.log.info("%s gateway started", self.gateway.protocol)
+
+    def stop(self) -> None:
+        """Ask the daemon to drain and exit."""
+        if not self.runtime.stopping.is_set():
+            self.log.info("stopping: draining for up to %ss", self.section.grace_period)
+            self.runtime.stopping.set()
+
+    async def shutdown(self) -> None:
+        """Stop accepting, drain within the grace period, close everything."""
+        runtime = self.runtime
+        runtime.stopping.set()
+        await self.gateway.stop_accepting()
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(self.gateway.drain(), runtime.handoffs_done()), self.section.grace_period
+            )
+        except asyncio.TimeoutError:
+            self.log.warning("grace period of %ss over; closing with work in flight", self.section.grace_period)
+        await self.gateway.close()
+        await runtime.cancel_tasks()
+        if self.health_server:
+            await self.health_server.close()
+        await close_layer(runtime.layer)
+        self.log.info("%s gateway stopped", self.gateway.protocol)
+
+    def _status(self) -> tuple[bool, dict[str, Any]]:
+        ok, details = self.gateway.health()
+        healthy = ok and self.runtime.layer_ok and not self.runtime.stopping.is_set()
+        return healthy, {"layer": self.runtime.layer_ok, "stopping": self.runtime.stopping.is_set(), **details}
+
+    async def _receive_loop(self, channel: str, process: bool) -> None:
+        """Receive consumers' messages on ``channel`` for as long as the daemon runs."""
+        runtime = self.runtime
+        backoff = Backoff()
+        while True:
+            try:
+                if process:
+                    target, message = await runtime.layer.receive_single(channel)
+                else:
+                    target, message = channel, await runtime.layer.receive(channel)
+            except asyncio.CancelledError:
+                raise
+            except LAYER_ERRORS as exc:
+                runtime._layer_down(exc)
+                await backoff.wait()
+                continue
+            except Exception:  # a message that does not deserialize, for one
+                runtime.metrics.inc("receive_errors_total", "messages that could not be received")
+                self.log.exception("receiving on %s failed", channel)
+                await backoff.wait()
+                continue
+            backoff.reset()
+            runtime._layer_up()
+            await self._dispatch(target, message, inline=process)
+
+    async def _dispatch(self, channel: str, message: Any, inline: bool) -> None:
+        problem = self.runtime.schema.problem(message)
+        if problem is not None:
+            self.runtime.reject(channel, message, problem)
+            await self._guarded(self.gateway.handle_invalid(channel, message, problem), channel, message)
+            return
+        self.runtime.metrics.inc("messages_out_total", "consumer messages acted on", type=message["type"])
+        if inline:
+            # Reply-channel messages keep their order: the gateway handles them in arrival order.
+            await self._guarded(self.gateway.handle(channel, message), channel, message)
+            return
+        await self._dispatch_slots.acquire()
+        task = self.runtime.spawn(self._guarded(self.gateway.handle(channel, message), channel, message),
+                                  f"handle {message['type']}")
+        task.add_done_callback(lambda _t: self._dispatch_slots.release())
+
+    async def _guarded(self, coro: Coroutine[Any, Any, Any], channel: str, message: Any) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except InvalidMessage as exc:
+            self.runtime.reject(channel, message, str(exc))
+        except Exception:
+            mtype = message.get("type", "?") if isinstance(message, dict) else "?"
+            self.runtime.metrics.inc("handler_errors_total", "consumer messages whose handling failed", type=mtype)
+            self.log.exception("handling %s from %s failed", mtype, channel)
+
+
+def run_gateway(gateway_class: type[Gateway], config: Config) -> int:
+    """Run one gateway daemon in a new event loop; return its exit code."""
+
+    async def main() -> int:
+        return await Daemon(gateway_class, config).run()
+
+    return asyncio.run(main())

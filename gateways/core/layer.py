@@ -1,0 +1,188 @@
+"""The channel layer, built from ``layer:`` for daemons and for Django alike.
+
+:func:`channel_layers_setting` produces Django's ``CHANNEL_LAYERS`` from the
+same YAML the daemons read, so the two sides cannot drift apart; both end up
+on :class:`GatewayRedisChannelLayer`, channels_redis's layer with two traps
+of redis-py 8 closed:
+
+- its 5 s default socket timeout equals channels_redis's 5 s blocking pop, so
+  an idle receive fails with a timeout: the socket timeout here is longer;
+- its pool raises once ``max_connections`` are in use: the pool here blocks
+  and waits for a free connection instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from channels.layers import InMemoryChannelLayer
+from channels_redis.core import RedisChannelLayer
+from redis import asyncio as aioredis
+
+from gateways.core.config import Config, LayerConfig
+
+#: Longer than channels_redis's 5 s BZPOPMIN, so an idle receive never times out.
+SOCKET_TIMEOUT = 30.0
+#: How long a layer operation waits for a pooled connection before failing.
+POOL_WAIT_TIMEOUT = 30.0
+
+
+class GatewayRedisChannelLayer(RedisChannelLayer):
+    """channels_redis's layer with a blocking, bounded pool and safe timeouts.
+
+    Args:
+        max_connections: connections per Redis host and event loop; more
+            concurrent operations wait for one to be free.
+        **kwargs: everything :class:`RedisChannelLayer` takes.
+    """
+
+    def __init__(self, *args: Any, max_connections: int = 64, **kwargs: Any) -> None:
+        self.max_connections = max_connections
+        super().__init__(*args, **kwargs)
+
+    def create_pool(self, index: int) -> aioredis.ConnectionPool:
+        host = dict(self.hosts[index])
+        options = {
+            "max_connections": self.max_connections,
+            "timeout": POOL_WAIT_TIMEOUT,
+            "socket_timeout": SOCKET_TIMEOUT,
+            "socket_connect_timeout": 5.0,
+            "socket_keepalive": True,
+            "health_check_interval": 15,
+        }
+        if "address" in host:
+            options.update({k: v for k, v in host.items() if k != "address"})
+            return aioredis.BlockingConnectionPool.from_url(host["address"], **options)
+        if "master_name" in host:
+            sentinels = host.pop("sentinels")
+            master = host.pop("master_name")
+            options.pop("timeout")
+            options.update(host)
+            sentinel = aioredis.sentinel.Sentinel(sentinels, socket_timeout=5.0)
+            return aioredis.sentinel.SentinelConnectionPool(master, sentinel, **options)
+        return aioredis.BlockingConnectionPool(**{**options, **host})
+
+    @property
+    def process_channel(self) -> str:
+        """The non-local name every ``new_channel()`` of this process shares."""
+        return f"specific.{self.client_prefix}!"
+
+
+class MemoryChannelLayer(InMemoryChannelLayer):
+    """The in-memory layer for ``memory://``, with the process channel that
+    :class:`~gateways.core.inbox.ProcessInbox` receives on, like Redis's."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.client_prefix = uuid.uuid4().hex
+
+    @property
+    def process_channel(self) -> str:
+        return f"specific.{self.client_prefix}!"
+
+    async def new_channel(self, prefix: str = "specific") -> str:
+        return f"{self.process_channel}{uuid.uuid4().hex}"
+
+    async def send(self, channel: str, message: dict) -> None:
+        if channel.startswith(self.process_channel) and channel != self.process_channel:
+            message = {**message, "__asgi_channel__": channel}
+            channel = self.process_channel
+        await super().send(channel, message)
+
+    async def receive_single(self, channel: str) -> tuple[str, dict]:
+        """Receive from ``channel``; return the full channel name and message."""
+        message = dict(await super().receive(channel))
+        return message.pop("__asgi_channel__", channel), message
+
+
+def _redis_host(url: str) -> dict[str, Any]:
+    parts = urlsplit(url)
+    if parts.scheme == "sentinel":
+        path = [p for p in parts.path.split("/") if p]
+        if not path:
+            raise ValueError(f"{url!r}: name the master, e.g. sentinel://h1:26379,h2:26379/mymaster/0")
+        sentinels = []
+        for hostport in parts.netloc.split("@")[-1].split(","):
+            host, _, port = hostport.rpartition(":")
+            sentinels.append((host or hostport, int(port) if host else 26379))
+        host: dict[str, Any] = {"master_name": path[0], "sentinels": sentinels}
+        if len(path) > 1:
+            host["db"] = int(path[1])
+        if parts.password:
+            host["password"] = parts.password
+        host.update(dict(parse_qsl(parts.query)))
+        return host
+    return {"address": url}
+
+
+def layer_kwargs(layer: LayerConfig) -> dict[str, Any]:
+    """The constructor arguments of the layer class for ``layer``."""
+    if layer.url is None:
+        raise ValueError("layer.url is not set (only `gateway up` embeds a server)")
+    if layer.url.startswith("memory:"):
+        return {"expiry": layer.expiry, "group_expiry": layer.group_expiry,
+                "capacity": layer.capacity, "channel_capacity": layer.channel_capacity}
+    kwargs: dict[str, Any] = {
+        "hosts": [_redis_host(layer.url)],
+        "prefix": layer.prefix,
+        "capacity": layer.capacity,
+        "channel_capacity": layer.channel_capacity,
+        "expiry": layer.expiry,
+        "group_expiry": layer.group_expiry,
+        "max_connections": layer.max_connections,
+    }
+    if layer.symmetric_encryption_keys:
+        kwargs["symmetric_encryption_keys"] = layer.symmetric_encryption_keys
+    return kwargs
+
+
+def layer_backend(layer: LayerConfig) -> str:
+    """The dotted path of the layer class for ``layer``."""
+    if layer.url and layer.url.startswith("memory:"):
+        return "gateways.core.layer.MemoryChannelLayer"
+    return "gateways.core.layer.GatewayRedisChannelLayer"
+
+
+def build_layer(layer: LayerConfig) -> GatewayRedisChannelLayer | MemoryChannelLayer:
+    """A channel layer for a daemon, from the ``layer:`` section."""
+    kwargs = layer_kwargs(layer)
+    if layer_backend(layer).endswith("MemoryChannelLayer"):
+        return MemoryChannelLayer(**kwargs)
+    return GatewayRedisChannelLayer(**kwargs)
+
+
+def channel_layers_setting(config: Config | str) -> dict[str, dict[str, Any]]:
+    """Django's ``CHANNEL_LAYERS`` for the layer a configuration file names.
+
+    Use it in ``settings.py``::
+
+        CHANNEL_LAYERS = channel_layers_setting(os.environ.get("GATEWAY_CONFIG", "gateway.yaml"))
+
+    ``gateway up`` sets ``GATEWAY_LAYER_URL`` for its workers when it embeds
+    the layer server; that URL wins over the file's.
+    """
+    import os
+
+    from gateways.core.config import load_config
+
+    if isinstance(config, str):
+        config = load_config(config)
+    layer = config.layer
+    override = os.environ.get("GATEWAY_LAYER_URL")
+    if override:
+        layer = LayerConfig(**{**layer.__dict__, "url": override})
+    return {"default": {"BACKEND": layer_backend(layer), "CONFIG": layer_kwargs(layer)}}
+
+
+async def close_layer(layer: Any) -> None:
+    """Close the layer's connections for the running loop, ignoring a dead server."""
+    close = getattr(layer, "close_pools", None)
+    if close is None:
+        return
+    try:
+        await asyncio.wait_for(close(), 5)
+    except (OSError, asyncio.TimeoutError, ConnectionError):
+        pass

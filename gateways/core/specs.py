@@ -1,0 +1,99 @@
+"""Message schemas from ``protocol_specs/`` and validation against them.
+
+Each protocol has ``protocol_specs/<protocol>.md`` (the prose spec) and
+``protocol_specs/<protocol>.schema.json``::
+
+    {
+      "protocol": "websocket",
+      "version": "1.0",
+      "$defs": {...shared definitions, referenced as "#/$defs/name"...},
+      "messages": {"websocket.connect": {<JSON Schema>}, ...}
+    }
+
+JSON Schema has no bytes type, so the schemas use the keyword
+``"x-bytes": true`` ("this value is bytes"); the validator here knows it, and
+``"type": "string"`` never matches bytes. "str or bytes" is written
+``{"anyOf": [{"type": "string"}, {"x-bytes": true}]}``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from jsonschema import Draft202012Validator
+
+SPECS_DIR = Path(__file__).resolve().parents[2] / "protocol_specs"
+
+
+
+def _x_bytes(_validator: Any, wanted: bool, instance: Any, _schema: Any):
+    if wanted and not isinstance(instance, (bytes, bytearray)):
+        yield jsonschema.ValidationError(f"{type(instance).__name__} is not bytes")
+
+
+_Validator = jsonschema.validators.extend(Draft202012Validator, {"x-bytes": _x_bytes})
+
+
+class InvalidMessage(ValueError):
+    """A message that its protocol's schema rejects; ``str()`` names the problem."""
+
+
+@dataclass(frozen=True)
+class ProtocolSchema:
+    """The schemas of every message type of one protocol.
+
+    Args:
+        protocol: the protocol name, e.g. ``"websocket"``.
+        version: the spec version the schema file declares.
+        validators: one validator per message ``type``.
+    """
+
+    protocol: str
+    version: str
+    validators: dict[str, Any]
+
+    @property
+    def message_types(self) -> list[str]:
+        """Every message type the spec defines."""
+        return sorted(self.validators)
+
+    def problem(self, message: Any) -> str | None:
+        """Return why ``message`` is invalid, or ``None`` when it is valid."""
+        if not isinstance(message, dict):
+            return f"message is {type(message).__name__}, not a dict"
+        mtype = message.get("type")
+        if not isinstance(mtype, str):
+            return "message has no string 'type'"
+        validator = self.validators.get(mtype)
+        if validator is None:
+            return f"unknown message type {mtype!r} for protocol {self.protocol!r}"
+        error = jsonschema.exceptions.best_match(validator.iter_errors(message))
+        if error is None:
+            return None
+        where = "/".join(str(p) for p in error.absolute_path) or "(message)"
+        return f"{mtype}: {where}: {error.message}"
+
+    def validate(self, message: Any) -> None:
+        """Raise :class:`InvalidMessage` unless ``message`` is valid."""
+        problem = self.problem(message)
+        if problem is not None:
+            raise InvalidMessage(problem)
+
+
+@cache
+def load_schema(protocol: str, specs_dir: Path = SPECS_DIR) -> ProtocolSchema:
+    """Load and compile ``protocol_specs/<protocol>.schema.json``."""
+    path = specs_dir / f"{protocol}.schema.json"
+    document = json.loads(path.read_text(encoding="utf-8"))
+    defs = document.get("$defs", {})
+    validators = {}
+    for mtype, schema in document["messages"].items():
+        full = {"$defs": defs, **schema}
+        _Validator.check_schema(full)
+        validators[mtype] = _Validator(full)
+    return ProtocolSchema(protocol, str(document.get("version", "")), validators)

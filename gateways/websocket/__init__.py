@@ -1,0 +1,1 @@
+"""The WebSocket gateway: connections as websocket.* messages with a reply channel each."""
