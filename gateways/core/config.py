@@ -513,10 +513,19 @@ def load_config(path: str | Path, environ: typing.Mapping[str, str] | None = Non
     return parse_config(text, str(path), environ=environ)
 
 
+def _list_item(tp: Any) -> Any:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        tp = args[0] if len(args) == 1 else tp
+    return typing.get_args(tp)[0] if typing.get_origin(tp) is list else None
+
+
 def reference(cls: type, prefix: str) -> list[tuple[str, str, Any, str]]:
     """Every key of a section dataclass as ``(path, type, default, doc)`` rows.
 
-    The README's configuration reference is checked against these rows.
+    The configuration reference in the docs is checked against these rows; a
+    list of dataclasses appears as ``prefix.key`` and its items' keys as
+    ``prefix.key[].item_key``.
     """
     rows = []
     hints = typing.get_type_hints(cls)
@@ -525,6 +534,11 @@ def reference(cls: type, prefix: str) -> list[tuple[str, str, Any, str]]:
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
             rows.extend(reference(tp, path))
+            continue
+        item = _list_item(tp)
+        if item is not None and dataclasses.is_dataclass(item):
+            rows.append((path, "list", [], f.metadata.get("doc", "")))
+            rows.extend(reference(item, f"{path}[]"))
             continue
         if f.default is not dataclasses.MISSING:
             default = f.default
