@@ -14,7 +14,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar, Coroutine
+from typing import Any, Callable, ClassVar, Coroutine
 
 from channels.exceptions import ChannelFull
 
@@ -70,6 +70,8 @@ class Runtime:
         self.stopping = asyncio.Event()
         self.layer_ok = True
         self.strict = os.environ.get("GATEWAY_STRICT") == "1"
+        #: Called when the layer answers again after failing (e.g. to re-add groups).
+        self.on_layer_recovered: list[Callable[[], None]] = []
         self._tasks: set[asyncio.Task] = set()
         self._inflight = 0
         self._idle = asyncio.Event()
@@ -126,7 +128,9 @@ class Runtime:
     def _layer_up(self) -> None:
         if not self.layer_ok:
             self.log.info("channel layer available again")
-        self.layer_ok = True
+            self.layer_ok = True
+            for callback in self.on_layer_recovered:
+                callback()
 
     async def handoffs_done(self) -> None:
         """Wait until no :meth:`send` is in flight."""
