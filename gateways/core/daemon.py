@@ -351,7 +351,10 @@ class Daemon:
                 continue
             backoff.reset()
             runtime._layer_up()
-            await self._dispatch(target, message, inline=process)
+            # channels_redis's group_send delivers one copy per process, naming every
+            # member channel of this process in a list.
+            for each in target if isinstance(target, list) else [target]:
+                await self._dispatch(each, message, inline=process)
 
     async def _dispatch(self, channel: str, message: Any, inline: bool) -> None:
         problem = self.runtime.schema.problem(message)

@@ -1,0 +1,234 @@
+"""Handing spooled messages to the layer until a consumer acknowledges them.
+
+Each delivery (one message for one channel) is handed to the layer, then
+handed again with the same ``id`` when no ``email.ack`` came within
+``ack_timeout`` (doubling after each hand-off), until ``max_attempts``
+hand-offs are spent: then the message goes to the dead-letter channel and its
+spool file to ``dead/``. A hand-off the layer refuses (Redis down, channel
+full) is retried with backoff and does not count as an attempt, so mail
+accepted while Redis is down is delivered when it returns.
+
+Only the metadata of waiting deliveries stays in memory; the raw bytes are
+read back from the spool for a redelivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateways.core.backoff import Backoff
+from gateways.core.daemon import HandoffError, Runtime
+from gateways.email.protocol import Delivery, Envelope, receive_message
+from gateways.email.spool import Spool, SpoolEntry
+
+log = logging.getLogger("gateway.email")
+
+
+@dataclass
+class _Entry:
+    id: str
+    envelope: dict[str, Any]
+    deliveries: list[dict[str, Any]]
+    open: set[int] = field(default_factory=set)
+    dead: bool = False
+
+
+@dataclass
+class _Delivery:
+    entry: _Entry
+    index: int
+    attempts: int = 0
+    acked: bool = False
+
+    @property
+    def id(self) -> str:
+        return f"{self.entry.id}.{self.index}"
+
+
+class Handoff:
+    """Delivers spooled messages to their channels, at least once.
+
+    Args:
+        runtime: the core runtime (``send`` hands to the layer).
+        spool: the spool the entries are in.
+        reply_channel: where consumers send ``email.ack`` and ``email.send``.
+        dead_letter_channel: where spent messages go.
+        ack_timeout: seconds before the first redelivery.
+        max_attempts: hand-offs before the dead-letter channel.
+        concurrency: hand-offs at once.
+    """
+
+    def __init__(self, runtime: Runtime, spool: Spool, reply_channel: str, dead_letter_channel: str,
+                 ack_timeout: float, max_attempts: int, concurrency: int = 16) -> None:
+        self.runtime = runtime
+        self.spool = spool
+        self.reply_channel = reply_channel
+        self.dead_letter_channel = dead_letter_channel
+        self.ack_timeout = ack_timeout
+        self.max_attempts = max_attempts
+        self.concurrency = concurrency
+        self.entries: dict[str, _Entry] = {}
+        self.deliveries: dict[str, _Delivery] = {}
+        self._ready: asyncio.Queue[tuple[_Delivery, bytes | None]] = asyncio.Queue()
+        self._timers: list[tuple[float, int, str]] = []
+        self._timer_seq = 0
+        self._timer_wake = asyncio.Event()
+        self._layer_backoff = Backoff(0.2, 5.0)
+        self._layer_gate = asyncio.Event()
+        self._layer_gate.set()
+
+    @property
+    def pending(self) -> int:
+        """Entries not yet acknowledged nor dead."""
+        return len(self.entries)
+
+    def start(self) -> None:
+        """Start the hand-off workers and the redelivery timer."""
+        for n in range(self.concurrency):
+            self.runtime.spawn(self._worker(), f"email hand-off {n}")
+        self.runtime.spawn(self._timer(), "email redelivery timer")
+
+    def add(self, entry: SpoolEntry) -> None:
+        """Track a spooled entry and queue its deliveries (with its raw bytes, if at hand)."""
+        tracked = _Entry(entry.id, entry.envelope, entry.deliveries, open=set(range(len(entry.deliveries))))
+        self.entries[entry.id] = tracked
+        for index in range(len(entry.deliveries)):
+            delivery = _Delivery(tracked, index)
+            self.deliveries[delivery.id] = delivery
+            self._ready.put_nowait((delivery, entry.raw))
+
+    async def ack(self, delivery_id: str) -> bool:
+        """Mark a delivery done; forget the entry once all its deliveries are. False if unknown."""
+        delivery = self.deliveries.pop(delivery_id, None)
+        if delivery is None:
+            return False
+        delivery.acked = True
+        entry = delivery.entry
+        entry.open.discard(delivery.index)
+        if not entry.open and not entry.dead:
+            self.entries.pop(entry.id, None)
+            await asyncio.to_thread(self.spool.remove, entry.id)
+            self.runtime.metrics.inc("email_acked_total", "messages every consumer acknowledged")
+        return True
+
+    # -- internals -----------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while True:
+            delivery, raw = await self._ready.get()
+            if delivery.acked or delivery.entry.dead:
+                continue
+            await self._hand(delivery, raw)
+
+    async def _hand(self, delivery: _Delivery, raw: bytes | None) -> None:
+        entry = delivery.entry
+        while True:
+            await self._layer_gate.wait()
+            if delivery.acked:
+                return
+            try:
+                if raw is None:
+                    raw = (await asyncio.to_thread(self.spool.read, entry.id)).raw
+                message = self._message(delivery, raw, delivery.attempts + 1)
+            except (OSError, ValueError) as exc:
+                log.error("spooled message %s cannot be read: %s", entry.id, exc)
+                return
+            channel = entry.deliveries[delivery.index]["channel"]
+            try:
+                await self.runtime.send(channel, message)
+            except HandoffError as exc:
+                await self._layer_refused(exc)
+                continue
+            self._layer_backoff.reset()
+            self._layer_gate.set()
+            delivery.attempts += 1
+            if delivery.attempts > 1:
+                self.runtime.metrics.inc("email_redeliveries_total", "hand-offs after the first")
+            delay = self.ack_timeout * 2 ** (delivery.attempts - 1)
+            self._schedule(time.monotonic() + delay, delivery.id)
+            return
+
+    async def _layer_refused(self, exc: HandoffError) -> None:
+        # One worker waits out the backoff; the others wait at the gate
+        # instead of hammering a layer that is down.
+        if not self._layer_gate.is_set():
+            await self._layer_gate.wait()
+            return
+        self._layer_gate.clear()
+        log.debug("hand-off refused (%s); retrying", exc)
+        try:
+            await self._layer_backoff.wait()
+        finally:
+            self._layer_gate.set()
+
+    def _message(self, delivery: _Delivery, raw: bytes, attempt: int) -> dict[str, Any]:
+        entry = delivery.entry
+        spec = entry.deliveries[delivery.index]
+        envelope = Envelope(**entry.envelope)
+        return receive_message(
+            raw, envelope, id=delivery.id, reply_channel=self.reply_channel,
+            delivery=Delivery(spec["channel"], list(spec["recipients"]), dict(spec["kwargs"])),
+            attempt=attempt,
+        )
+
+    def _schedule(self, due: float, delivery_id: str) -> None:
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (due, self._timer_seq, delivery_id))
+        self._timer_wake.set()
+
+    async def _timer(self) -> None:
+        while True:
+            self._timer_wake.clear()
+            now = time.monotonic()
+            while self._timers and self._timers[0][0] <= now:
+                _, _, delivery_id = heapq.heappop(self._timers)
+                delivery = self.deliveries.get(delivery_id)
+                if delivery is None or delivery.acked or delivery.entry.dead:
+                    continue
+                if delivery.attempts >= self.max_attempts:
+                    await self._dead_letter(delivery)
+                else:
+                    self._ready.put_nowait((delivery, None))
+            timeout = self._timers[0][0] - now if self._timers else None
+            try:
+                await asyncio.wait_for(self._timer_wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _dead_letter(self, delivery: _Delivery) -> None:
+        entry = delivery.entry
+        entry.dead = True
+        self.entries.pop(entry.id, None)
+        for index in range(len(entry.deliveries)):
+            self.deliveries.pop(f"{entry.id}.{index}", None)
+        try:
+            path = await asyncio.to_thread(self.spool.bury, entry.id)
+        except OSError as exc:
+            log.error("cannot move spooled message %s to dead/: %s", entry.id, exc)
+            path = self.spool.new / entry.id
+        self.runtime.metrics.inc("email_dead_letters_total", "messages whose hand-offs were spent")
+        channel = entry.deliveries[delivery.index]["channel"]
+        log.warning("message %s to %s was not acknowledged after %d hand-offs; kept in %s, sent to %s",
+                    delivery.id, channel, delivery.attempts, path, self.dead_letter_channel)
+        self.runtime.spawn(self._send_dead_letter(delivery, path), f"dead letter {delivery.id}")
+
+    async def _send_dead_letter(self, delivery: _Delivery, path: Any) -> None:
+        backoff = Backoff(0.5, 30.0)
+        while True:
+            try:
+                raw = (await asyncio.to_thread(self.spool.read, delivery.entry.id, path.parent)).raw
+                message = self._message(delivery, raw, delivery.attempts)
+                message["dead_letter"] = {"channel": message["channel"], "attempts": delivery.attempts,
+                                          "spool_path": str(path)}
+                await self.runtime.send(self.dead_letter_channel, message)
+                return
+            except HandoffError:
+                await backoff.wait()
+            except (OSError, ValueError) as exc:
+                log.error("dead letter %s cannot be read: %s", delivery.id, exc)
+                return

@@ -1,0 +1,194 @@
+"""The SMTP (and LMTP) listener: aiosmtpd, with the gateway's policy.
+
+Thin on purpose: :class:`InboundHandler` answers RCPT with the recipient
+policy and DATA with whatever the ``accept`` callback (the daemon: spool,
+then hand-off) says. The checks that need no socket live in
+:mod:`gateways.email.protocol`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import ssl
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+
+from gateways.email.protocol import Envelope, RecipientPolicy, line_ending_problem
+
+log = logging.getLogger("gateway.email")
+
+#: What the daemon does with a message: returns the SMTP status line.
+AcceptCallback = Callable[[bytes, Envelope], Awaitable[str]]
+
+
+class InboundHandler:
+    """aiosmtpd hooks: recipient policy, limits, smuggling check, accept.
+
+    Args:
+        policy: which recipients are accepted.
+        accept: called with each complete message; its status line is the answer.
+        max_recipients: recipients per transaction.
+    """
+
+    def __init__(self, policy: RecipientPolicy, accept: AcceptCallback, max_recipients: int) -> None:
+        self.policy = policy
+        self.accept = accept
+        self.max_recipients = max_recipients
+
+    async def handle_RCPT(self, server: SMTP, session: Any, envelope: Any, address: str,
+                          rcpt_options: list[str]) -> str:
+        if len(envelope.rcpt_tos) >= self.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        if not self.policy.accepts(address):
+            return f"550 5.1.1 <{address}>: recipient not accepted here"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Any, envelope: Any) -> str:
+        raw: bytes = envelope.original_content
+        problem = line_ending_problem(raw)
+        if problem is not None:
+            log.warning("refused message from %s: %s", _peer(session), problem)
+            return f"550 5.6.11 {problem}"
+        login = session.auth_data.login if isinstance(session.auth_data, LoginPassword) else None
+        status = await self.accept(raw, Envelope(
+            mail_from=envelope.mail_from if envelope.mail_from not in (None, "<>") else "",
+            rcpt_to=list(envelope.rcpt_tos),
+            peer=_peer(session),
+            helo=session.host_name,
+            tls=session.ssl is not None,
+            auth=login.decode("utf-8", "replace") if login else None,
+        ))
+        if isinstance(server, LMTP):  # LMTP answers once per recipient
+            return "\r\n".join([status] * len(envelope.rcpt_tos))
+        return status
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.exception("SMTP session failed: %s", error)
+        return "421 4.3.0 Internal error, try again later"
+
+
+def _peer(session: Any) -> str:
+    peer = session.peer
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer or "")
+
+
+class _Limits:
+    """Connection counting shared by every session of a listener."""
+
+    def __init__(self, max_connections: int) -> None:
+        self.max_connections = max_connections
+        self.active: set[int] = set()
+
+
+class _SessionMixin:
+    """Enhanced status codes for aiosmtpd's built-in size answers, and counting."""
+
+    limits: _Limits
+
+    async def push(self, status: Any) -> None:
+        text = status.decode("ascii", "replace") if isinstance(status, bytes) else status
+        if text.startswith("552 ") and not text.startswith("552 5."):
+            status = "552 5.3.4 Message size exceeds fixed maximum message size"
+        await super().push(status)  # type: ignore[misc]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = id(self) not in self.limits.active
+        if first and len(self.limits.active) >= self.limits.max_connections:
+            transport.write(b"421 4.3.2 Too many connections, try again later\r\n")
+            transport.close()
+            return
+        self.limits.active.add(id(self))
+        super().connection_made(transport)  # type: ignore[misc]
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if id(self) not in self.limits.active:
+            return
+        self.limits.active.discard(id(self))
+        super().connection_lost(error)  # type: ignore[misc]
+
+
+class GatewaySMTP(_SessionMixin, SMTP):
+    """aiosmtpd's SMTP session with the gateway's answers."""
+
+
+class GatewayLMTP(_SessionMixin, LMTP):
+    """aiosmtpd's LMTP session with the gateway's answers."""
+
+
+def load_credentials(users: dict[str, str], path: str | None) -> dict[str, str]:
+    """AUTH credentials from the config mapping and a ``user:password`` file."""
+    credentials = dict(users)
+    if path:
+        for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            user, sep, password = line.partition(":")
+            if not sep:
+                raise ValueError(f"{path}:{number}: expected user:password")
+            credentials[user] = password
+    return credentials
+
+
+class Authenticator:
+    """Checks AUTH PLAIN/LOGIN against fixed credentials.
+
+    Args:
+        credentials: user -> password.
+    """
+
+    def __init__(self, credentials: dict[str, str]) -> None:
+        self.credentials = credentials
+
+    def __call__(self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        user = auth_data.login.decode("utf-8", "replace")
+        expected = self.credentials.get(user)
+        ok = expected is not None and hmac.compare_digest(expected.encode(), auth_data.password)
+        if not ok:
+            log.warning("AUTH failed for %r from %s", user, _peer(session))
+        return AuthResult(success=ok, handled=False)
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """A server TLS context for STARTTLS."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+async def start_listener(host: str, port: int, handler: InboundHandler, *, lmtp: bool = False,
+                         hostname: str | None, max_message_size: int, timeout: float,
+                         max_connections: int, tls: ssl.SSLContext | None, require_starttls: bool,
+                         authenticator: Authenticator | None, auth_required: bool) -> asyncio.Server:
+    """Listen on ``host:port`` with a session per connection."""
+    limits = _Limits(max_connections)
+    base = GatewayLMTP if lmtp else GatewaySMTP
+    session_class = type(base.__name__, (base,), {"limits": limits})
+    loop = asyncio.get_running_loop()
+
+    def factory() -> SMTP:
+        return session_class(
+            handler,
+            data_size_limit=max_message_size,
+            enable_SMTPUTF8=True,
+            hostname=hostname or None,
+            tls_context=tls,
+            require_starttls=require_starttls,
+            timeout=timeout,
+            authenticator=authenticator,
+            auth_required=auth_required,
+            auth_require_tls=True,
+            loop=loop,
+        )
+
+    return await loop.create_server(factory, host, port)

@@ -1,0 +1,140 @@
+"""aiomqtt with manual acknowledgement: the one place that reaches into it.
+
+aiomqtt 2.x acknowledges every QoS 1 PUBLISH as soon as paho decoded it and
+has no public way to wait. The gateway must send PUBACK only after the
+channel layer accepted the message, so this module turns on paho's
+``manual_ack`` on the client aiomqtt wraps (``Client._client``) and takes
+over ``_on_message`` (to keep the ``dup`` flag aiomqtt drops) and
+``_on_connect`` (to learn whether the broker kept the session). Those are
+aiomqtt internals: pyproject pins aiomqtt to 2.5.x and paho-mqtt to
+2.1-2.2, :func:`check_versions` refuses others, and tests/mqtt exercises
+this module against a real broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import aiomqtt
+import paho.mqtt.client as paho
+from paho.mqtt.properties import Properties
+
+#: The aiomqtt minor versions whose internals this module was checked against.
+SUPPORTED_AIOMQTT = ((2, 5),)
+#: The paho-mqtt minor versions whose ``manual_ack``/``ack`` this module uses.
+SUPPORTED_PAHO = ((2, 1), (2, 2))
+
+
+def check_versions() -> None:
+    """Raise RuntimeError unless the installed aiomqtt and paho are the checked ones."""
+    aiomqtt_version = tuple(aiomqtt.__version_tuple__[:2])
+    paho_version = _paho_version()
+    if aiomqtt_version not in SUPPORTED_AIOMQTT or paho_version not in SUPPORTED_PAHO:
+        raise RuntimeError(
+            f"gateways.mqtt.manual_ack supports aiomqtt 2.5 with paho-mqtt 2.1/2.2, found aiomqtt "
+            f"{aiomqtt.__version__} and paho-mqtt {'.'.join(map(str, paho_version))}: check the "
+            "module against the new versions before widening the pins"
+        )
+
+
+def _paho_version() -> tuple[int, ...]:
+    import paho.mqtt
+
+    return tuple(int(p) for p in paho.mqtt.__version__.split(".")[:2])
+
+
+@dataclass
+class Delivery:
+    """A PUBLISH received, not yet acknowledged.
+
+    Args:
+        topic: the topic name.
+        payload: the raw payload.
+        qos: the QoS it was delivered at.
+        retain: the retain flag.
+        dup: the broker's redelivery flag.
+        mid: the packet identifier to acknowledge (0 for QoS 0).
+        properties: paho's MQTT 5 properties, or None.
+    """
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    dup: bool
+    mid: int
+    properties: Properties | None
+
+
+class ManualAckClient(aiomqtt.Client):
+    """An :class:`aiomqtt.Client` that leaves PUBACK to :meth:`ack`.
+
+    ``messages`` yields :class:`Delivery` objects. Every QoS 1 delivery must
+    be acknowledged with :meth:`ack`, in the order received (MQTT requires
+    PUBACKs in PUBLISH order); what is not acknowledged before the
+    connection ends is redelivered by the broker on the next connection of
+    a persistent session.
+
+    Args:
+        *args: as for :class:`aiomqtt.Client`.
+        **kwargs: as for :class:`aiomqtt.Client`.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        check_versions()
+        super().__init__(*args, **kwargs)
+        self._client.manual_ack_set(True)
+        #: Whether the broker resumed a session on connect (None before CONNACK).
+        self.session_present: bool | None = None
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up (and acknowledgements can be sent on it)."""
+        return self._connected.done() and not self._connected.exception() and not self._disconnected.done()
+
+    def ack(self, mid: int, qos: int) -> bool:
+        """Send PUBACK (QoS 1) or PUBCOMP (QoS 2) for ``mid``; QoS 0 needs none.
+
+        Returns False when the connection is gone: the broker will redeliver.
+
+        Args:
+            mid: the delivery's packet identifier.
+            qos: the delivery's QoS.
+        """
+        if qos == 0:
+            return True
+        if not self.connected:
+            return False
+        return self._client.ack(mid, qos) == paho.MQTT_ERR_SUCCESS
+
+    # -- aiomqtt internals taken over -------------------------------------
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        # Unbounded on purpose: a QoS 1 message dropped here would never be
+        # acknowledged, and PUBACKs go in order, so the session would stall;
+        # the broker's in-flight window (receive maximum) bounds QoS 1.
+        self._queue.put_nowait(Delivery(
+            topic=message.topic,
+            payload=message.payload,
+            qos=message.qos,
+            retain=bool(message.retain),
+            dup=bool(message.dup),
+            mid=message.mid,
+            properties=getattr(message, "properties", None),
+        ))
+
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any,
+                    properties: Any = None) -> None:
+        self.session_present = bool(getattr(flags, "session_present", False))
+        super()._on_connect(client, userdata, flags, reason_code, properties)
+
+
+async def wait_disconnected(client: ManualAckClient) -> None:
+    """Return when ``client``'s connection has ended (cleanly or not).
+
+    Args:
+        client: a connected client.
+    """
+    await asyncio.wait([client._disconnected])  # noqa: SLF001 - aiomqtt keeps no public signal

@@ -1,0 +1,317 @@
+"""The WebSocket gateway's I/O: a ``websockets`` server bridged to the layer.
+
+Each connection gets a reply channel; every reply channel of this process
+shares the layer's process channel, which the core receives on in one loop
+and hands to :meth:`WebSocketGateway.handle`. Per connection, replies are
+carried out in arrival order by one sender task, so a slow client never
+holds up the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from gateways.core.config import split_host_port
+from gateways.core.daemon import Gateway, HandoffError
+from gateways.websocket.config import WebSocketSection
+from gateways.websocket.protocol import (
+    CLOSE_GOING_AWAY,
+    CLOSE_LAYER_UNAVAILABLE,
+    CLOSE_POLICY,
+    CLOSE_SLOW_CLIENT,
+    Accept,
+    Close,
+    Connection,
+    ConnectionInfo,
+    GroupAdd,
+    GroupDiscard,
+    Phase,
+    ProtocolError,
+    Send,
+    match_route,
+)
+
+
+@dataclass
+class _Live:
+    """One connection's protocol state and its I/O."""
+
+    conn: Connection
+    answered: asyncio.Future  # Accept or Close, the consumer's answer to connect
+    queue: asyncio.Queue  # actions for the sender task, in order
+    socket: ServerConnection | None = None
+    accept: Accept | None = None
+    handler_done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class WebSocketGateway(Gateway):
+    """``gateway websocket``: WebSocket connections as ``websocket.*`` messages.
+
+    Args:
+        runtime: the core services.
+        section: the ``websocket:`` section.
+    """
+
+    protocol = "websocket"
+    section_class = WebSocketSection
+
+    def __init__(self, runtime: Any, section: WebSocketSection) -> None:
+        super().__init__(runtime, section)
+        self.routes = [r.compiled() for r in section.routes]
+        self.live: dict[str, _Live] = {}
+        self.server: Server | None = None
+        self.metrics = runtime.metrics
+        runtime.on_layer_recovered.append(self._refresh_groups_soon)
+
+    @classmethod
+    def consumer_channels(cls, section: WebSocketSection) -> list[str]:
+        return sorted({route.channel for route in section.routes})
+
+    def uses_process_channel(self) -> bool:
+        return True
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        host, port = split_host_port(self.section.listen)
+        self.server = await serve(
+            self._serve,
+            host,
+            port,
+            process_request=self._handshake,
+            process_response=self._add_accept_headers,
+            select_subprotocol=self._select_subprotocol,
+            open_timeout=self.section.accept_timeout + 5,
+            ping_interval=self.section.ping_interval,
+            ping_timeout=self.section.ping_timeout,
+            max_size=self.section.max_message_size,
+            compression=None,
+            server_header=None,
+        )
+        self.runtime.spawn(self._refresh_groups_forever(), "refresh groups")
+        self.log.info("listening on ws://%s", self.section.listen)
+
+    async def stop_accepting(self) -> None:
+        if self.server is not None:
+            self.server.close(close_connections=False)
+
+    async def drain(self) -> None:
+        # Reject handshakes waiting for an accept; open connections finish their hand-offs.
+        for live in list(self.live.values()):
+            if not live.answered.done():
+                live.answered.set_result(Close(CLOSE_GOING_AWAY, "server shutting down"))
+
+    async def close(self) -> None:
+        for live in list(self.live.values()):
+            if live.socket is not None:
+                live.queue.put_nowait(Close(CLOSE_GOING_AWAY, "server shutting down"))
+        waits = [live.handler_done.wait() for live in self.live.values() if live.socket is not None]
+        if waits:
+            await asyncio.wait([asyncio.ensure_future(w) for w in waits], timeout=5)
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        serving = self.server is not None and self.server.is_serving()
+        return serving, {"connections": len(self.live)}
+
+    # -- handshake ---------------------------------------------------------------
+
+    async def _handshake(self, socket: ServerConnection, request: Request) -> Response | None:
+        section = self.section
+        if self.runtime.stopping.is_set():
+            return socket.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "Server is shutting down.\n")
+        if len(self.live) >= section.max_connections:
+            self.metrics.inc("connections_refused_total", "handshakes refused", reason="max_connections")
+            return socket.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "Too many connections.\n")
+        origin = request.headers.get("Origin")
+        if section.allowed_origins and "*" not in section.allowed_origins and origin not in section.allowed_origins:
+            self.metrics.inc("connections_refused_total", "handshakes refused", reason="origin")
+            return socket.respond(http.HTTPStatus.FORBIDDEN, f"Origin {origin!r} is not allowed.\n")
+        raw_path, _, query = request.path.partition("?")
+        path = unquote(raw_path)
+        matched = match_route(self.routes, path)
+        if matched is None:
+            self.metrics.inc("connections_refused_total", "handshakes refused", reason="no_route")
+            return socket.respond(http.HTTPStatus.NOT_FOUND, f"No route for {path}.\n")
+        route, kwargs = matched
+        reply_channel = await self.runtime.new_channel()
+        info = ConnectionInfo(
+            path=path,
+            query_string=query.encode("latin-1"),
+            headers=[[k.lower().encode("latin-1"), v.encode("latin-1")] for k, v in request.headers.raw_items()],
+            client=list(socket.remote_address[:2]) if socket.remote_address else None,
+            server=list(socket.local_address[:2]) if socket.local_address else None,
+            subprotocols=[p.strip() for h in request.headers.get_all("Sec-WebSocket-Protocol")
+                          for p in h.split(",") if p.strip()],
+        )
+        live = _Live(Connection(info, route, kwargs, reply_channel),
+                     asyncio.get_running_loop().create_future(), asyncio.Queue(section.send_queue))
+        self.live[reply_channel] = live
+        if route.auto_accept:
+            live.answered.set_result(live.conn.accept_automatically()[0])
+        try:
+            await self.runtime.send(route.channel, live.conn.connect_message())
+        except HandoffError as exc:
+            self.live.pop(reply_channel, None)
+            self.log.warning("refusing %s: %s", path, exc)
+            return socket.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "Service temporarily unavailable.\n")
+        try:
+            answer = await asyncio.wait_for(asyncio.shield(live.answered), section.accept_timeout)
+        except asyncio.TimeoutError:
+            self.live.pop(reply_channel, None)
+            self.metrics.inc("connections_refused_total", "handshakes refused", reason="accept_timeout")
+            self.log.warning("no websocket.accept for %s within %ss", path, section.accept_timeout)
+            return socket.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "No consumer answered.\n")
+        if isinstance(answer, Close):
+            self.live.pop(reply_channel, None)
+            self.metrics.inc("connections_refused_total", "handshakes refused", reason="consumer")
+            return socket.respond(http.HTTPStatus.FORBIDDEN, "Connection rejected.\n")
+        live.accept = answer
+        live.socket = socket
+        socket.gateway_live = live  # type: ignore[attr-defined]
+        return None
+
+    def _select_subprotocol(self, socket: ServerConnection, offered: Any) -> str | None:
+        live: _Live | None = getattr(socket, "gateway_live", None)
+        return live.accept.subprotocol if live and live.accept else None
+
+    def _add_accept_headers(self, socket: ServerConnection, request: Request, response: Response) -> Response:
+        live: _Live | None = getattr(socket, "gateway_live", None)
+        if live and live.accept and response.status_code == 101:
+            for name, value in live.accept.headers:
+                response.headers[name.decode("latin-1")] = value.decode("latin-1")
+        return response
+
+    # -- an open connection ----------------------------------------------------------
+
+    async def _serve(self, socket: ServerConnection) -> None:
+        live: _Live = socket.gateway_live  # type: ignore[attr-defined]
+        conn = live.conn
+        self.metrics.add("connections_open", 1, "open WebSocket connections")
+        sender = asyncio.create_task(self._send_replies(live))
+        try:
+            async for frame in socket:
+                try:
+                    await self.runtime.send(conn.channel, conn.receive_message(frame))
+                except HandoffError as exc:
+                    # The message cannot reach a consumer: say so rather than drop it.
+                    self.log.warning("closing %s %s: %s", conn.info.path, conn.reply_channel, exc)
+                    await socket.close(CLOSE_LAYER_UNAVAILABLE, "channel layer unavailable")
+                    break
+        except ConnectionClosed:
+            pass
+        finally:
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+            self.metrics.add("connections_open", -1, "open WebSocket connections")
+            await self._disconnected(live, socket)
+
+    async def _disconnected(self, live: _Live, socket: ServerConnection) -> None:
+        conn = live.conn
+        self.live.pop(conn.reply_channel, None)
+        code = socket.close_code or 1006
+        reason = socket.close_reason or ""
+        try:
+            await self.runtime.send(conn.channel, conn.disconnect_message(code, reason))
+        except HandoffError as exc:
+            self.log.warning("websocket.disconnect for %s not delivered: %s", conn.reply_channel, exc)
+        for group in list(conn.groups):
+            try:
+                await self.runtime.group_discard(group, conn.reply_channel)
+            except Exception as exc:  # the membership expires with group_expiry
+                self.log.warning("leaving group %s failed: %s", group, exc)
+        live.handler_done.set()
+
+    async def _send_replies(self, live: _Live) -> None:
+        socket = live.socket
+        assert socket is not None
+        while True:
+            action = await live.queue.get()
+            try:
+                if isinstance(action, Send):
+                    await socket.send(action.text if action.text is not None else action.data)
+                elif isinstance(action, Close):
+                    await socket.close(action.code, action.reason)
+                    return
+                elif isinstance(action, GroupAdd):
+                    await self.runtime.group_add(action.group, live.conn.reply_channel)
+                elif isinstance(action, GroupDiscard):
+                    await self.runtime.group_discard(action.group, live.conn.reply_channel)
+            except ConnectionClosed:
+                return
+            except HandoffError as exc:
+                self.log.warning("group change for %s failed: %s", live.conn.reply_channel, exc)
+            except Exception as exc:  # layer errors on group changes are not fatal to the socket
+                self.log.warning("reply for %s failed: %s: %s", live.conn.reply_channel, type(exc).__name__, exc)
+
+    # -- replies from consumers ---------------------------------------------------------
+
+    async def handle(self, channel: str, message: dict[str, Any]) -> None:
+        live = self.live.get(channel)
+        if live is None:
+            self.metrics.inc("replies_dropped_total", "replies for connections that are gone",
+                             type=message["type"])
+            return
+        try:
+            actions = live.conn.on_reply(message)
+        except ProtocolError as exc:
+            self.runtime.reject(channel, message, str(exc))
+            actions = [Close(CLOSE_POLICY, "invalid message from the application")]
+            live.conn.phase = Phase.CLOSED
+        for action in actions:
+            if not live.answered.done() and isinstance(action, (Accept, Close)):
+                live.answered.set_result(action)
+                continue
+            try:
+                live.queue.put_nowait(action)
+            except asyncio.QueueFull:
+                self.metrics.inc("slow_clients_closed_total", "connections closed for not reading")
+                self.log.warning("closing %s: %d replies queued", channel, live.queue.qsize())
+                self._close_now(live, CLOSE_SLOW_CLIENT, "client too slow")
+                return
+
+    async def handle_invalid(self, channel: str, message: Any, problem: str) -> None:
+        live = self.live.get(channel)
+        if live is None:
+            return
+        if not live.answered.done():
+            live.answered.set_result(Close(CLOSE_POLICY))
+        elif live.socket is not None:
+            self._close_now(live, CLOSE_POLICY, "invalid message from the application")
+
+    def _close_now(self, live: _Live, code: int, reason: str) -> None:
+        live.conn.phase = Phase.CLOSED
+        if live.socket is not None:
+            self.runtime.spawn(live.socket.close(code, reason), "close")
+
+    # -- groups --------------------------------------------------------------------------
+
+    def _refresh_groups_soon(self) -> None:
+        self.runtime.spawn(self._refresh_groups(), "refresh groups after layer recovery")
+
+    async def _refresh_groups_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.section.group_refresh)
+            await self._refresh_groups()
+
+    async def _refresh_groups(self) -> None:
+        """Re-add every open connection to its groups: memberships expire after
+        ``group_expiry``, and a Redis restarted without persistence forgot them."""
+        for live in list(self.live.values()):
+            for group in list(live.conn.groups):
+                try:
+                    await self.runtime.group_add(group, live.conn.reply_channel)
+                except Exception as exc:
+                    self.log.warning("refreshing group %s failed: %s", group, exc)
+                    return
