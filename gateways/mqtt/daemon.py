@@ -1,0 +1,144 @@
+"""``gateway mqtt``: the MQTT gateway daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+from typing import Any
+
+from gateways.core.config import Config
+from gateways.core.daemon import Gateway, HandoffError, Service, StackUnavailable
+from gateways.mqtt.config import MqttSection
+from gateways.mqtt.connection import BrokerConnection
+from gateways.mqtt.inbound import HandoffPipeline
+from gateways.mqtt.outbound import Pending, RequestQueue
+from gateways.mqtt.protocol import PUBLISH, SubscribeRequest, parse_request, reply_channel_of, result_message
+
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+class MqttGateway(Gateway):
+    """Subscribes to the configured topics, hands messages to the layer,
+    publishes and (un)subscribes for consumers.
+
+    Args:
+        runtime: the core services.
+        section: the ``mqtt:`` section.
+    """
+
+    protocol = "mqtt"
+    section_class = MqttSection
+
+    def __init__(self, runtime: Any, section: MqttSection) -> None:
+        super().__init__(runtime, section)
+        self.pipeline = HandoffPipeline(runtime.send, self.log, runtime.metrics, section.inflight)
+        self.requests = RequestQueue(section.outage_queue)
+        self.connection = BrokerConnection(section, self.pipeline, self.requests, self._report_pending, self.log,
+                                           runtime.metrics)
+        self._task: Any = None
+
+    # -- what `gateway up` asks ----------------------------------------------
+
+    @classmethod
+    def consumer_channels(cls, section: MqttSection) -> list[str]:
+        """The default inbound channel and every subscription's channel."""
+        return sorted({PUBLISH, *(s.channel for s in section.subscriptions)})
+
+    @classmethod
+    def stack_services(cls, section: MqttSection, config: Config) -> list[Service]:
+        """Mosquitto on the broker's local port, unless a broker already listens there."""
+        if section.host not in LOCAL_HOSTS or section.tls:
+            return []
+        if _listening(section.host, section.port):
+            return []
+        binary = shutil.which("mosquitto")
+        if binary is None:
+            raise StackUnavailable(
+                f"MQTT skipped: no broker on {section.host}:{section.port} and mosquitto is not installed; "
+                "add MQTT with `apt-get install mosquitto` (or point mqtt.broker at a running broker)"
+            )
+        # Without -c, Mosquitto 2 listens on loopback only and allows anonymous clients.
+        return [Service("mosquitto", [binary, "-p", str(section.port)], port=section.port)]
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def outbound_channels(self) -> list[str]:
+        """``mqtt.send`` (or the configured ``send_channel``)."""
+        return [self.section.send_channel]
+
+    async def start(self) -> None:
+        """Start connecting; the first connection is not awaited (the loop retries with backoff)."""
+        self._task = self.runtime.spawn(self.connection.run(), "mqtt connection")
+
+    async def handle(self, channel: str, message: dict[str, Any]) -> None:
+        """Queue a consumer's publish, subscribe or unsubscribe for the broker."""
+        try:
+            request = parse_request(message, PUBLISH)
+        except ValueError as exc:
+            self.runtime.reject(channel, message, str(exc))
+            await self._report(message, False, str(exc))
+            return
+        if isinstance(request, SubscribeRequest):
+            sub = request.subscription
+            if sub.qos > sub.granted_qos:
+                self.log.warning("mqtt.subscribe %r asks for QoS 2: served at QoS 1", sub.filter)
+        if not self.requests.put(Pending(message, request)):
+            self.runtime.metrics.inc("mqtt_outage_queue_full_total", "requests refused: outage queue full")
+            self.log.warning("%s refused: %d requests already wait for the broker", message["type"],
+                             self.requests.maxsize)
+            await self._report(message, False,
+                               f"broker unreachable and {self.requests.maxsize} requests already wait")
+
+    async def handle_invalid(self, channel: str, message: Any, problem: str) -> None:
+        """Tell the sender, when it gave a reply_channel, why its message was rejected."""
+        await self._report(message, False, problem)
+
+    async def stop_accepting(self) -> None:
+        """Read no more messages from the broker; the unread ones are redelivered later."""
+        self.connection.stop_reading()
+
+    async def drain(self) -> None:
+        """Wait for hand-offs (and their PUBACKs) and for queued requests while connected."""
+        await self.pipeline.drained()
+        while self.connection.connected.is_set() and (len(self.requests) or self.connection.unsettled):
+            await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        """Disconnect; report the requests that never reached the broker as failed."""
+        await self.connection.close()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), 10)
+            except Exception:  # noqa: BLE001 - closing anyway; the task logs its own failure
+                pass
+        for pending in self.requests.take_all():
+            await self._report(pending.message, False, "gateway stopped before the broker was reachable")
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy while connected to the broker."""
+        connected = self.connection.connected.is_set()
+        return connected, {"broker": connected, "handoffs": len(self.pipeline), "queued": len(self.requests)}
+
+    # -- outcomes --------------------------------------------------------------
+
+    async def _report_pending(self, pending: Pending, ok: bool, error: str | None, **details: Any) -> None:
+        await self._report(pending.message, ok, error, **details)
+
+    async def _report(self, message: Any, ok: bool, error: str | None, **details: Any) -> None:
+        reply = reply_channel_of(message)
+        if reply is None:
+            return
+        try:
+            await self.runtime.send(reply, result_message(message, ok, error, **details))
+        except HandoffError as exc:
+            self.log.warning("could not send mqtt.result to %s: %s", reply, exc)
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
