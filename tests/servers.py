@@ -130,3 +130,73 @@ class MosquittoServer(_Process):
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
+
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = os.environ.get("GATEWAY_TEST_PYTHON") or __import__("sys").executable
+
+
+class Daemon:
+    """A project process (``gateway ...`` or ``manage.py runworker``) with its log.
+
+    Args:
+        name: used in the log file name and in failure messages.
+        argv: the command.
+        env: extra environment variables.
+        cwd: working directory (the repository by default).
+    """
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> None:
+        self.name = name
+        self.log_path = Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log")[1])
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            argv, cwd=cwd or REPO, stdout=self._log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+
+    def log(self) -> str:
+        """Everything the process printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, timeout: float = 20.0) -> None:
+        """Block until ``text`` appears in the log; fail with the log if the process dies."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name}: no {text!r} after {timeout}s:\n{self.log()}")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM, wait, return the exit code (kill after ``timeout``)."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+def gateway_daemon(protocol: str, config: Path, env: dict[str, str] | None = None) -> Daemon:
+    """Start ``python -m gateways <protocol> --config <config>`` with strict schema checks."""
+    return Daemon(protocol, [PYTHON, "-m", "gateways", protocol, "--config", str(config)],
+                  env={"GATEWAY_STRICT": "1", **(env or {})})
+
+
+def runworker(config: Path, channels: list[str], settings: str = "demo.settings",
+              pythonpath: list[Path] | None = None, env: dict[str, str] | None = None) -> Daemon:
+    """Start Django's ``runworker`` for ``channels`` against the layer in ``config``."""
+    paths = [str(p) for p in (pythonpath or [])] + [str(REPO / "example")]
+    return Daemon("runworker", [PYTHON, "-m", "django", "runworker", *channels], env={
+        "DJANGO_SETTINGS_MODULE": settings,
+        "GATEWAY_CONFIG": str(config),
+        "DEMO_DATABASE": str(Path(tempfile.mkdtemp(prefix="demo-db-")) / "db.sqlite3"),
+        "PYTHONPATH": os.pathsep.join(paths + [os.environ.get("PYTHONPATH", "")]),
+        **(env or {}),
+    })

@@ -1,0 +1,47 @@
+"""Consumers for the WebSocket end-to-end tests."""
+
+import json
+
+from consumers.websocket import WebSocketConsumer, WebSocketContext
+from gateways.core.specs import load_schema
+
+
+class RejectConsumer(WebSocketConsumer):
+    """Refuses every connection."""
+
+    async def connect(self, ws: WebSocketContext) -> None:
+        await ws.close()
+
+
+class StateConsumer(WebSocketConsumer):
+    """Accepts with a state and a subprotocol, then reports what each message carries."""
+
+    async def connect(self, ws: WebSocketContext) -> None:
+        protocol = "chat.v2" if "chat.v2" in ws.message["subprotocols"] else None
+        await ws.accept(subprotocol=protocol, headers=[[b"x-demo", b"yes"]],
+                        state={"user": ws.kwargs.get("user", "?"), "query": ws.message["query_string"].decode()})
+
+    async def receive(self, ws: WebSocketContext) -> None:
+        if ws.text == "boom":
+            raise RuntimeError("handler failure on purpose")
+        if ws.text == "bad":
+            await ws.send_to(ws.reply_channel, {"type": "websocket.send", "text": 42})
+            return
+        await ws.send(text=json.dumps({"order": ws.order, "state": ws.state, "kwargs": ws.kwargs,
+                                       "path": ws.path, "text": ws.text}))
+
+
+class CheckingConsumer(WebSocketConsumer):
+    """Echoes, and says so when a message from the gateway breaks the spec."""
+
+    schema = load_schema("websocket")
+
+    async def dispatch(self, message):
+        problem = self.schema.problem(message)
+        if problem and message.get("reply_channel"):
+            await self.channel_layer.send(message["reply_channel"],
+                                          {"type": "websocket.send", "text": f"INVALID {problem}"})
+        await super().dispatch(message)
+
+    async def receive(self, ws: WebSocketContext) -> None:
+        await ws.send(text=ws.text, bytes=ws.bytes)
