@@ -8,7 +8,9 @@ of redis-py 8 closed:
 - its 5 s default socket timeout equals channels_redis's 5 s blocking pop, so
   an idle receive fails with a timeout: the socket timeout here is longer;
 - its pool raises once ``max_connections`` are in use: the pool here blocks
-  and waits for a free connection instead.
+  and waits for a free connection instead;
+
+and connections broken by a Redis restart are retried once on a new one.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from urllib.parse import parse_qsl, urlsplit
 from channels.layers import InMemoryChannelLayer
 from channels_redis.core import RedisChannelLayer
 from redis import asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateways.core.config import Config, LayerConfig
 
@@ -52,6 +57,10 @@ class GatewayRedisChannelLayer(RedisChannelLayer):
             "socket_connect_timeout": 5.0,
             "socket_keepalive": True,
             "health_check_interval": 15,
+            # A pooled connection broken by a Redis restart fails its next command;
+            # one quick retry on a fresh connection hides that. Timeouts are not
+            # retried: the command may have run, and a send would be duplicated.
+            "retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), 2, supported_errors=(RedisConnectionError,)),
         }
         if "address" in host:
             options.update({k: v for k, v in host.items() if k != "address"})

@@ -1,16 +1,26 @@
 """``gateway worker``: the Django project's consumers for the configured channels.
 
-For now this runs Django Channels' own ``runworker`` with the Django project
-and channels taken from the YAML, so workers and gateways share one file.
+It runs the project's ASGI application the way Django Channels' ``runworker``
+does (one application instance per channel), with the Django project and the
+channels taken from the YAML, and one difference: a channel-layer error does
+not end the worker. Stock ``runworker`` exits when Redis goes away; this one
+logs, backs off and listens again.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
+from channels.worker import Worker
+
 from gateways.core import registry
+from gateways.core.backoff import Backoff
 from gateways.core.config import Config
+from gateways.core.daemon import LAYER_ERRORS
+
+log = logging.getLogger("gateway.worker")
 
 
 def worker_channels(config: Config) -> list[str]:
@@ -38,8 +48,24 @@ def run_worker(config: Config, channels: list[str]) -> int:
     if not channels:
         raise SystemExit(f"{config.path}: no channels to consume")
     import django
-    from django.core.management import call_command
 
     django.setup()
-    call_command("runworker", *channels)
+    from channels.layers import get_channel_layer
+    from channels.routing import get_default_application
+
+    log.info("Running worker for channels %s", channels)
+    ResilientWorker(get_default_application(), channels, get_channel_layer()).run()
     return 0
+
+
+class ResilientWorker(Worker):
+    """Channels' worker whose listeners survive channel-layer outages."""
+
+    async def listener(self, channel: str) -> None:
+        backoff = Backoff(initial=0.2, maximum=10.0)
+        while True:
+            try:
+                await super().listener(channel)
+            except LAYER_ERRORS as exc:
+                log.warning("receiving on %s failed (%s: %s); retrying", channel, type(exc).__name__, exc)
+                await backoff.wait()

@@ -31,6 +31,7 @@ MAX_DEPTH = 32
 
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _BARE_CR = re.compile(rb"\r(?!\n)")
+_UNFOLD = re.compile(r"\r?\n(?=[ \t])")
 
 
 class OutboundError(ValueError):
@@ -211,7 +212,7 @@ def decode_header(value: Any) -> str:
     """A header value as text: RFC 2047 words decoded, 8-bit bytes guessed."""
     if isinstance(value, email.header.Header):
         value = str(value)
-    text = _fix_8bit(str(value))
+    text = _UNFOLD.sub("", _fix_8bit(str(value)))
     try:
         decoded = str(email.header.make_header(email.header.decode_header(text)))
     except Exception:  # unknown charset, broken base64: decode word by word
@@ -282,7 +283,7 @@ class _Walker:
             "charset": charset,
             "disposition": disposition,
             "filename": filename,
-            "headers": [[k, decode_header(v)] for k, v in part.items()],
+            "headers": [[k, decode_header(v)] for k, v in part.raw_items()],
             "body": None,
             "attachment": None,
             "parts": [],
@@ -310,9 +311,9 @@ class _Walker:
             return node
         node["body"] = body
         if content_type == "text/plain" and self.text is None:
-            self.text = _decode_bytes(body, charset)
+            self.text = _decode_bytes(body, charset).replace("\r\n", "\n")
         elif content_type == "text/html" and self.html is None:
-            self.html = _decode_bytes(body, charset)
+            self.html = _decode_bytes(body, charset).replace("\r\n", "\n")
         return node
 
 
@@ -327,14 +328,17 @@ def parse_message(raw: bytes) -> dict[str, Any]:
     ``text``, ``html``, ``attachments``, ``parts`` and ``defects``.
     """
     msg = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(raw)
-    headers = [[name, decode_header(value)] for name, value in msg.items()]
-
-    def first(name: str) -> str | None:
-        value = msg.get(name)
-        return decode_header(value).strip() if value is not None else None
+    # raw_items(): compat32 turns 8-bit values into Header objects that lose
+    # the bytes; the raw strings keep them (surrogate-escaped) for _fix_8bit.
+    raw_headers = list(msg.raw_items())
+    headers = [[name, decode_header(value)] for name, value in raw_headers]
 
     def all_of(name: str) -> list[str]:
-        return [decode_header(v) for v in msg.get_all(name, [])]
+        return [value for key, value in headers if key.lower() == name]
+
+    def first(name: str) -> str | None:
+        found = all_of(name)
+        return found[0].strip() if found else None
 
     walker = _Walker()
     tree = walker.part(msg, 0)
@@ -363,8 +367,10 @@ def header_subject(raw: bytes) -> str:
     """The decoded Subject, reading only the header block (for routing)."""
     head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
     msg = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
-    value = msg.get("subject")
-    return decode_header(value).strip() if value is not None else ""
+    for name, value in msg.raw_items():
+        if name.lower() == "subject":
+            return decode_header(value).strip()
+    return ""
 
 
 @dataclass
