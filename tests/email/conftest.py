@@ -1,0 +1,22 @@
+"""Fixtures of the email tests: Django for in-process consumer tests, and the
+real stack (gateway subprocess, relay, runworker) in email_stack.py."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+@pytest.fixture(scope="session")
+def django_demo():
+    """The demo project's settings, with an in-memory layer (run_consumer swaps its own in)."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "demo.settings")
+    os.environ.setdefault("GATEWAY_LAYER_URL", "memory://")
+    import django
+
+    django.setup()

@@ -1,0 +1,125 @@
+"""The Django side without a gateway: parsed mail, routing, replies, acks, RFC 3834."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateways.core.specs import load_schema
+
+SCHEMA = load_schema("email")
+
+PLAIN = (b"From: You <you@example.test>\nTo: echo@demo.local\nSubject: hello there\n"
+         b"Message-ID: <q1@example.test>\nReferences: <q0@example.test>\n\nline one\nline two\n")
+
+
+@pytest.fixture
+def consumer_module(django_demo):
+    from consumers import email as module
+
+    return module
+
+
+def test_receive_from_bytes_matches_the_schema(consumer_module):
+    message = consumer_module.receive_from_bytes(PLAIN, mail_from="you@example.test", rcpt_to=["echo@demo.local"])
+    assert SCHEMA.problem(message) is None
+    assert message["raw"].count(b"\r\n") == PLAIN.count(b"\n")
+    mail = consumer_module.Mail(message)
+    assert mail.subject == "hello there" and mail.text == "line one\nline two\n"
+    assert mail.envelope_from == "you@example.test" and mail.from_address == "you@example.test"
+
+
+def test_build_reply_is_threaded(consumer_module):
+    mail = consumer_module.Mail(consumer_module.receive_from_bytes(
+        PLAIN, mail_from="bounce+x@example.test", rcpt_to=["echo@demo.local"]))
+    reply = consumer_module.build_reply(mail, text="hi", auto=True)
+    assert SCHEMA.problem(reply) is None
+    assert reply["to"] == ["bounce+x@example.test"]  # the envelope sender, not From
+    assert reply["from"] == "echo@demo.local"
+    assert reply["subject"] == "Re: hello there"
+    assert reply["in_reply_to"] == "<q1@example.test>"
+    assert reply["references"] == ["<q0@example.test>", "<q1@example.test>"]
+    assert ["Auto-Submitted", "auto-replied"] in reply["headers"]
+    assert consumer_module.reply_subject("RE: x") == "RE: x"
+
+
+@pytest.mark.parametrize("headers,mail_from,allowed", [
+    (b"", "you@example.test", True),
+    (b"", "", False),
+    (b"Auto-Submitted: auto-replied\n", "you@example.test", False),
+    (b"Auto-Submitted: auto-generated\n", "you@example.test", False),
+    (b"Auto-Submitted: no\n", "you@example.test", True),
+    (b"Precedence: bulk\n", "you@example.test", False),
+    (b"Precedence: list\n", "you@example.test", False),
+    (b"List-Id: <news.example.test>\n", "you@example.test", False),
+    (b"X-Auto-Response-Suppress: All\n", "you@example.test", False),
+    (b"", "MAILER-DAEMON@example.test", False),
+    (b"", "list-request@example.test", False),
+    (b"", "echo@demo.local", False),
+])
+def test_rfc3834_auto_reply_rules(consumer_module, headers, mail_from, allowed):
+    raw = b"From: x@example.test\nSubject: s\n" + headers + b"\nbody\n"
+    mail = consumer_module.Mail(consumer_module.receive_from_bytes(raw, mail_from=mail_from,
+                                                                   rcpt_to=["echo@demo.local"]))
+    assert mail.auto_reply_allowed() is allowed
+
+
+def test_routes_capture_groups(consumer_module):
+    route = consumer_module.route
+    mail = consumer_module.Mail(consumer_module.receive_from_bytes(
+        b"Subject: Ticket #77 broken\n\nx\n", rcpt_to=["support+eu@demo.local", "x@demo.local"]))
+    assert route("h", address=r"support\+(?P<region>\w+)@demo\.local").match(mail) == {"region": "eu"}
+    assert route("h", domain=r"(?P<d>demo)\.local", subject=r"#(?P<n>\d+)").match(mail) == {"d": "demo", "n": "77"}
+    assert route("h", subject=r"^nope").match(mail) is None
+    assert route("h", address=r"other@demo\.local").match(mail) is None
+
+
+async def test_demo_echo_consumer_replies_and_acks(consumer_module):
+    from demo.email_consumers import DemoMailConsumer
+
+    message = consumer_module.receive_from_bytes(PLAIN, mail_from="you@example.test", rcpt_to=["echo@demo.local"])
+    result = await consumer_module.run_consumer(DemoMailConsumer.as_asgi(), message)
+    assert result.acked
+    (reply,) = result.emails
+    assert SCHEMA.problem(reply) is None
+    assert reply["to"] == ["you@example.test"] and reply["subject"] == "Re: hello there"
+    assert reply["text"] == "line one\nline two\n"
+    assert result.sent[-1] == {"type": "email.ack", "id": message["id"]}
+
+
+async def test_demo_echo_consumer_never_answers_automatic_mail(consumer_module):
+    from demo.email_consumers import DemoMailConsumer
+
+    for raw, sender in ((b"Auto-Submitted: auto-replied\n" + PLAIN, "you@example.test"), (PLAIN, "")):
+        message = consumer_module.receive_from_bytes(raw, mail_from=sender, rcpt_to=["echo@demo.local"])
+        result = await consumer_module.run_consumer(DemoMailConsumer.as_asgi(), message)
+        assert result.acked and result.emails == []
+
+
+async def test_failing_handler_is_not_acked_and_duplicates_are_skipped(consumer_module):
+    calls = []
+
+    class Flaky(consumer_module.EmailConsumer):
+        routes = [consumer_module.route("handle", subject="hello")]
+
+        async def handle(self, context):
+            calls.append(context.message["id"])
+            if len(calls) == 1:
+                raise RuntimeError("first try fails")
+
+    message = consumer_module.receive_from_bytes(PLAIN)
+    first = await consumer_module.run_consumer(Flaky.as_asgi(), message, timeout=1.0)
+    assert not first.acked and Flaky.stats["failed"] == 1
+    second = await consumer_module.run_consumer(Flaky.as_asgi(), message)
+    assert second.acked and Flaky.stats["handled"] == 1
+    third = await consumer_module.run_consumer(Flaky.as_asgi(), message)  # a redelivery after a lost ack
+    assert third.acked and Flaky.stats["duplicates"] == 1
+    assert calls == [message["id"], message["id"]]
+
+
+async def test_unrouted_mail_is_logged_and_acked(consumer_module, caplog):
+    class Nothing(consumer_module.EmailConsumer):
+        routes = [consumer_module.route("never", address="nobody@demo.local")]
+
+    message = consumer_module.receive_from_bytes(PLAIN, rcpt_to=["x@demo.local"])
+    result = await consumer_module.run_consumer(Nothing.as_asgi(), message)
+    assert result.acked and "no route for mail to x@demo.local" in caplog.text
