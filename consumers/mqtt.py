@@ -1,0 +1,418 @@
+"""Consumers for ``mqtt.*`` messages (protocol_specs/mqtt.md).
+
+::
+
+    class Devices(MqttConsumer):
+        @topic("sensors/{device}/temperature")
+        async def temperature(self, mqtt):
+            await mqtt.publish(f"commands/{mqtt.kwargs['device']}", b"ack", qos=1)
+
+One instance serves every message of its channel: ``mqtt`` (an
+:class:`MqttContext`) is the message being handled. Routes are topic
+filters whose levels may be named: ``{name}`` matches one level (``+``) and
+``{name:#}`` the rest of the topic (``#``, last level only); the values are
+in ``mqtt.kwargs``. The first route that matches handles the message.
+
+Publishing, subscribing and unsubscribing are messages to the gateway's
+outbound channel (``mqtt.send``); pass ``reply_channel`` (your consumer's
+``self.channel_name``, say) to get an ``mqtt.result`` back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+from asgiref.testing import ApplicationCommunicator
+from channels.db import database_sync_to_async
+
+from consumers.base import GatewayConsumer, MessageContext
+from consumers.testing import ConsumerHarness
+
+logger = logging.getLogger("consumers.mqtt")
+
+#: The gateway's default outbound channel.
+SEND_CHANNEL = "mqtt.send"
+
+_NAMED = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)(:#)?\}$")
+
+
+@dataclass(frozen=True)
+class TopicRoute:
+    """A topic filter with named levels, compiled.
+
+    Args:
+        pattern: the pattern as written, e.g. ``sensors/{device}/#``.
+        filter: the plain MQTT filter it stands for, e.g. ``sensors/+/#``.
+        regex: matches topics, with a group per named level.
+    """
+
+    pattern: str
+    filter: str
+    regex: re.Pattern[str]
+
+    @classmethod
+    def compile(cls, pattern: str) -> "TopicRoute":
+        """Compile ``pattern``; raise ValueError naming what is wrong.
+
+        Args:
+            pattern: a topic filter whose levels may be ``{name}`` or ``{name:#}``.
+        """
+        levels = pattern.split("/")
+        plain, parts = [], []
+        for index, level in enumerate(levels):
+            named = _NAMED.match(level)
+            last = index == len(levels) - 1
+            if level == "#" or (named and named.group(2)):
+                if not last:
+                    raise ValueError(f"{pattern!r}: a multi-level wildcard must be the last level")
+                plain.append("#")
+                tail = f"(?P<{named.group(1)}>.*)" if named else ".*"
+                # '#' also matches the parent level itself: "a/#" matches "a".
+                regex = "/".join(parts) + f"(?:/{tail})?" if parts else tail
+                return cls(pattern, "/".join(plain), re.compile(f"^{regex}$"))
+            if named:
+                plain.append("+")
+                parts.append(f"(?P<{named.group(1)}>[^/]*)")
+            elif level == "+":
+                plain.append("+")
+                parts.append("[^/]*")
+            elif "+" in level or "#" in level or "{" in level or "}" in level:
+                raise ValueError(f"{pattern!r}: level {level!r} must be a word, +, #, {{name}} or {{name:#}}")
+            else:
+                plain.append(level)
+                parts.append(re.escape(level))
+        return cls(pattern, "/".join(plain), re.compile("^" + "/".join(parts) + "$"))
+
+    def match(self, topic: str) -> dict[str, str] | None:
+        """The named levels of ``topic`` when it matches, else None.
+
+        Args:
+            topic: a topic name.
+        """
+        if topic.startswith("$") and self.filter[:1] in ("+", "#"):
+            return None
+        found = self.regex.match(topic)
+        if found is None:
+            return None
+        return {k: v or "" for k, v in found.groupdict().items()}
+
+
+def topic(pattern: str) -> Callable[[Callable], Callable]:
+    """Route ``mqtt.publish`` messages whose topic matches ``pattern`` to the decorated method.
+
+    Args:
+        pattern: a topic filter with optional named levels (see :class:`TopicRoute`).
+    """
+    route = TopicRoute.compile(pattern)
+
+    def decorate(method: Callable) -> Callable:
+        method._mqtt_routes = [*getattr(method, "_mqtt_routes", []), route]  # type: ignore[attr-defined]
+        return method
+
+    return decorate
+
+
+def publish_message(topic: str, payload: bytes | str | None = b"", qos: int = 0, retain: bool = False,
+                    properties: dict[str, Any] | None = None, reply_channel: str | None = None,
+                    id: str | None = None) -> dict[str, Any]:
+    """An outbound ``mqtt.publish`` request.
+
+    Args:
+        topic: the topic name.
+        payload: bytes, or str (sent as UTF-8).
+        qos: 0, 1 or 2.
+        retain: the retain flag.
+        properties: MQTT 5 properties (content_type, response_topic, correlation_data,
+            user_properties, message_expiry, payload_format).
+        reply_channel: where the gateway sends the ``mqtt.result``.
+        id: echoed in the result.
+    """
+    message: dict[str, Any] = {"type": "mqtt.publish", "topic": topic, "payload": payload, "qos": qos,
+                               "retain": retain}
+    if properties:
+        message["properties"] = properties
+    if reply_channel:
+        message["reply_channel"] = reply_channel
+        message["id"] = id or uuid.uuid4().hex
+    elif id:
+        message["id"] = id
+    return message
+
+
+class MqttContext(MessageContext):
+    """One ``mqtt.*`` message and the means to answer it."""
+
+    #: Named levels of the route that matched (set by :class:`MqttConsumer`).
+    kwargs: dict[str, str]
+
+    def __init__(self, consumer: GatewayConsumer, message: dict[str, Any]) -> None:
+        super().__init__(consumer, message)
+        self.kwargs = {}
+
+    @property
+    def id(self) -> str:
+        """The message's unique id."""
+        return self.message.get("id", "")
+
+    @property
+    def topic(self) -> str:
+        """The topic it was published on."""
+        return self.message["topic"]
+
+    @property
+    def payload(self) -> Any:
+        """The payload: bytes, or str/JSON value when the subscription decodes."""
+        return self.message.get("payload")
+
+    @property
+    def qos(self) -> int:
+        """The QoS it was delivered at."""
+        return self.message.get("qos", 0)
+
+    @property
+    def retain(self) -> bool:
+        """Whether it is a retained message."""
+        return self.message.get("retain", False)
+
+    @property
+    def dup(self) -> bool:
+        """Whether the broker flagged it as a redelivery."""
+        return self.message.get("dup", False)
+
+    @property
+    def subscription(self) -> str | None:
+        """The gateway subscription it matched."""
+        return self.message.get("subscription")
+
+    @property
+    def properties(self) -> dict[str, Any]:
+        """Its MQTT 5 properties ({} for MQTT 3.1.1)."""
+        return self.message.get("properties") or {}
+
+    @property
+    def response_topic(self) -> str | None:
+        """The MQTT 5 response topic a requester asked for, if any."""
+        return self.properties.get("response_topic")
+
+    @property
+    def error(self) -> str | None:
+        """Why the payload did not decode (``mqtt.undecodable``), or why a request failed (``mqtt.result``)."""
+        return self.message.get("error")
+
+    @property
+    def ok(self) -> bool:
+        """Whether an ``mqtt.result`` reports success."""
+        return bool(self.message.get("ok"))
+
+    @property
+    def send_channel(self) -> str:
+        """The gateway's outbound channel (the message's reply_channel, or ``mqtt.send``)."""
+        return self.reply_channel or getattr(self.consumer, "send_channel", SEND_CHANNEL)
+
+    async def publish(self, topic: str, payload: bytes | str | None = b"", qos: int = 0, retain: bool = False,
+                      properties: dict[str, Any] | None = None, reply_channel: str | None = None) -> None:
+        """Ask the gateway to publish (arguments as in :func:`publish_message`)."""
+        await self.send_to(self.send_channel,
+                           publish_message(topic, payload, qos, retain, properties, reply_channel))
+
+    async def respond(self, payload: bytes | str | None, qos: int | None = None,
+                      properties: dict[str, Any] | None = None) -> bool:
+        """Answer an MQTT 5 request: publish to its response topic with its correlation data.
+
+        Returns False (publishing nothing) when the message named no response topic.
+
+        Args:
+            payload: the response.
+            qos: defaults to the request's QoS.
+            properties: more properties (user_properties, content_type, ...).
+        """
+        if not self.response_topic:
+            return False
+        props = dict(properties or {})
+        if "correlation_data" in self.properties:
+            props["correlation_data"] = self.properties["correlation_data"]
+        await self.publish(self.response_topic, payload, self.qos if qos is None else qos, False, props)
+        return True
+
+    async def subscribe(self, filter: str, qos: int = 1, channel: str | None = None,
+                        decode: str = "bytes", reply_channel: str | None = None) -> None:
+        """Ask the gateway instance that receives this to subscribe at runtime.
+
+        Args:
+            filter: the topic filter.
+            qos: 0 or 1 (2 is served at 1).
+            channel: where its messages go (default ``mqtt.publish``).
+            decode: ``bytes``, ``text`` or ``json``.
+            reply_channel: where the ``mqtt.result`` goes.
+        """
+        message: dict[str, Any] = {"type": "mqtt.subscribe", "filter": filter, "qos": qos, "decode": decode}
+        if channel:
+            message["channel"] = channel
+        if reply_channel:
+            message["reply_channel"] = reply_channel
+        await self.send_to(self.send_channel, message)
+
+    async def unsubscribe(self, filter: str, reply_channel: str | None = None) -> None:
+        """Ask the gateway to remove a runtime subscription."""
+        message: dict[str, Any] = {"type": "mqtt.unsubscribe", "filter": filter}
+        if reply_channel:
+            message["reply_channel"] = reply_channel
+        await self.send_to(self.send_channel, message)
+
+
+class MqttConsumer(GatewayConsumer):
+    """Routes ``mqtt.publish`` messages to ``@topic(...)`` methods by topic.
+
+    Handlers take an :class:`MqttContext`. A message no route matches goes
+    to :meth:`unmatched` (logs and counts it); an ``mqtt.undecodable`` one
+    to :meth:`undecodable`; an ``mqtt.result`` (the outcome of a request
+    that named this consumer's channel as reply_channel) to :meth:`result`.
+    """
+
+    context_class = MqttContext
+    #: The gateway's outbound channel, for :meth:`publish` outside a handler.
+    send_channel: ClassVar[str] = SEND_CHANNEL
+    _routes: ClassVar[list[tuple[TopicRoute, str]]] = []
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        routes: list[tuple[TopicRoute, str]] = []
+        seen: set[str] = set()
+        for klass in reversed(cls.__mro__):
+            for name, value in vars(klass).items():
+                for route in getattr(value, "_mqtt_routes", []):
+                    routes = [(r, n) for r, n in routes if n != name or r.pattern != route.pattern]
+                    routes.append((route, name))
+                    seen.add(name)
+        cls._routes = routes
+
+    @classmethod
+    def topic_filters(cls) -> list[str]:
+        """The plain MQTT filters of the routes (to put in the gateway's subscriptions)."""
+        return [route.filter for route, _ in cls._routes]
+
+    async def mqtt_publish(self, mqtt: MqttContext) -> None:
+        """Run the first route whose pattern matches the topic."""
+        for route, name in self._routes:
+            kwargs = route.match(mqtt.topic)
+            if kwargs is None:
+                continue
+            mqtt.kwargs = kwargs
+            handler = getattr(self, name)
+            if asyncio.iscoroutinefunction(handler):
+                await handler(mqtt)
+            else:
+                await database_sync_to_async(handler)(mqtt)
+            return
+        await self.unmatched(mqtt)
+
+    async def mqtt_undecodable(self, mqtt: MqttContext) -> None:
+        """A payload that did not decode; logs it by default (override to handle)."""
+        await self.undecodable(mqtt)
+
+    async def mqtt_result(self, mqtt: MqttContext) -> None:
+        """The outcome of a request this consumer made with a reply_channel."""
+        await self.result(mqtt)
+
+    async def unmatched(self, mqtt: MqttContext) -> None:
+        """No route matched; logged and counted (override to handle)."""
+        self.stats["unmatched"] += 1
+        logger.warning("%s: no route for topic %r", type(self).__name__, mqtt.topic)
+
+    async def undecodable(self, mqtt: MqttContext) -> None:
+        """Override to handle payloads that did not decode."""
+        self.stats["undecodable"] += 1
+        logger.warning("%s: undecodable payload on %r: %s", type(self).__name__, mqtt.topic, mqtt.error)
+
+    async def result(self, mqtt: MqttContext) -> None:
+        """Override to act on outcomes; failures are logged by default."""
+        if not mqtt.ok:
+            logger.warning("%s: %s failed: %s", type(self).__name__, mqtt.message.get("request"), mqtt.error)
+
+    async def publish(self, topic: str, payload: bytes | str | None = b"", qos: int = 0, retain: bool = False,
+                      properties: dict[str, Any] | None = None, reply_channel: str | None = None) -> None:
+        """Ask the gateway to publish, outside a handler (arguments as in :func:`publish_message`)."""
+        await self.channel_layer.send(self.send_channel,
+                                      publish_message(topic, payload, qos, retain, properties, reply_channel))
+
+    async def subscribe(self, filter: str, qos: int = 1, channel: str | None = None, decode: str = "bytes",
+                        reply_channel: str | None = None) -> None:
+        """Ask the gateway to subscribe at runtime, outside a handler."""
+        message: dict[str, Any] = {"type": "mqtt.subscribe", "filter": filter, "qos": qos, "decode": decode}
+        if channel:
+            message["channel"] = channel
+        if reply_channel:
+            message["reply_channel"] = reply_channel
+        await self.channel_layer.send(self.send_channel, message)
+
+
+# --------------------------------------------------------------------------
+# Testing a consumer without a gateway.
+
+
+def received_message(topic: str, payload: Any = b"", qos: int = 1, retain: bool = False,
+                     properties: dict[str, Any] | None = None, subscription: str | None = "#",
+                     reply_channel: str = SEND_CHANNEL) -> dict[str, Any]:
+    """An inbound ``mqtt.publish`` as the gateway would send it (for tests).
+
+    Args:
+        topic: the topic.
+        payload: bytes, or whatever the subscription's decoding would give.
+        qos: 0 or 1.
+        retain: the retain flag.
+        properties: MQTT 5 properties.
+        subscription: the filter it matched.
+        reply_channel: the gateway's outbound channel.
+    """
+    return {
+        "type": "mqtt.publish", "id": uuid.uuid4().hex, "topic": topic, "payload": payload, "qos": qos,
+        "retain": retain, "dup": False, "subscription": subscription, "properties": dict(properties or {}),
+        "reply_channel": reply_channel,
+    }
+
+
+class MqttHarness(ConsumerHarness):
+    """Drive an :class:`MqttConsumer` with MQTT messages and read what it asks the gateway.
+
+    ::
+
+        async with MqttHarness(MqttEchoConsumer, "mqtt.publish") as mqtt:
+            await mqtt.receive("echo/x", b"hi", qos=1)
+            assert (await mqtt.next_request())["topic"] == "echo-reply/x"
+
+    Args:
+        consumer_class: the consumer.
+        channel: the channel it serves.
+        send_channel: the gateway's outbound channel it sends to.
+    """
+
+    def __init__(self, consumer_class: Any, channel: str = "mqtt.publish",
+                 send_channel: str = SEND_CHANNEL) -> None:
+        super().__init__(consumer_class, channel)
+        self.send_channel = send_channel
+        # as_asgi(channel_layer_alias=...) reaches object.__init__ and fails in
+        # channels 4.3, so the alias is put on a subclass that shares the
+        # consumer's stats instead.
+        tested = type(consumer_class.__name__, (consumer_class,), {"channel_layer_alias": self.alias})
+        tested.stats = consumer_class.stats
+        self.communicator.future.cancel()
+        self.communicator = ApplicationCommunicator(tested.as_asgi(), {"type": "channel", "channel": channel})
+
+    async def receive(self, topic: str, payload: Any = b"", **kwargs: Any) -> dict[str, Any]:
+        """Deliver a received message (keywords as in :func:`received_message`); return it."""
+        message = received_message(topic, payload, reply_channel=self.send_channel, **kwargs)
+        await self.deliver(message)
+        return message
+
+    async def next_request(self, timeout: float = 2.0) -> dict[str, Any]:
+        """The next message the consumer sent to the gateway's outbound channel."""
+        return await self.sent(self.send_channel, timeout)
+
+    async def no_request(self, wait: float = 0.2) -> bool:
+        """True when the consumer sends the gateway nothing within ``wait`` seconds."""
+        return await self.nothing_sent(self.send_channel, wait)
