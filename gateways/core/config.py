@@ -248,6 +248,7 @@ class _Loader(yaml.SafeLoader):
 class _Node:
     value: Any
     line: int
+    key_line: int = 0  # the line of the key this value belongs to, when in a mapping
 
 
 def _compose(text: str, filename: str) -> yaml.Node | None:
@@ -287,6 +288,7 @@ class _Reader:
                     self.problem(key_node.start_mark.line + 1, sub, "duplicate key")
                     continue
                 out[key] = self.read(value_node, sub)
+                out[key].key_line = key_node.start_mark.line + 1
             return _Node(out, line)
         if isinstance(node, yaml.SequenceNode):
             return _Node([self.read(n, f"{path}[{i}]") for i, n in enumerate(node.value)], line)
@@ -480,7 +482,9 @@ def parse_config(
             section = builder.build(cls, items[name], name)
             if section is not None:
                 for key, message in section_problems(section):
-                    reader.problem(items[name].line, f"{name}.{key}" if key else name, message)
+                    keys = items[name].value if isinstance(items[name].value, dict) else {}
+                    line = keys[key].key_line if key in keys else items[name].key_line
+                    reader.problem(line, f"{name}.{key}" if key else name, message)
                 sections[name] = section
     _check_layer(layer, items.get("layer", empty), reader)
     if reader.problems:

@@ -80,6 +80,10 @@ class GatewayRedisChannelLayer(RedisChannelLayer):
         return f"specific.{self.client_prefix}!"
 
 
+#: Where the in-memory layer keeps a reply channel's full name in its message.
+_TARGET = "__gateway_channel__"
+
+
 class MemoryChannelLayer(InMemoryChannelLayer):
     """The in-memory layer for ``memory://``, with the process channel that
     :class:`~gateways.core.inbox.ProcessInbox` receives on, like Redis's."""
@@ -97,14 +101,14 @@ class MemoryChannelLayer(InMemoryChannelLayer):
 
     async def send(self, channel: str, message: dict) -> None:
         if channel.startswith(self.process_channel) and channel != self.process_channel:
-            message = {**message, "__asgi_channel__": channel}
+            message = {**message, _TARGET: channel}
             channel = self.process_channel
         await super().send(channel, message)
 
     async def receive_single(self, channel: str) -> tuple[str, dict]:
         """Receive from ``channel``; return the full channel name and message."""
         message = dict(await super().receive(channel))
-        return message.pop("__asgi_channel__", channel), message
+        return message.pop(_TARGET, channel), message
 
 
 def _redis_host(url: str) -> dict[str, Any]:

@@ -1,0 +1,36 @@
+"""The schema validator and its bytes keyword; every spec's schema compiles."""
+
+from pathlib import Path
+
+import pytest
+
+from gateways.core.specs import SPECS_DIR, InvalidMessage, load_schema
+
+
+def test_bytes_keyword_accepts_bytes_only():
+    schema = load_schema("websocket")
+    assert schema.problem({"type": "websocket.send", "bytes": b"\x00"}) is None
+    assert schema.problem({"type": "websocket.send", "text": "x"}) is None
+    assert schema.problem({"type": "websocket.send", "bytes": "not bytes"}) is not None
+    assert schema.problem({"type": "websocket.send", "text": b"bytes are not text"}) is not None
+
+
+def test_problems_name_the_type_and_key():
+    schema = load_schema("websocket")
+    assert schema.problem({"type": "websocket.group_add"}).startswith("websocket.group_add:")
+    assert "unknown message type" in schema.problem({"type": "websocket.nope"})
+    assert schema.problem("not a dict") == "message is str, not a dict"
+    with pytest.raises(InvalidMessage):
+        schema.validate({"type": "websocket.close", "code": "x"})
+
+
+@pytest.mark.parametrize("path", sorted(Path(SPECS_DIR).glob("*.schema.json")), ids=lambda p: p.name)
+def test_every_schema_compiles_and_has_its_document(path):
+    protocol = path.name.split(".")[0]
+    schema = load_schema(protocol)
+    assert schema.message_types and schema.version
+    assert all(t.startswith(f"{protocol}.") for t in schema.message_types)
+    assert (SPECS_DIR / f"{protocol}.md").exists()
+    document = (SPECS_DIR / f"{protocol}.md").read_text()
+    for mtype in schema.message_types:
+        assert f"`{mtype}`" in document, f"{mtype} is not documented in {protocol}.md"
