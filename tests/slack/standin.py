@@ -176,9 +176,14 @@ class SlackStandIn:
             return [c for c in self.calls if c.method == method
                     and all(c.params.get(k) == v for k, v in params.items())]
 
-    def wait_call(self, method: str, timeout: float = 30.0, **params: Any) -> Call:
-        """The first call of ``method`` with ``params``, waiting for it."""
-        found = self.wait_for(lambda: self.calls_of(method, **params), timeout, f"{method} {params}")
+    def wait_call(self, method: str, timeout: float = 30.0, status: int | None = 200, **params: Any) -> Call:
+        """The first call of ``method`` with ``params`` answered with ``status``
+        (any status when None), waiting for it."""
+
+        def found_calls() -> list[Call]:
+            return [c for c in self.calls_of(method, **params) if status is None or c.status == status]
+
+        found = self.wait_for(found_calls, timeout, f"{method} {params}")
         return found[0]
 
     def wait_ack(self, envelope_id: str, timeout: float = 30.0) -> Ack:
