@@ -50,6 +50,7 @@ class Child:
     port: int | None = None
     env: dict[str, str] = field(default_factory=dict)
     process: asyncio.subprocess.Process | None = None
+    relay: asyncio.Task | None = None
     restarts: int = 0
 
 
@@ -146,7 +147,7 @@ class Supervisor:
             *child.argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             env=env, start_new_session=True,  # Ctrl-C reaches us, and we stop children in order
         )
-        asyncio.create_task(self._relay(child, child.process))
+        child.relay = asyncio.create_task(self._relay(child, child.process))
         if child.port:
             deadline = time.monotonic() + 15
             while time.monotonic() < deadline and child.process.returncode is None:
@@ -190,6 +191,8 @@ class Supervisor:
             self._say(child.name, f"did not stop within {STOP_TIMEOUT:.0f}s; killing")
             process.kill()
             await process.wait()
+        if child.relay is not None:  # print its last lines before ours
+            await asyncio.wait([child.relay], timeout=2)
 
 
 def run_stack(config: Config) -> int:
