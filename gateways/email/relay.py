@@ -112,7 +112,8 @@ class SmtpRelay:
         except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
             raise RelayError(f"{type(exc).__name__}: {exc}", transient=True) from exc
         refusals = {addr: f"{r.code} {r.message}" for addr, r in refused.items()}
-        return Delivered(response.strip(), refusals)
+        # aiosmtplib returns the text of the final 250 without its code
+        return Delivered(f"250 {response.strip()}", refusals)
 
 
 class ConsoleRelay:

@@ -1,0 +1,258 @@
+"""The real daemon on real Redis: SMTP in (smtplib, swaks, raw sockets), the layer,
+acknowledgements and redelivery, the spool, the relay."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import smtplib
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from corpus import CORPUS
+from email_stack import Layer, Relay, start_gateway, write_config
+from gateways.core.specs import load_schema
+from servers import require_binary
+
+SCHEMA = load_schema("email")
+MESSAGE = b"From: you@example.test\r\nTo: inbox@demo.local\r\nSubject: %s\r\nMessage-ID: <%s@example.test>\r\n\r\nbody\r\n"
+
+
+def mail(subject: str) -> bytes:
+    return MESSAGE % (subject.encode(), subject.replace(" ", "-").encode())
+
+
+@pytest.fixture(scope="module")
+def stack(redis_server, tmp_path_factory):
+    """One gateway with routes, a relay and short timeouts, shared by this module."""
+    directory = tmp_path_factory.mktemp("email")
+    relay = Relay().start()
+    config, port = write_config(
+        directory, redis_server.url, relay=relay.url, max_message_size=200000, max_recipients=5,
+        ack_timeout=1, max_attempts=3, lmtp_listen=f"127.0.0.1:{_free()}",
+        senders=["@demo.local", "ops@example.test"],
+        routes=[
+            {"address": r"support\+(?P<ticket>\d+)@demo\.local", "channel": "email.support"},
+            {"subject": r"^\[(?P<tag>\w+)\]", "channel": "email.tagged"},
+            {"address": r"redeliver@demo\.local", "channel": "email.redeliver"},
+        ],
+    )
+    gateway = start_gateway(config, port)
+    import yaml
+
+    lmtp = int(yaml.safe_load(config.read_text())["email"]["lmtp_listen"].rpartition(":")[2])
+    yield {"config": config, "port": port, "gateway": gateway, "relay": relay, "lmtp": lmtp, "dir": directory}
+    code = gateway.stop()
+    relay.stop()
+    assert code == 0, gateway.log()
+
+
+def _free() -> int:
+    from servers import free_port
+
+    return free_port()
+
+
+@pytest.fixture
+async def layer(stack):
+    layer = Layer(stack["config"])
+    yield layer
+    await layer.close()
+
+
+def smtp(stack) -> smtplib.SMTP:
+    return smtplib.SMTP("127.0.0.1", stack["port"], timeout=30)
+
+
+async def receive_and_ack(layer: Layer, channel: str) -> dict:
+    message = await layer.receive(channel)
+    assert SCHEMA.problem(message) is None, SCHEMA.problem(message)
+    await layer.send(message["reply_channel"], {"type": "email.ack", "id": message["id"]})
+    return message
+
+
+async def test_swaks_message_becomes_email_receive(stack, layer):
+    swaks = require_binary("swaks", "swaks")
+    out = await asyncio.to_thread(subprocess.run, [
+        swaks, "--server", f"127.0.0.1:{stack['port']}", "--to", "inbox@demo.local", "--from", "you@example.test",
+        "--header", "Subject: from swaks", "--body", "hello from swaks"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "250 2.0.0 OK queued as" in out.stdout
+    message = await receive_and_ack(layer, "email.receive")
+    assert message["subject"] == "from swaks"
+    assert message["text"].strip() == "hello from swaks"
+    assert message["envelope"]["mail_from"] == "you@example.test"
+    assert message["envelope"]["rcpt_to"] == ["inbox@demo.local"]
+    assert message["envelope"]["tls"] is False and message["attempt"] == 1
+    assert message["raw"].startswith(b"Date:") or b"Subject: from swaks" in message["raw"]
+
+
+async def test_recipients_on_several_routes_get_one_message_per_route(stack, layer):
+    with smtp(stack) as client:
+        refused = client.sendmail("you@example.test", [
+            "support+12@demo.local", "support+13@demo.local", "a@demo.local", "b@demo.local"], mail("[urgent] help"))
+    assert refused == {}
+    support = await receive_and_ack(layer, "email.support")
+    assert support["recipients"] == ["support+12@demo.local", "support+13@demo.local"]
+    assert support["route_kwargs"] == {"ticket": "12"}
+    tagged = await receive_and_ack(layer, "email.tagged")
+    assert tagged["recipients"] == ["a@demo.local", "b@demo.local"] and tagged["route_kwargs"] == {"tag": "urgent"}
+    assert support["id"] != tagged["id"] and support["raw"] == tagged["raw"]
+    assert await layer.nothing_on("email.support", 1.5)  # acknowledged: no second hand-off
+
+
+def test_foreign_recipients_size_and_recipient_limits(stack):
+    with smtp(stack) as client:
+        code, features = client.ehlo("client.test")
+        assert code == 250 and b"SIZE 200000" in features
+        client.mail("you@example.test")
+        code, text = client.rcpt("victim@elsewhere.test")
+        assert (code, text[:5]) == (550, b"5.1.1")
+        code, _ = client.rcpt("demo.local@elsewhere.test")
+        assert code == 550
+        for n in range(5):
+            assert client.rcpt(f"r{n}@demo.local")[0] == 250
+        code, text = client.rcpt("r5@demo.local")
+        assert (code, text[:5]) == (452, b"4.5.3")
+        client.rset()
+        # smtplib declares SIZE=, refused at MAIL
+        with pytest.raises(smtplib.SMTPSenderRefused) as declared:
+            client.sendmail("you@example.test", ["inbox@demo.local"], b"Subject: big\r\n\r\n" + b"x" * 300000)
+        assert declared.value.smtp_code == 552 and declared.value.smtp_error.startswith(b"5.3.4")
+    # a client that does not declare the size is refused after DATA
+    body = b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 300
+    answer = _converse(stack["port"], b"EHLO c.test\r\nMAIL FROM:<you@example.test>\r\nRCPT TO:<inbox@demo.local>\r\n"
+                       b"DATA\r\n" + body + b".\r\nQUIT\r\n")
+    assert b"552 5.3.4" in answer and b"queued as" not in answer
+
+
+def _converse(port: int, payload: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize("ending", [b"\n.\r\n", b"\r\n.\n", b"\r.\r\n", b"\n.\n"])
+async def test_smtp_smuggling_is_rejected(stack, layer, ending):
+    smuggled = (b"EHLO attacker.test\r\nMAIL FROM:<you@example.test>\r\nRCPT TO:<inbox@demo.local>\r\nDATA\r\n"
+                b"Subject: first\r\n\r\nfirst body" + ending +
+                b"MAIL FROM:<admin@demo.local>\r\nRCPT TO:<inbox@demo.local>\r\nDATA\r\n"
+                b"Subject: smuggled\r\n\r\nsmuggled body\r\n.\r\nQUIT\r\n")
+    answer = await asyncio.to_thread(_converse, stack["port"], smuggled)
+    assert b"550 5.6.11 bare" in answer, answer
+    assert b"queued as" not in answer
+    assert await layer.nothing_on("email.receive", 1.5)
+
+
+async def test_unacknowledged_message_is_handed_again_then_dead_lettered(stack, layer):
+    with smtp(stack) as client:
+        client.sendmail("you@example.test", ["redeliver@demo.local"], mail("never acked"))
+    seen = [await layer.receive("email.redeliver") for _ in range(3)]
+    assert [m["attempt"] for m in seen] == [1, 2, 3]
+    assert len({m["id"] for m in seen}) == 1 and all(SCHEMA.problem(m) is None for m in seen)
+    dead = await layer.receive("email.dead")
+    assert SCHEMA.problem(dead) is None
+    assert dead["id"] == seen[0]["id"] and dead["dead_letter"]["attempts"] == 3
+    assert dead["dead_letter"]["channel"] == "email.redeliver"
+    assert Path(dead["dead_letter"]["spool_path"]).is_file()
+    assert await layer.nothing_on("email.redeliver", 2.5)
+
+
+async def test_lmtp_answers_per_recipient(stack, layer):
+    client = smtplib.LMTP("127.0.0.1", stack["lmtp"], timeout=30)
+    try:
+        client.ehlo("postfix.test")
+        assert client.sendmail("you@example.test", ["l1@demo.local", "l2@demo.local"], mail("via lmtp")) == {}
+    finally:
+        client.quit()
+    message = await receive_and_ack(layer, "email.receive")
+    assert message["recipients"] == ["l1@demo.local", "l2@demo.local"] and message["subject"] == "via lmtp"
+
+
+async def test_malformed_corpus_is_delivered_with_raw_bytes(stack, layer):
+    with smtp(stack) as client:
+        for name, raw in CORPUS.items():
+            client.sendmail("you@example.test", ["corpus@demo.local"], raw)
+    received = {}
+    for _ in CORPUS:
+        message = await receive_and_ack(layer, "email.receive")
+        received[message["raw"]] = message
+    for name, raw in CORPUS.items():
+        expected = raw if raw.endswith(b"\r\n") else raw + b"\r\n"  # smtplib ends the data with CRLF
+        assert expected in received, name
+    assert stack["gateway"].proc.poll() is None
+
+
+async def test_email_send_through_the_relay(stack, layer):
+    relay = stack["relay"]
+    before = len(relay.handler.messages)
+    await layer.send("email.send", {
+        "type": "email.send", "id": "s1", "reply_channel": "test.outcome", "from": "Ops <ops@example.test>",
+        "to": ["you@example.test"], "bcc": ["audit@example.test"], "subject": "hello", "text": "text body",
+        "html": "<p>html</p>", "attachments": [{"filename": "a.txt", "content_type": "text/plain",
+                                               "content": b"attached"}]})
+    sent = await layer.receive("test.outcome")
+    assert SCHEMA.problem(sent) is None and sent["type"] == "email.sent", sent
+    assert sent["id"] == "s1" and sent["response"].startswith("250") and sent["attempts"] == 1
+    got = relay.handler.wait_for(before + 1)[-1]
+    assert got["mail_from"] == "ops@example.test"
+    assert got["rcpt_tos"] == ["you@example.test", "audit@example.test"]
+    assert b"audit@example.test" not in got["data"] and b"Subject: hello" in got["data"]
+
+
+async def test_relay_refusals_and_retries(stack, layer):
+    relay = stack["relay"]
+    relay.handler.fail = ["550 5.7.1 no thanks"]
+    await layer.send("email.send", {"type": "email.send", "id": "p", "reply_channel": "test.outcome",
+                                    "from": "a@demo.local", "to": "you@example.test", "text": "x"})
+    failed = await layer.receive("test.outcome")
+    assert SCHEMA.problem(failed) is None
+    assert (failed["type"], failed["code"], failed["permanent"], failed["attempts"]) == ("email.failed", 550, True, 1)
+    assert "no thanks" in failed["error"]
+    relay.handler.fail = ["451 4.3.0 later", "421 4.3.2 busy"]
+    await layer.send("email.send", {"type": "email.send", "id": "t", "reply_channel": "test.outcome",
+                                    "from": "a@demo.local", "to": "you@example.test", "text": "x"})
+    sent = await layer.receive("test.outcome")
+    assert (sent["type"], sent["attempts"]) == ("email.sent", 3), sent
+
+
+async def test_disallowed_sender_and_invalid_send_are_reported(stack, layer):
+    await layer.send("email.send", {"type": "email.send", "id": "bad-from", "reply_channel": "test.outcome",
+                                    "from": "ceo@bank.test", "to": "you@example.test", "text": "x"})
+    failed = await layer.receive("test.outcome")
+    assert failed["type"] == "email.failed" and "not allowed" in failed["error"] and failed["permanent"]
+    await layer.send("email.send", {"type": "email.send", "id": "bad-key", "reply_channel": "test.outcome",
+                                    "from": "a@demo.local", "to": "you@example.test", "body": "x"})
+    failed = await layer.receive("test.outcome")
+    assert failed["type"] == "email.failed" and "invalid email.send" in failed["error"]
+    await layer.send("email.send", {"type": "email.send", "id": "inject", "reply_channel": "test.outcome",
+                                    "from": "a@demo.local", "to": "you@example.test", "subject": "x\r\nBcc: v@x.test"})
+    failed = await layer.receive("test.outcome")
+    assert failed["type"] == "email.failed" and "line breaks" in failed["error"]
+    assert stack["gateway"].proc.poll() is None
+
+
+async def test_unwritable_spool_gets_451(stack, layer):
+    spool_tmp = Path(stack["dir"]) / f"spool-{stack['port']}" / "tmp"
+    shutil.rmtree(spool_tmp)
+    spool_tmp.write_text("not a directory")  # root ignores permissions; a file in the way fails for anyone
+    try:
+        with smtp(stack) as client:
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                client.sendmail("you@example.test", ["inbox@demo.local"], mail("no spool"))
+        assert refused.value.smtp_code == 451 and refused.value.smtp_error.startswith(b"4.3.0")
+    finally:
+        spool_tmp.unlink()
+        spool_tmp.mkdir()
+    with smtp(stack) as client:
+        client.sendmail("you@example.test", ["inbox@demo.local"], mail("spool back"))
+    assert (await receive_and_ack(layer, "email.receive"))["subject"] == "spool back"
+    assert "spool" in stack["gateway"].log() and "cannot be written" in stack["gateway"].log()
