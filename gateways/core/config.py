@@ -177,6 +177,11 @@ class LayerConfig:
     symmetric_encryption_keys: list[str] = field(
         default_factory=list, metadata={"doc": "keys to encrypt messages at rest (use ${ENV})"}
     )
+    reply_capacity: int = field(
+        default=10000,
+        metadata={"doc": "messages one process's reply channels hold together (they share one Redis key); "
+                  "a channel_capacity entry for specific.* overrides it", "check": check_positive},
+    )
     max_connections: int = field(
         default=64,
         metadata={"doc": "Redis connections per process; operations beyond wait", "check": check_positive},

@@ -142,7 +142,8 @@ def layer_kwargs(layer: LayerConfig) -> dict[str, Any]:
         "hosts": [_redis_host(layer.url)],
         "prefix": layer.prefix,
         "capacity": layer.capacity,
-        "channel_capacity": layer.channel_capacity,
+        # Every reply channel of a process shares one key, so they need room together.
+        "channel_capacity": {"specific.*": layer.reply_capacity, **layer.channel_capacity},
         "expiry": layer.expiry,
         "group_expiry": layer.group_expiry,
         "max_connections": layer.max_connections,

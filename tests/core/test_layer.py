@@ -97,3 +97,14 @@ async def test_unreachable_layer_raises_connection_errors_not_hangs(url):
     with pytest.raises(Exception) as info:
         await asyncio.wait_for(layer.send("x", {"type": "a.b"}), 15)
     assert "connect" in str(info.value).lower() or isinstance(info.value, OSError)
+
+
+async def test_reply_channels_share_a_larger_capacity(redis_server):
+    layer = layer_for(redis_server.url, capacity=10, reply_capacity=300)
+    channels = [await layer.new_channel() for _ in range(300)]
+    await asyncio.gather(*(layer.send(c, {"type": "r.r"}) for c in channels))  # 300 > capacity 10
+    from channels.exceptions import ChannelFull
+
+    with pytest.raises(ChannelFull):
+        await layer.send(channels[0], {"type": "r.r"})
+    await close_layer(layer)
