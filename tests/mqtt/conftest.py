@@ -12,6 +12,6 @@ def processes():
     yield started
     for proc in reversed(started):
         try:
-            proc.stop() if hasattr(proc, "stop") else proc.close()
+            proc.close() if hasattr(proc, "close") else proc.stop()
         except Exception:  # noqa: BLE001 - stop the rest anyway
             pass

@@ -170,6 +170,17 @@ class LayerReader:
                 await asyncio.sleep(0.2)
         return messages
 
+    async def nothing_more(self, channel: str, wait: float) -> list[dict[str, Any]]:
+        """Whatever else arrives on ``channel`` within ``wait`` seconds (expected: nothing)."""
+        extra = []
+        deadline = time.monotonic() + wait
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                extra.append(await asyncio.wait_for(self.layer.receive(channel), left))
+            except asyncio.TimeoutError:
+                break
+        return extra
+
     async def close(self) -> None:
         from gateways.core.layer import close_layer
 

@@ -1,0 +1,69 @@
+"""The manual-ack isolation module against a real Mosquitto: no PUBACK until ack()."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import aiomqtt
+import pytest
+
+from gateways.mqtt import manual_ack
+from gateways.mqtt.manual_ack import Delivery, ManualAckClient
+from mqtt_stack import mosquitto_pub
+
+
+def test_the_pinned_versions_are_the_installed_ones():
+    manual_ack.check_versions()  # raises on an aiomqtt/paho this module was not checked against
+
+
+def test_other_versions_are_refused(monkeypatch):
+    monkeypatch.setattr(aiomqtt, "__version_tuple__", (2, 6, 0))
+    with pytest.raises(RuntimeError, match="aiomqtt 2.5"):
+        manual_ack.check_versions()
+
+
+async def _receive_one(port: int, client_id: str) -> ManualAckClient:
+    client = ManualAckClient("127.0.0.1", port, identifier=client_id, clean_session=False)
+    await client.__aenter__()
+    await client.subscribe("held/#", 1)
+    return client
+
+
+async def next_delivery(client: ManualAckClient, timeout: float = 10) -> Delivery:
+    return await asyncio.wait_for(client.messages.__anext__(), timeout)
+
+
+async def test_unacknowledged_message_is_redelivered_and_acknowledged_one_is_not(mosquitto):
+    client_id = f"ack-{uuid.uuid4().hex[:8]}"
+    client = await _receive_one(mosquitto.port, client_id)
+    assert client.session_present is False
+    mosquitto_pub(mosquitto.port, "held/1", b"first", 1)
+    delivery = await next_delivery(client)
+    assert (delivery.topic, delivery.payload, delivery.qos, delivery.dup) == ("held/1", b"first", 1, False)
+    await client.__aexit__(None, None, None)  # leave without PUBACK
+
+    client = await _receive_one(mosquitto.port, client_id)
+    assert client.session_present is True
+    again = await next_delivery(client)
+    assert (again.payload, again.dup) == (b"first", True)  # the broker still owed it to us
+    assert client.ack(again.mid, again.qos)
+    await asyncio.sleep(0.2)  # let paho write the PUBACK before leaving
+    await client.__aexit__(None, None, None)
+
+    client = await _receive_one(mosquitto.port, client_id)
+    try:
+        mosquitto_pub(mosquitto.port, "held/2", b"second", 1)
+        after = await next_delivery(client)
+        assert after.payload == b"second"  # "first" was acknowledged: not sent a third time
+    finally:
+        await client.__aexit__(None, None, None)
+
+
+async def test_ack_after_the_connection_is_gone_returns_false(mosquitto):
+    client = await _receive_one(mosquitto.port, f"gone-{uuid.uuid4().hex[:8]}")
+    mosquitto_pub(mosquitto.port, "held/x", b"x", 1)
+    delivery = await next_delivery(client)
+    await client.__aexit__(None, None, None)
+    assert client.ack(delivery.mid, delivery.qos) is False
+    assert client.ack(0, 0) is True  # QoS 0 needs no acknowledgement
