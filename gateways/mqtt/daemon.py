@@ -42,8 +42,12 @@ class MqttGateway(Gateway):
 
     @classmethod
     def consumer_channels(cls, section: MqttSection) -> list[str]:
-        """The default inbound channel and every subscription's channel."""
-        return sorted({PUBLISH, *(s.channel for s in section.subscriptions)})
+        """Every subscription's channel (``mqtt.publish`` when none is configured).
+
+        ``mqtt.publish`` also gets messages no known subscription matches;
+        list it in ``django.channels`` to have workers for those.
+        """
+        return sorted({s.channel for s in section.subscriptions} or {PUBLISH})
 
     @classmethod
     def stack_services(cls, section: MqttSection, config: Config) -> list[Service]:
