@@ -306,12 +306,18 @@ def parse_request(message: dict[str, Any], default_channel: str = PUBLISH) -> Re
             payload = b""
         elif isinstance(payload, str):
             payload = payload.encode("utf-8")
+        elif not isinstance(payload, (bytes, bytearray)):
+            # A received message with a decoded JSON payload, sent back as is.
+            raise ValueError(f"payload: a publish takes bytes or str, not {type(payload).__name__}")
+        properties = dict(message.get("properties") or {})
+        # Set by the broker on delivery; a republished message cannot carry them.
+        properties.pop("subscription_identifiers", None)
         return PublishRequest(
             topic=message["topic"],
             payload=bytes(payload),
             qos=message.get("qos", 0),
             retain=message.get("retain", False),
-            properties=dict(message.get("properties") or {}),
+            properties=properties,
         )
     if mtype == SUBSCRIBE:
         problem = filter_problem(message["filter"])

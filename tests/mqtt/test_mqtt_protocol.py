@@ -112,6 +112,18 @@ def test_requests_that_break_mqtt_rules_are_refused_with_the_reason(message, pro
         p.parse_request(message)
 
 
+def test_a_received_message_republishes_as_a_request():
+    _, received = p.inbound_message(
+        Received("a/b", b"x", qos=1, retain=True, properties={"content_type": "t", "subscription_identifiers": [2]}),
+        Subscription("a/+"), "mqtt.send")
+    assert SCHEMA.problem(received) is None
+    request = p.parse_request({**received, "topic": "c"})
+    assert request == p.PublishRequest("c", b"x", 1, True, {"content_type": "t"})
+    _, decoded = p.inbound_message(Received("j", b'{"a": 1}'), Subscription("j", decode="json"), "mqtt.send")
+    with pytest.raises(ValueError, match="bytes or str, not dict"):
+        p.parse_request(decoded)
+
+
 def test_subscribe_request_defaults():
     request = p.parse_request({"type": "mqtt.subscribe", "filter": "x/+"}, "default.channel")
     assert request.subscription == Subscription("x/+", 1, "default.channel", "bytes")
