@@ -156,7 +156,7 @@ class Authenticator:
         ok = expected is not None and hmac.compare_digest(expected.encode(), auth_data.password)
         if not ok:
             log.warning("AUTH failed for %r from %s", user, _peer(session))
-        return AuthResult(success=ok, handled=False)
+        return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
 
 
 def tls_context(cert: str, key: str) -> ssl.SSLContext:
