@@ -21,6 +21,7 @@ The message format is ``protocol_specs/slack.md``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import re
 import uuid
 from dataclasses import dataclass
@@ -272,12 +273,24 @@ def make_message(mtype: str = "slack.message", **fields: Any) -> dict[str, Any]:
     return message
 
 
+class Sent(list):
+    """The messages a consumer sent, in order; ``stats`` counts handled,
+    failed and unhandled messages of this run."""
+
+    stats: collections.Counter
+
+
 async def run_consumer(consumer_class: type[SlackConsumer], *messages: dict[str, Any],
-                       timeout: float = 5.0) -> list[dict[str, Any]]:
+                       timeout: float = 5.0) -> Sent:
     """Feed ``messages`` to a ``consumer_class`` instance on an in-memory layer
     and return everything it sent (``slack.send`` and ``slack.ack``), in order.
 
     Each returned message has ``"__channel__"`` naming where it was sent.
+
+    Args:
+        consumer_class: the consumer to test.
+        *messages: inbound messages (see :func:`make_message`).
+        timeout: seconds each message may take.
     """
     from asgiref.testing import ApplicationCommunicator
     from channels.layers import InMemoryChannelLayer, channel_layers
@@ -286,7 +299,8 @@ async def run_consumer(consumer_class: type[SlackConsumer], *messages: dict[str,
     layer = InMemoryChannelLayer()
     channel_layers.set(alias, layer)
     tested = type(consumer_class.__name__, (consumer_class,), {"channel_layer_alias": alias})
-    sent: list[dict[str, Any]] = []
+    sent = Sent()
+    sent.stats = tested.stats
     original_send = layer.send
 
     async def record(channel: str, message: dict[str, Any]) -> None:
@@ -305,6 +319,8 @@ async def run_consumer(consumer_class: type[SlackConsumer], *messages: dict[str,
                     raise TimeoutError(f"{consumer_class.__name__} did not finish {message['type']}")
                 await asyncio.sleep(0.01)
     finally:
-        await communicator.stop()  # type: ignore[func-returns-value]
+        stopped = communicator.stop()
+        if asyncio.iscoroutine(stopped):  # async in some asgiref versions
+            await stopped
         del channel_layers.backends[alias]
     return sent
