@@ -1,0 +1,300 @@
+"""A channels_redis-compatible layer that moves many messages per round trip.
+
+:class:`BatchedRedisChannelLayer` reads and writes exactly the Redis data
+channels_redis 4.3's ``RedisChannelLayer`` does — the same keys (a sorted set
+``<prefix><channel>`` per channel, every process-specific channel of a
+process sharing ``<prefix>specific.<client>!``), the same serializer (msgpack
+with a random prefix, optional encryption), the same capacity check
+(``ChannelFull`` once the key holds ``capacity`` messages), the same expiry
+(messages older than ``expiry`` dropped on the next send, the key expiring
+after ``expiry``) and the same groups — so a stock layer in a Django web
+process and this one interoperate in both directions. What differs is the
+number of round trips:
+
+- **send**: sends made while a round trip is in flight are queued and written
+  together by one Lua script (expiry trim, capacity check, ``ZADD``,
+  ``EXPIRE`` per message); each sender still gets its own ``ChannelFull``.
+  Scores are strictly increasing per process, so messages sent in one batch
+  keep their order (equal scores would sort by the random member bytes).
+- **receive**: one fetcher per channel and event loop pipelines ``BZPOPMIN``
+  (blocks while the channel is empty) with ``ZPOPMIN count`` and buffers what
+  it gets, so a busy channel costs one round trip per ``receive_batch``
+  messages. It fetches only while someone waits on an empty buffer, so a
+  channel nobody reads is not drained into memory.
+- **reply channels**: ``receive_single(process_channel)`` returns
+  ``(full channel name, message)`` for every reply channel of the process off
+  the one shared key: a gateway multiplexes all its connections on one loop.
+
+Unlike stock channels_redis, a receive does not keep a ``$inflight`` backup
+copy in Redis: fetched messages live in the process buffer until read (the
+layer is at-most-once either way; :meth:`stop_fetching` and
+:meth:`take_buffered` let a worker drain what it fetched before it exits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+from channels.exceptions import ChannelFull
+from redis.commands.core import AsyncScript
+
+from gateways.core.layer import GatewayRedisChannelLayer
+
+#: Writes a batch of messages; ARGV = expiry, cutoff, then (key index, capacity,
+#: score, member) per message. Returns 1 (stored) or 0 (channel full) per message.
+_SEND_SCRIPT = """
+local expiry = tonumber(ARGV[1])
+local cutoff = tonumber(ARGV[2])
+local counts = {}
+local added = {}
+for i = 1, #KEYS do
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], 0, cutoff)
+    counts[i] = redis.call('ZCARD', KEYS[i])
+end
+local result = {}
+local n = 0
+for j = 3, #ARGV, 4 do
+    local k = tonumber(ARGV[j])
+    n = n + 1
+    if counts[k] < tonumber(ARGV[j + 1]) then
+        redis.call('ZADD', KEYS[k], ARGV[j + 2], ARGV[j + 3])
+        counts[k] = counts[k] + 1
+        added[k] = true
+        result[n] = 1
+    else
+        result[n] = 0
+    end
+end
+for k, _ in pairs(added) do
+    redis.call('EXPIRE', KEYS[k], expiry)
+end
+return result
+"""
+
+
+@dataclass
+class _Outgoing:
+    key: str
+    capacity: int
+    score: float
+    member: bytes
+    future: asyncio.Future
+
+
+@dataclass
+class _LoopState:
+    """What one event loop owns: its send queue and flusher, its fetchers and waiters."""
+
+    pending: list[_Outgoing] = field(default_factory=list)
+    flusher: asyncio.Task | None = None
+    fetchers: dict[str, asyncio.Task] = field(default_factory=dict)
+    waiters: dict[str, list[asyncio.Future]] = field(default_factory=lambda: collections.defaultdict(list))
+    script: AsyncScript | None = None
+
+
+class BatchedRedisChannelLayer(GatewayRedisChannelLayer):
+    """channels_redis's layer, same data, many messages per round trip.
+
+    Args:
+        receive_batch: most messages one receive round trip takes off a channel.
+        send_batch: most messages one send round trip writes.
+        block_timeout: seconds a fetch blocks on an empty channel before asking
+            again (bounds how long :meth:`stop_fetching` waits).
+        **kwargs: everything :class:`GatewayRedisChannelLayer` takes.
+    """
+
+    def __init__(self, *args: Any, receive_batch: int = 100, send_batch: int = 500,
+                 block_timeout: float = 2.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.receive_batch = max(1, receive_batch)
+        self.send_batch = max(1, send_batch)
+        self.block_timeout = block_timeout
+        # Fetched, not yet received messages by channel, shared by all loops so that
+        # sequential async_to_sync receives (a new loop each) find what an earlier one fetched.
+        self._buffers: dict[str, collections.deque[tuple[Any, dict]]] = collections.defaultdict(collections.deque)
+        self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
+        self._last_score = 0.0
+
+    def _state(self) -> _LoopState:
+        loop = asyncio.get_running_loop()
+        state = self._states.get(loop)
+        if state is None:
+            state = self._states[loop] = _LoopState()
+        return state
+
+    # -- send ----------------------------------------------------------------
+
+    def _next_score(self) -> float:
+        # Strictly increasing, so a batch keeps its order in the sorted set; 1 µs
+        # steps keep it within a hair of the clock that expiry compares with.
+        now = time.time()
+        score = now if now > self._last_score else self._last_score + 1e-6
+        self._last_score = score
+        return score
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        """Send ``message`` on ``channel``; raise ChannelFull when it is at capacity."""
+        assert isinstance(message, dict), "message is not a dict"
+        assert self.require_valid_channel_name(channel), "Channel name not valid"
+        assert "__asgi_channel__" not in message
+        non_local = channel
+        if "!" in channel:
+            message = {**message, "__asgi_channel__": channel}
+            non_local = self.non_local_name(channel)
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        state = self._state()
+        state.pending.append(_Outgoing(self.prefix + non_local, self.get_capacity(channel),
+                                       self._next_score(), self.serialize(message), future))
+        if state.flusher is None:
+            state.flusher = asyncio.ensure_future(self._flush(state))
+        if not await future:
+            raise ChannelFull()
+
+    async def _flush(self, state: _LoopState) -> None:
+        """Write queued sends, a batch per round trip, until none are left."""
+        try:
+            while state.pending:
+                batch = state.pending[: self.send_batch]
+                del state.pending[: self.send_batch]
+                try:
+                    stored = await self._write(state, batch)
+                except BaseException as exc:
+                    for item in batch:
+                        if not item.future.done():
+                            item.future.set_exception(exc if isinstance(exc, Exception) else ConnectionError(str(exc)))
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for item, ok in zip(batch, stored):
+                    if not item.future.done():
+                        item.future.set_result(bool(ok))
+        finally:
+            state.flusher = None
+            for item in state.pending:  # only when cancelled: nobody will write these
+                if not item.future.done():
+                    item.future.set_exception(ConnectionError("channel layer closed before the send"))
+            state.pending.clear()
+
+    async def _write(self, state: _LoopState, batch: list[_Outgoing]) -> list[int]:
+        keys: dict[str, int] = {}
+        args: list[Any] = [int(self.expiry), int(time.time()) - int(self.expiry)]
+        for item in batch:
+            index = keys.setdefault(item.key, len(keys) + 1)
+            args += [index, item.capacity, repr(item.score), item.member]
+        connection = self.connection(0)
+        if state.script is None:
+            state.script = connection.register_script(_SEND_SCRIPT)
+        return await state.script(keys=list(keys), args=args, client=connection)
+
+    # -- receive -------------------------------------------------------------
+
+    async def receive_single(self, channel: str) -> tuple[Any, dict[str, Any]]:
+        """The next message on ``channel`` (a named channel or a process channel
+        ``specific.<client>!``) as ``(target, message)``; ``target`` is the full
+        reply channel name, a list of them for a group message, or ``channel``."""
+        assert self.require_valid_channel_name(channel, receive=True), "Channel name invalid"
+        if "!" in channel:
+            assert channel.endswith("!")
+        buffer = self._buffers[channel]
+        state = self._state()
+        while not buffer:
+            fetcher = state.fetchers.get(channel)
+            if fetcher is None:
+                state.fetchers[channel] = asyncio.ensure_future(self._fetch(state, channel))
+            future = asyncio.get_running_loop().create_future()
+            state.waiters[channel].append(future)
+            try:
+                await future
+            finally:
+                waiters = state.waiters[channel]
+                if future in waiters:
+                    waiters.remove(future)
+        return buffer.popleft()
+
+    async def _fetch(self, state: _LoopState, channel: str) -> None:
+        """Fetch batches for ``channel`` while someone waits on its empty buffer.
+
+        Runs as its own task so a cancelled receive never interrupts a round
+        trip that has already taken messages off Redis.
+        """
+        buffer = self._buffers[channel]
+        try:
+            while state.waiters[channel] and not buffer:
+                try:
+                    buffer.extend(await self._pop(channel))
+                except Exception as exc:
+                    for future in state.waiters[channel]:
+                        if not future.done():
+                            future.set_exception(exc)
+                    return
+                self._wake(state, channel)
+        finally:
+            state.fetchers.pop(channel, None)
+            self._wake(state, channel)
+
+    def _wake(self, state: _LoopState, channel: str) -> None:
+        # Wake one waiter per buffered message; when the fetcher stops with waiters
+        # left, wake one so it starts a new fetcher.
+        waiters = state.waiters[channel]
+        budget = max(len(self._buffers[channel]), 1)
+        for future in waiters:
+            if budget == 0:
+                break
+            if not future.done():
+                future.set_result(None)
+                budget -= 1
+
+    async def _pop(self, channel: str) -> list[tuple[Any, dict[str, Any]]]:
+        """One round trip: block for the first message, take up to a batch."""
+        key = self.prefix + channel
+        connection = self.connection(0)
+        pipe = connection.pipeline(transaction=False)
+        pipe.bzpopmin(key, timeout=self.block_timeout)
+        if self.receive_batch > 1:
+            pipe.zpopmin(key, self.receive_batch - 1)
+        results = await pipe.execute()
+        members = []
+        if results[0] is not None:
+            members.append(results[0][1])
+        if len(results) > 1:
+            members.extend(member for member, _score in results[1])
+        out = []
+        for member in members:
+            message = self.deserialize(member)
+            target = message.pop("__asgi_channel__", channel)
+            out.append((target, message))
+        return out
+
+    # -- draining and closing --------------------------------------------------
+
+    async def stop_fetching(self) -> None:
+        """Wait for this loop's fetch round trips to end (callers stopped receiving
+        first); what they fetched stays buffered for :meth:`take_buffered`."""
+        state = self._state()
+        fetchers = list(state.fetchers.values())
+        if fetchers:
+            await asyncio.wait(fetchers, timeout=self.block_timeout + 5)
+
+    def take_buffered(self, channel: str) -> list[tuple[Any, dict[str, Any]]]:
+        """Remove and return what was fetched for ``channel`` but not received."""
+        buffer = self._buffers.pop(channel, None)
+        return list(buffer or ())
+
+    async def close_pools(self) -> None:
+        """Finish queued sends, stop this loop's fetchers, close the connections."""
+        state = self._states.get(asyncio.get_running_loop())
+        if state is not None:
+            if state.flusher is not None:
+                await asyncio.wait([state.flusher], timeout=10)
+            fetchers = list(state.fetchers.values())
+            for task in fetchers:
+                task.cancel()
+            if fetchers:
+                await asyncio.wait(fetchers, timeout=5)
+            state.script = None
+        await super().close_pools()
