@@ -10,6 +10,8 @@ over Socket Mode. For each it prints:
   first envelope sent to the last chat.postMessage received; p50/p99 of
   envelope sent -> its chat.postMessage at the stand-in; p99 of envelope
   sent -> its ack;
+- acks/s: envelopes acknowledged per second in the burst (for the gateway:
+  handed to the layer, the rate its worker does not limit);
 - paced: N envelopes at R/s (below both sides' capacity): p50/p99 latency and
   ack p99 without queueing;
 
@@ -71,6 +73,7 @@ def run_load(standin, label: str, count: int, channels: list[str], rate: float |
         "p50": percentile(latencies, 50) * 1000,
         "p99": percentile(latencies, 99) * 1000,
         "ack_p99": percentile(acks, 99) * 1000,
+        "ack_rate": count / (max(standin.acks[env].at for env in envelopes.values()) - first),
     }
 
 
@@ -125,12 +128,12 @@ def main() -> None:
     results = {"gateway": measure("gw", gateway_side, args), "bolt": measure("bolt", bolt_side, args)}
     print(f"\nSlack echo over Socket Mode, envelope -> chat.postMessage at the stand-in "
           f"(burst {args.events}, paced {args.paced} at {args.rate:g}/s, {args.channels} channels)")
-    print(f"  {'':34} {'events/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'ack p99 ms':>11}")
+    print(f"  {'':34} {'events/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'acks/s':>8} {'ack p99 ms':>11}")
     for side in ("gateway", "bolt"):
         for phase in ("burst", "paced"):
             r = results[side][phase]
             label = f"{'gateway + runworker' if side == 'gateway' else 'Bolt AsyncApp'} ({phase})"
-            print(f"  {label:34} {r['rate']:9.0f} {r['p50']:8.1f} {r['p99']:8.1f} {r['ack_p99']:11.1f}")
+            print(f"  {label:34} {r['rate']:9.0f} {r['p50']:8.1f} {r['p99']:8.1f} {r['ack_rate']:8.0f} {r['ack_p99']:11.1f}")
     g, b = results["gateway"], results["bolt"]
     print(f"\n  ratio gateway/Bolt: burst events/s {g['burst']['rate'] / b['burst']['rate']:.2f}, "
           f"burst p99 {g['burst']['p99'] / b['burst']['p99']:.2f}, "

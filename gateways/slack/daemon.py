@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from gateways.core.backoff import Backoff
@@ -209,18 +209,22 @@ class SlackGateway(Gateway):
             inbound: the translated delivery.
             deadline: monotonic time by which Slack must have its ack.
         """
-        # Take the ordering place before the first await (see Serializer).
+        # Take the ordering place before the first await (see Serializer); only
+        # the layer send waits for it, the dedup round trips run alongside.
         key = inbound.order_key
         previous, mine = self.inbound_order.enter(key) if key else (None, None)
+
+        def leave() -> None:
+            if mine is not None:
+                self.inbound_order.leave(key, mine)
+
         self._inflight += 1
         self._idle.clear()
         try:
             try:
-                await self.inbound_order.wait(previous)
-                handed = await self._hand_off(inbound)
+                handed = await self._hand_off(inbound, previous, leave)
             finally:
-                if mine is not None:
-                    self.inbound_order.leave(key, mine)
+                leave()
             if handed is None or not inbound.wants_ack_payload:
                 return handed is not None, None
             return True, await self._ack_payload(handed, deadline)
@@ -229,9 +233,11 @@ class SlackGateway(Gateway):
             if not self._inflight:
                 self._idle.set()
 
-    async def _hand_off(self, inbound: Inbound) -> str | None:
-        """Send the message to its channel; return the ack channel ('' when none),
-        or None when it must not be acked."""
+    async def _hand_off(self, inbound: Inbound, previous: asyncio.Future | None,
+                        leave: Callable[[], Any]) -> str | None:
+        """Send the message to its channel once ``previous`` left, then ``leave``
+        the ordering place; return the ack channel ('' when none), or None when
+        it must not be acked."""
         runtime, metrics = self.runtime, self.runtime.metrics
         message = dict(inbound.message)
         message["reply_channel"] = self.section.outbound_channel
@@ -259,15 +265,18 @@ class SlackGateway(Gateway):
                 return None
         if ack_channel:
             self.acks[ack_channel] = asyncio.get_running_loop().create_future()
+        await self.inbound_order.wait(previous)
         try:
             await runtime.send(channel, message)
         except HandoffError as exc:
+            leave()
             self.acks.pop(ack_channel, None)
             if event_id is not None:
                 await self.dedup.release(event_id)  # type: ignore[union-attr]
             self.log.error("%s %s not handed off (%s); not acked, Slack will retry", message["type"],
                            message["id"], exc)
             return None
+        leave()
         if event_id is not None:
             await self.dedup.done(event_id)  # type: ignore[union-attr]
         return ack_channel

@@ -48,12 +48,16 @@ class RedisDedup(Dedup):
 
     Args:
         url: the Redis URL.
+        max_connections: connections at most; more concurrent checks wait.
         prefix: the key prefix (the layer's, so tests and stacks stay apart).
         ttl: seconds a delivered id is remembered.
     """
 
-    def __init__(self, url: str, prefix: str, ttl: int) -> None:
-        self.redis = aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    def __init__(self, url: str, prefix: str, ttl: int, max_connections: int = 32) -> None:
+        # redis-py's default pool raises past its size under a burst; this one waits.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=10, socket_timeout=5, socket_connect_timeout=5)
+        self.redis = aioredis.Redis(connection_pool=pool)
         self.prefix = prefix
         self.ttl = ttl
         self.log = logging.getLogger("gateway.slack.dedup")
