@@ -186,6 +186,11 @@ class LayerConfig:
         default=64,
         metadata={"doc": "Redis connections per process; operations beyond wait", "check": check_positive},
     )
+    batched: bool = field(
+        default=True,
+        metadata={"doc": "use the batched layer (same Redis data as channels_redis, many messages per "
+                  "round trip); false: channels_redis's own one-message round trips"},
+    )
 
 
 @dataclass
@@ -201,6 +206,11 @@ class DjangoConfig:
     )
     workers: int = field(
         default=1, metadata={"doc": "worker processes `gateway up` starts", "check": check_positive}
+    )
+    concurrency: int = field(
+        default=64,
+        metadata={"doc": "messages of different conversations `gateway worker` handles at once, per channel",
+                  "check": check_positive},
     )
     channels: list[str] = field(
         default_factory=list,

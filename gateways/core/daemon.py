@@ -218,6 +218,15 @@ class Gateway:
         return []
 
     @classmethod
+    def conversation_key(cls, message: dict[str, Any]) -> Any:
+        """The conversation (unit of ordering, as the protocol's spec states) of a
+        message this gateway emits: ``gateway worker`` handles the messages of
+        one conversation in order and different conversations concurrently.
+        Return a hashable, or ``None`` for a message with no order to keep.
+        The default is the message's ``reply_channel``."""
+        return message.get("reply_channel")
+
+    @classmethod
     def stack_services(cls, section: Any, config: Config) -> list[Service]:
         """Processes `gateway up` starts before this gateway; raise
         :class:`StackUnavailable` when the gateway cannot run here."""

@@ -157,14 +157,21 @@ def layer_backend(layer: LayerConfig) -> str:
     """The dotted path of the layer class for ``layer``."""
     if layer.url and layer.url.startswith("memory:"):
         return "gateways.core.layer.MemoryChannelLayer"
+    if layer.batched:
+        return "gateways.core.batched.BatchedRedisChannelLayer"
     return "gateways.core.layer.GatewayRedisChannelLayer"
 
 
 def build_layer(layer: LayerConfig) -> GatewayRedisChannelLayer | MemoryChannelLayer:
     """A channel layer for a daemon, from the ``layer:`` section."""
     kwargs = layer_kwargs(layer)
-    if layer_backend(layer).endswith("MemoryChannelLayer"):
+    backend = layer_backend(layer)
+    if backend.endswith("MemoryChannelLayer"):
         return MemoryChannelLayer(**kwargs)
+    if backend.endswith("BatchedRedisChannelLayer"):
+        from gateways.core.batched import BatchedRedisChannelLayer  # it imports this module
+
+        return BatchedRedisChannelLayer(**kwargs)
     return GatewayRedisChannelLayer(**kwargs)
 
 

@@ -69,7 +69,7 @@ async def test_memory_layer_has_the_same_process_channel():
 
 def test_django_setting_comes_from_the_same_yaml(tmp_path, monkeypatch):
     path = tmp_path / "g.yaml"
-    path.write_text("layer:\n  url: redis://127.0.0.1:6390/2\n  capacity: 5000\n  expiry: 30\n")
+    path.write_text("layer:\n  url: redis://127.0.0.1:6390/2\n  capacity: 5000\n  expiry: 30\n  batched: false\n")
     monkeypatch.delenv("GATEWAY_LAYER_URL", raising=False)
     setting = channel_layers_setting(str(path))["default"]
     assert setting["BACKEND"] == "gateways.core.layer.GatewayRedisChannelLayer"
