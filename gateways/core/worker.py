@@ -1,17 +1,27 @@
 """``gateway worker``: the Django project's consumers for the configured channels.
 
-It runs the project's ASGI application the way Django Channels' ``runworker``
-does (one application instance per channel), with the Django project and the
-channels taken from the YAML, and one difference: a channel-layer error does
-not end the worker. Stock ``runworker`` exits when Redis goes away; this one
-logs, backs off and listens again.
+It runs the project's ASGI application — the same ``ProtocolTypeRouter`` /
+``ChannelNameRouter`` / consumer classes ``runworker`` runs — with the Django
+project and the channels taken from the YAML, and three differences:
+
+- messages of different conversations are handled concurrently (up to
+  ``django.concurrency`` per channel) while each conversation keeps its order
+  (:mod:`gateways.core.lanes`); see :func:`conversation_key` for what a
+  conversation is;
+- a channel-layer error does not end the worker: it logs, backs off and
+  listens again (stock ``runworker`` exits when Redis goes away);
+- SIGTERM/SIGINT drains: stop taking messages, handle every message already
+  taken off the layer (including what the batched layer prefetched), exit 0.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import signal
 import sys
+from typing import Any, Callable, Hashable
 
 from channels.worker import Worker
 
@@ -19,8 +29,12 @@ from gateways.core import registry
 from gateways.core.backoff import Backoff
 from gateways.core.config import Config
 from gateways.core.daemon import LAYER_ERRORS
+from gateways.core.lanes import ChannelLanes, KeyFunction
 
 log = logging.getLogger("gateway.worker")
+
+#: Seconds a stopping worker waits for messages in flight before it exits anyway.
+GRACE_PERIOD = 15.0
 
 
 def worker_channels(config: Config) -> list[str]:
@@ -42,7 +56,7 @@ def prepare_django(config: Config) -> None:
 
 
 def run_worker(config: Config, channels: list[str]) -> int:
-    """Run ``runworker`` for ``channels`` (default: :func:`worker_channels`)."""
+    """Run the concurrent worker for ``channels`` (default: :func:`worker_channels`)."""
     prepare_django(config)
     channels = channels or worker_channels(config)
     if not channels:
@@ -53,13 +67,215 @@ def run_worker(config: Config, channels: list[str]) -> int:
     from channels.layers import get_channel_layer
     from channels.routing import get_default_application
 
-    log.info("Running worker for channels %s", channels)
-    ResilientWorker(get_default_application(), channels, get_channel_layer()).run()
-    return 0
+    concurrency = config.django.concurrency if config.django else 64
+    worker = ConcurrentWorker(get_default_application(), channels, get_channel_layer(), concurrency)
+    log.info("Running worker for channels %s (%d at once per channel)", channels, concurrency)
+    return asyncio.run(worker.run())
+
+
+# --------------------------------------------------------------------------
+# What a conversation is.
+
+
+def _by_keys(keys: tuple[str, ...]) -> KeyFunction:
+    def key(message: dict[str, Any]) -> Hashable | None:
+        values = tuple(message.get(k) for k in keys)
+        if all(v is None for v in values):
+            return None
+        return values if len(values) > 1 else values[0]
+
+    return key
+
+
+def _protocol_key(message: dict[str, Any]) -> Hashable | None:
+    mtype = message.get("type")
+    protocol = mtype.partition(".")[0] if isinstance(mtype, str) else ""
+    try:
+        gateway_class = registry.gateway_class(protocol)
+    except (ValueError, ImportError):  # not a gateway's message
+        return message.get("reply_channel")
+    return gateway_class.conversation_key(message)
+
+
+def conversation_key(consumer_class: type | None) -> KeyFunction:
+    """The function mapping a message of ``consumer_class``'s channel to its conversation.
+
+    In order of precedence:
+
+    1. the consumer class's ``conversation_key`` attribute (a per-route
+       override): a message key name, a tuple of key names, or a
+       ``staticmethod`` taking the message and returning a hashable (``None``
+       for "no order to keep");
+    2. the protocol's rule, from the message type's prefix:
+       ``Gateway.conversation_key`` of the registered gateway class (the
+       spec of each protocol states it);
+    3. the message's ``reply_channel``; a message without one is unordered.
+
+    Args:
+        consumer_class: the consumer serving the channel, when known.
+    """
+    override = getattr(consumer_class, "conversation_key", None) if consumer_class else None
+    if isinstance(override, str):
+        return _by_keys((override,))
+    if isinstance(override, tuple):
+        return _by_keys(override)
+    if callable(override):
+        return override
+    return _protocol_key
+
+
+def consumer_class_for(application: Any, channel: str) -> type | None:
+    """The consumer class a ``ProtocolTypeRouter``/``ChannelNameRouter`` tree
+    runs for ``channel``, or ``None`` when it cannot be seen (custom routers).
+
+    Raises:
+        LookupError: a ``ChannelNameRouter`` in the tree does not route ``channel``.
+    """
+    node = application
+    for _ in range(20):  # routers and middleware nest a few levels at most
+        mapping = getattr(node, "application_mapping", None)
+        if isinstance(mapping, dict):
+            if "channel" in mapping and channel not in mapping:
+                node = mapping["channel"]
+            elif channel in mapping:
+                node = mapping[channel]
+            else:
+                raise LookupError(f"no consumer is routed for channel {channel!r}")
+            continue
+        if getattr(node, "consumer_class", None) is not None:
+            return node.consumer_class
+        inner = getattr(node, "inner", None) or getattr(node, "app", None)
+        if inner is None:
+            return None
+        node = inner
+    return None
+
+
+# --------------------------------------------------------------------------
+# The worker.
+
+
+class ConcurrentWorker:
+    """Listens on channels and runs their consumers on :class:`ChannelLanes`.
+
+    Args:
+        application: the project's ASGI application.
+        channels: channel names to consume.
+        channel_layer: the layer (any Channels layer; the batched one drains best).
+        concurrency: messages handled at once per channel.
+    """
+
+    def __init__(self, application: Any, channels: list[str], channel_layer: Any, concurrency: int = 64) -> None:
+        if channel_layer is None:
+            raise ValueError("the worker needs a channel layer (CHANNEL_LAYERS is not set)")
+        self.application = application
+        self.channels = channels
+        self.layer = channel_layer
+        self.concurrency = concurrency
+        self.lanes: dict[str, ChannelLanes] = {}
+        self.stopping: asyncio.Event | None = None
+
+    def _make_lanes(self) -> None:
+        for channel in self.channels:
+            try:
+                consumer = consumer_class_for(self.application, channel)
+            except LookupError as exc:
+                raise SystemExit(f"gateway worker: {exc} (add it to the project's ChannelNameRouter)") from exc
+            self.lanes[channel] = ChannelLanes(channel, self.application, conversation_key(consumer),
+                                               self.concurrency)
+
+    def stop(self) -> None:
+        """Ask the worker to drain and exit."""
+        if self.stopping is not None and not self.stopping.is_set():
+            log.info("stopping: handling the messages already taken (up to %ss)", GRACE_PERIOD)
+            self.stopping.set()
+
+    async def run(self) -> int:
+        """Consume until SIGTERM/SIGINT (or :meth:`stop`), drain, return 0."""
+        self.stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self.stop)
+            except (NotImplementedError, RuntimeError):  # not the main thread
+                pass
+        self._make_lanes()
+        listeners = [asyncio.ensure_future(self._listen(channel)) for channel in self.channels]
+        await asyncio.gather(*listeners)
+        await self._drain()
+        return 0
+
+    async def _listen(self, channel: str) -> None:
+        """Take messages off ``channel`` into its lanes until stopping."""
+        assert self.stopping is not None
+        lanes = self.lanes[channel]
+        backoff = Backoff(initial=0.2, maximum=10.0)
+        stop_wait = asyncio.ensure_future(self.stopping.wait())
+        try:
+            while not self.stopping.is_set():
+                receive = asyncio.ensure_future(self.layer.receive(channel))
+                await asyncio.wait([receive, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+                if not receive.done():
+                    # Only a receive with nothing in hand is cancelled: the batched layer's
+                    # fetch round trip runs on and keeps what it took for the drain.
+                    receive.cancel()
+                    await asyncio.gather(receive, return_exceptions=True)
+                    if not receive.cancelled() and receive.exception() is None:
+                        await self._submit(lanes, receive.result())
+                    break
+                try:
+                    message = receive.result()
+                except LAYER_ERRORS as exc:
+                    log.warning("receiving on %s failed (%s: %s); retrying", channel, type(exc).__name__, exc)
+                    await backoff.wait()
+                    continue
+                except Exception:  # a message that does not deserialize, for one
+                    log.exception("receiving on %s failed", channel)
+                    await backoff.wait()
+                    continue
+                backoff.reset()
+                await self._submit(lanes, message)
+        finally:
+            stop_wait.cancel()
+
+    async def _submit(self, lanes: ChannelLanes, message: Any) -> None:
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            lanes.stats["invalid"] += 1
+            log.error("message without a type on %s dropped: %.200r", lanes.channel, message)
+            return
+        await lanes.submit(message)
+
+    async def _drain(self) -> None:
+        """Handle what was taken off the layer, within the grace period; close."""
+        stop_fetching = getattr(self.layer, "stop_fetching", None)
+        if stop_fetching is not None:
+            await stop_fetching()
+            for channel, lanes in self.lanes.items():
+                for _target, message in self.layer.take_buffered(channel):
+                    await self._submit(lanes, message)
+        pending = sum(lanes.inflight for lanes in self.lanes.values())
+        if pending:
+            log.info("draining %d message(s) in flight", pending)
+        try:
+            await asyncio.wait_for(asyncio.gather(*(lanes.idle() for lanes in self.lanes.values())), GRACE_PERIOD)
+        except asyncio.TimeoutError:
+            left = sum(lanes.inflight for lanes in self.lanes.values())
+            log.warning("grace period of %ss over; exiting with %d message(s) unhandled", GRACE_PERIOD, left)
+        for lanes in self.lanes.values():
+            await lanes.close()
+        totals = {channel: dict(lanes.stats) for channel, lanes in self.lanes.items()}
+        log.info("worker stopped: %s", totals)
+        close = getattr(self.layer, "close_pools", None)
+        if close is not None:
+            try:
+                await asyncio.wait_for(close(), 5)
+            except (OSError, asyncio.TimeoutError, ConnectionError):
+                pass
 
 
 class ResilientWorker(Worker):
-    """Channels' worker whose listeners survive channel-layer outages."""
+    """Channels' one-message-at-a-time worker whose listeners survive layer outages
+    (kept for code that builds on ``runworker``'s behaviour)."""
 
     async def listener(self, channel: str) -> None:
         backoff = Backoff(initial=0.2, maximum=10.0)

@@ -1,0 +1,189 @@
+"""Run a channel's consumer concurrently while keeping each conversation in order.
+
+A *lane* is one instance of the Django project's ASGI application (what
+``runworker`` runs once per channel) with a FIFO of messages. A conversation
+with messages in flight is pinned to one lane, so its messages are handled
+one after another, in arrival order; other conversations get other lanes and
+run at the same time. A lane is free again once its conversation has nothing
+in flight. A channel has at most ``concurrency`` lanes and ``limit`` messages
+in flight; past that, :meth:`ChannelLanes.submit` waits, which stops the
+listener taking more off the layer.
+
+The instance tells the lane it finished a message by asking for the next one
+(Channels' ``await_many_dispatch`` calls ``receive`` again only after
+``dispatch`` returned). Each lane runs in its own asgiref
+``ThreadSensitiveContext``, so a ``SyncConsumer`` (or a sync handler behind
+``database_sync_to_async``) gets one thread per lane: sync consumers run in a
+thread pool bounded by ``concurrency``, async ones on the loop.
+
+An instance that raises is logged with the message type and conversation,
+counted, and replaced by a new instance reading the same lane: the rest of
+its conversation is still handled and other lanes never notice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Hashable
+
+from asgiref.sync import ThreadSensitiveContext
+
+log = logging.getLogger("gateway.worker")
+
+#: Maps a message to its conversation; ``None`` means "no order to keep".
+KeyFunction = Callable[[dict[str, Any]], Hashable | None]
+
+
+@dataclass
+class _Item:
+    conversation: Hashable | None
+    message: dict[str, Any]
+
+
+class Lane:
+    """One application instance and the queue of the conversation it serves.
+
+    Args:
+        lanes: the channel's lanes this one belongs to.
+        index: its number, for task names.
+    """
+
+    def __init__(self, lanes: "ChannelLanes", index: int) -> None:
+        self.lanes = lanes
+        self.index = index
+        self.queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self.conversation: Hashable | None = None
+        self.current: _Item | None = None
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        """Run the application instance(s) of this lane as a task."""
+        self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        lanes = self.lanes
+        scope = {"type": "channel", "channel": lanes.channel}
+        while True:
+            try:
+                async with ThreadSensitiveContext():
+                    await lanes.application(dict(scope), self.receive, self.send)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                item = self.current
+                lanes.stats["failed"] += 1
+                if item is None:  # failed before taking a message: do not spin
+                    log.exception("consumer on %s failed to start; retrying in 1s", lanes.channel)
+                    await asyncio.sleep(1.0)
+                    continue
+                log.exception("consumer on %s failed handling %s (conversation %s); a new instance takes over",
+                              lanes.channel, item.message.get("type", "?"), item.conversation)
+            if self.current is not None:
+                self._finished()
+
+    async def receive(self) -> dict[str, Any]:
+        """The instance's ASGI ``receive``: asking for the next message means the
+        previous one is done."""
+        if self.current is not None:
+            self.lanes.stats["handled"] += 1
+            self._finished()
+        item = await self.queue.get()
+        self.current = item
+        return item.message
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """The instance's ASGI ``send``: channel-type scopes have no peer to send to."""
+        raise NotImplementedError("a worker channel has no ASGI send; reply through the channel layer")
+
+    def _finished(self) -> None:
+        self.current = None
+        self.lanes._message_done(self)
+
+
+class ChannelLanes:
+    """The lanes of one channel.
+
+    Args:
+        channel: the channel name (the scope's ``channel``).
+        application: the project's ASGI application.
+        key: maps a message to its conversation.
+        concurrency: most lanes (messages handled at once).
+        limit: most messages in flight (handled or queued in lanes).
+    """
+
+    def __init__(self, channel: str, application: Callable[..., Awaitable[None]], key: KeyFunction,
+                 concurrency: int = 64, limit: int | None = None) -> None:
+        self.channel = channel
+        self.application = application
+        self.key = key
+        self.concurrency = max(1, concurrency)
+        self.limit = limit or 4 * self.concurrency
+        self.lanes: list[Lane] = []
+        self.free: collections.deque[Lane] = collections.deque()
+        self.busy: dict[Hashable, Lane] = {}
+        self.inflight = 0
+        self.stats: collections.Counter = collections.Counter()
+        self._changed = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def submit(self, message: dict[str, Any]) -> None:
+        """Queue ``message`` behind its conversation's earlier messages; wait while
+        the channel is at its limits."""
+        try:
+            conversation = self.key(message)
+        except Exception:  # a key function must not lose the message
+            log.exception("conversation key of a %s message on %s failed; handling it unordered",
+                          message.get("type", "?"), self.channel)
+            conversation = None
+        while self.inflight >= self.limit:
+            await self._wait_change()
+        lane = self.busy.get(conversation) if conversation is not None else None
+        if lane is None:
+            lane = await self._free_lane()
+            lane.conversation = conversation
+            if conversation is not None:
+                self.busy[conversation] = lane
+        self.inflight += 1
+        self._idle.clear()
+        lane.queue.put_nowait(_Item(conversation, message))
+
+    async def _free_lane(self) -> Lane:
+        while True:
+            if self.free:
+                return self.free.popleft()
+            if len(self.lanes) < self.concurrency:
+                lane = Lane(self, len(self.lanes))
+                self.lanes.append(lane)
+                lane.start()
+                return lane
+            await self._wait_change()
+
+    async def _wait_change(self) -> None:
+        self._changed.clear()
+        await self._changed.wait()
+
+    def _message_done(self, lane: Lane) -> None:
+        self.inflight -= 1
+        if lane.queue.empty():
+            if lane.conversation is not None and self.busy.get(lane.conversation) is lane:
+                del self.busy[lane.conversation]
+            lane.conversation = None
+            self.free.append(lane)
+        self._changed.set()
+        if not self.inflight:
+            self._idle.set()
+
+    async def idle(self) -> None:
+        """Wait until every submitted message was handled."""
+        await self._idle.wait()
+
+    async def close(self) -> None:
+        """Stop every lane's instance."""
+        tasks = [lane.task for lane in self.lanes if lane.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
