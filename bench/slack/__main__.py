@@ -121,8 +121,8 @@ def measure(name: str, starter, args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.slack")
     parser.add_argument("--events", type=int, default=1000, help="envelopes in the burst")
-    parser.add_argument("--paced", type=int, default=300, help="envelopes in the paced run")
-    parser.add_argument("--rate", type=float, default=50.0, help="envelopes per second in the paced run")
+    parser.add_argument("--paced", type=int, default=1000, help="envelopes in the paced run")
+    parser.add_argument("--rate", type=float, default=200.0, help="envelopes per second in the paced run")
     parser.add_argument("--channels", type=int, default=20, help="Slack channels the load is spread over")
     args = parser.parse_args()
     results = {"gateway": measure("gw", gateway_side, args), "bolt": measure("bolt", bolt_side, args)}

@@ -278,7 +278,9 @@ class SlackGateway(Gateway):
             return None
         leave()
         if event_id is not None:
-            await self.dedup.done(event_id)  # type: ignore[union-attr]
+            # Recorded beside the ack rather than before it: until it lands the id
+            # stays claimed, so a retry meanwhile is left for later, never re-delivered.
+            self.runtime.spawn(self.dedup.done(event_id), "slack dedup done")  # type: ignore[union-attr]
         return ack_channel
 
     async def _ack_payload(self, ack_channel: str, deadline: float) -> dict[str, Any] | None:
