@@ -1,0 +1,241 @@
+"""The batched layer and stock channels_redis on one real Redis, in both directions.
+
+Every test pairs a stock ``channels_redis.core.RedisChannelLayer`` with a
+``BatchedRedisChannelLayer`` on the same prefix, and checks one side sees
+exactly what the other wrote: named channels, reply channels, groups,
+capacity (ChannelFull) and expiry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+from channels.exceptions import ChannelFull
+from channels_redis.core import RedisChannelLayer
+from redis import asyncio as aioredis
+
+from gateways.core.batched import BatchedRedisChannelLayer
+from gateways.core.config import parse_config
+from gateways.core.layer import build_layer, channel_layers_setting
+
+KEY = "0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture
+def layers(redis_server):
+    """A maker of stock or batched layers sharing one fresh prefix."""
+    prefix = f"io{uuid.uuid4().hex[:8]}"
+
+    def make(kind: str, **kwargs):
+        cls = RedisChannelLayer if kind == "stock" else BatchedRedisChannelLayer
+        hosts = [redis_server.url] if kind == "stock" else [{"address": redis_server.url}]
+        return cls(hosts=hosts, prefix=prefix, **kwargs)
+
+    return make
+
+
+async def close(*layers):
+    for layer in layers:
+        await layer.close_pools()
+
+
+def payload(i: int) -> dict:
+    return {"type": "test.message", "n": i, "raw": bytes([i % 256, 0, 255]), "text": f"é{i}", "none": None,
+            "nested": {"list": [1, 2.5, True]}}
+
+
+@pytest.mark.parametrize("direction", ["stock->batched", "batched->stock"])
+async def test_named_channel_both_ways_in_order_with_bytes(layers, direction):
+    stock, batched = layers("stock"), layers("batched")
+    sender, receiver = (stock, batched) if direction == "stock->batched" else (batched, stock)
+    for i in range(30):
+        await sender.send("work", payload(i))
+    got = [await asyncio.wait_for(receiver.receive("work"), 10) for _ in range(30)]
+    assert got == [payload(i) for i in range(30)]
+    await close(stock, batched)
+
+
+async def test_concurrent_batched_sends_keep_their_order_for_a_stock_receiver(layers):
+    stock, batched = layers("stock"), layers("batched", capacity=10000)
+    # All queued in one tick: they go out in one or a few round trips.
+    await asyncio.gather(*(batched.send("burst", {"type": "t", "n": i}) for i in range(2000)))
+    got = [(await asyncio.wait_for(stock.receive("burst"), 10))["n"] for _ in range(2000)]
+    assert got == list(range(2000))
+    await close(stock, batched)
+
+
+@pytest.mark.parametrize("direction", ["stock->batched", "batched->stock"])
+async def test_reply_channels_both_ways(layers, direction):
+    stock, batched = layers("stock"), layers("batched")
+    sender, receiver = (stock, batched) if direction == "stock->batched" else (batched, stock)
+    channels = [await receiver.new_channel() for _ in range(5)]
+    for round_ in range(3):
+        for index, channel in enumerate(channels):
+            await sender.send(channel, {"type": "reply", "to": index, "round": round_})
+    for index, channel in enumerate(channels):
+        got = [await asyncio.wait_for(receiver.receive(channel), 10) for _ in range(3)]
+        assert got == [{"type": "reply", "to": index, "round": r} for r in range(3)]
+    await close(stock, batched)
+
+
+async def test_one_loop_receives_every_reply_channel_of_the_process(layers):
+    stock, batched = layers("stock"), layers("batched")
+    channels = [await batched.new_channel() for _ in range(50)]
+    for index, channel in enumerate(channels):
+        await stock.send(channel, {"type": "reply", "to": index})
+    seen = {}
+    for _ in range(50):
+        target, message = await asyncio.wait_for(batched.receive_single(batched.process_channel), 10)
+        seen[target] = message["to"]
+    assert seen == {channel: index for index, channel in enumerate(channels)}
+    await close(stock, batched)
+
+
+@pytest.mark.parametrize("adder,sender", [("stock", "batched"), ("batched", "stock"), ("batched", "batched")])
+async def test_groups_across_the_two_layers(layers, adder, sender):
+    stock, batched = layers("stock"), layers("batched")
+    side = {"stock": stock, "batched": batched}
+    # Members on both sides: a reply channel of each process and a named channel.
+    stock_member, batched_member = await stock.new_channel(), await batched.new_channel()
+    for member in (stock_member, batched_member, "group.named"):
+        await side[adder].group_add("room", member)
+    await side[sender].group_send("room", {"type": "chat", "text": "hi"})
+    assert await asyncio.wait_for(stock.receive(stock_member), 10) == {"type": "chat", "text": "hi"}
+    assert await asyncio.wait_for(batched.receive(batched_member), 10) == {"type": "chat", "text": "hi"}
+    assert await asyncio.wait_for(stock.receive("group.named"), 10) == {"type": "chat", "text": "hi"}
+    await side[adder].group_discard("room", batched_member)
+    await side[sender].group_send("room", {"type": "chat", "text": "again"})
+    assert await asyncio.wait_for(stock.receive(stock_member), 10) == {"type": "chat", "text": "again"}
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(batched.receive(batched_member), 1.5)
+    await close(stock, batched)
+
+
+@pytest.mark.parametrize("filler,checker", [("stock", "batched"), ("batched", "stock"), ("batched", "batched")])
+async def test_capacity_is_shared_and_raises_channel_full(layers, filler, checker):
+    side = {"stock": layers("stock", capacity=5), "batched": layers("batched", capacity=5)}
+    results = await asyncio.gather(*(side[filler].send("small", {"type": "t", "n": i}) for i in range(5)),
+                                   return_exceptions=True)
+    assert results == [None] * 5
+    with pytest.raises(ChannelFull):
+        await side[checker].send("small", {"type": "t", "n": 5})
+    # A burst past capacity: exactly the excess is refused, each sender told.
+    outcome = await asyncio.gather(*(side["batched"].send("burst", {"type": "t", "n": i}) for i in range(8)),
+                                   return_exceptions=True)
+    assert [type(r).__name__ for r in outcome] == ["NoneType"] * 5 + ["ChannelFull"] * 3
+    # Room again after a receive, on either side.
+    await side["stock"].receive("small")
+    await side[checker].send("small", {"type": "t", "n": 6})
+    await close(*side.values())
+
+
+async def test_per_channel_capacity_patterns_apply(layers):
+    batched = layers("batched", capacity=100, channel_capacity={"tiny.*": 2})
+    await batched.send("tiny.one", {"type": "t"})
+    await batched.send("tiny.one", {"type": "t"})
+    with pytest.raises(ChannelFull):
+        await batched.send("tiny.one", {"type": "t"})
+    await batched.send("other", {"type": "t"})
+    await close(batched)
+
+
+@pytest.mark.parametrize("writer,trimmer", [("stock", "batched"), ("batched", "stock")])
+async def test_expired_messages_are_dropped_on_the_next_send(layers, redis_server, writer, trimmer):
+    side = {"stock": layers("stock", expiry=1), "batched": layers("batched", expiry=1)}
+    await side[writer].send("old", {"type": "t", "n": "stale"})
+    # channels_redis trims with whole seconds: a message is gone once
+    # int(now) - expiry passes its score, at most 2 s later.
+    await asyncio.sleep(2.2)
+    await side[trimmer].send("old", {"type": "t", "n": "fresh"})
+    got = await asyncio.wait_for(side[writer].receive("old"), 10)
+    assert got == {"type": "t", "n": "fresh"}
+    await close(*side.values())
+
+
+async def test_batched_send_sets_the_key_to_expire_like_stock(layers, redis_server):
+    batched = layers("batched", expiry=60)
+    await batched.send("ttl", {"type": "t"})
+    client = aioredis.from_url(redis_server.url)
+    ttl = await client.ttl(f"{batched.prefix}ttl")
+    await client.aclose()
+    assert 0 < ttl <= 60
+    await close(batched)
+
+
+async def test_encrypted_messages_interoperate(layers):
+    stock = layers("stock", symmetric_encryption_keys=[KEY])
+    batched = layers("batched", symmetric_encryption_keys=[KEY])
+    await stock.send("secret", {"type": "t", "raw": b"\x01"})
+    assert await batched.receive("secret") == {"type": "t", "raw": b"\x01"}
+    await batched.send("secret", {"type": "t", "raw": b"\x02"})
+    assert await stock.receive("secret") == {"type": "t", "raw": b"\x02"}
+    await close(stock, batched)
+
+
+async def test_a_receive_cancelled_mid_wait_loses_nothing(layers):
+    stock, batched = layers("stock"), layers("batched")
+    waiting = asyncio.ensure_future(batched.receive("quiet"))
+    await asyncio.sleep(0.3)  # the fetch is blocked in BZPOPMIN now
+    waiting.cancel()
+    await stock.send("quiet", {"type": "t", "n": 1})
+    assert await asyncio.wait_for(batched.receive("quiet"), 10) == {"type": "t", "n": 1}
+    await close(stock, batched)
+
+
+async def test_a_channel_nobody_reads_is_not_drained(layers, redis_server):
+    stock, batched = layers("stock"), layers("batched")
+    await stock.send("a", {"type": "t", "n": 1})
+    assert await batched.receive("a") == {"type": "t", "n": 1}
+    for i in range(3):
+        await stock.send("a", {"type": "t", "n": i})
+    await asyncio.sleep(0.5)
+    # Nobody waits on "a" now: the messages stay in Redis for any receiver.
+    assert [(await asyncio.wait_for(stock.receive("a"), 10))["n"] for _ in range(3)] == [0, 1, 2]
+    await close(stock, batched)
+
+
+async def test_take_buffered_returns_what_was_fetched_but_not_received(layers):
+    stock, batched = layers("stock"), layers("batched")
+    for i in range(10):
+        await stock.send("pre", {"type": "t", "n": i})
+    assert (await batched.receive("pre"))["n"] == 0  # one round trip fetched all ten
+    await batched.stop_fetching()
+    assert [m["n"] for _t, m in batched.take_buffered("pre")] == list(range(1, 10))
+    await close(stock, batched)
+
+
+def test_config_chooses_the_batched_layer_by_default(tmp_path, monkeypatch):
+    monkeypatch.delenv("GATEWAY_LAYER_URL", raising=False)
+    path = tmp_path / "g.yaml"
+    path.write_text("layer:\n  url: redis://127.0.0.1:6390/2\n")
+    setting = channel_layers_setting(str(path))["default"]
+    assert setting["BACKEND"] == "gateways.core.batched.BatchedRedisChannelLayer"
+    config = parse_config("layer:\n  url: redis://127.0.0.1:6390/2\n", "f.yaml", {}, {})
+    assert isinstance(build_layer(config.layer), BatchedRedisChannelLayer)
+    config = parse_config("layer:\n  url: redis://127.0.0.1:6390/2\n  batched: false\n", "f.yaml", {}, {})
+    assert not isinstance(build_layer(config.layer), BatchedRedisChannelLayer)
+
+
+async def test_a_dead_redis_fails_sends_and_receives_with_layer_errors(private_redis):
+    batched = BatchedRedisChannelLayer(hosts=[{"address": private_redis.url}], prefix="dead")
+    await batched.send("x", {"type": "t"})
+    private_redis.stop()
+    with pytest.raises((ConnectionError, OSError, Exception)) as send_error:
+        await asyncio.wait_for(batched.send("x", {"type": "t"}), 20)
+    assert not isinstance(send_error.value, (asyncio.TimeoutError, ChannelFull))
+    with pytest.raises(Exception) as receive_error:
+        await asyncio.wait_for(batched.receive("y"), 20)
+    assert not isinstance(receive_error.value, asyncio.TimeoutError)
+    private_redis.start()
+    started = time.monotonic()
+    while True:  # the pool reconnects on its own
+        try:
+            await batched.send("x", {"type": "t", "n": "back"})
+            break
+        except Exception:
+            assert time.monotonic() - started < 20
+            await asyncio.sleep(0.2)
+    await close(batched)
