@@ -83,6 +83,7 @@ class SocketModeLink:
         self.client: _Client | None = None
         self.accepting = True
         self.hellos = 0
+        self._watchdog: asyncio.Future | None = None
 
     async def start(self) -> None:
         """Connect (retrying in the background until Slack answers)."""
@@ -94,7 +95,24 @@ class SocketModeLink:
             on_message_listeners=[self._on_frame],
         )
         self.client.message_listeners.append(self._on_message)
+        self._watchdog = asyncio.ensure_future(self._watch())
         await self.client.connect()
+
+    async def _watch(self) -> None:
+        """Make a link that stays down ask for a fresh URL.
+
+        slack_sdk retries a failed connect with the same URL for as long as it
+        fails; Slack's URLs are short-lived, so one that failed twice in a row
+        is dropped and the next attempt asks apps.connections.open again.
+        """
+        down = 0
+        while self.client is not None and not self.client.closed:
+            await asyncio.sleep(self.ping_interval)
+            down = 0 if self.connected else down + 1
+            if down >= 2 and self.client.wss_uri is not None:
+                self.log.info("Socket Mode link down for %d checks; asking for a fresh URL", down)
+                self.client.wss_uri = None
+                down = 0
 
     @property
     def connected(self) -> bool:
@@ -105,6 +123,8 @@ class SocketModeLink:
 
     async def close(self) -> None:
         """Close the link; Slack redelivers what was not acked to other connections."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self.client is not None:
             await self.client.close()
 

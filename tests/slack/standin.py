@@ -84,6 +84,8 @@ class SlackStandIn:
         self._cond = threading.Condition()
         self._sockets: list[web.WebSocketResponse] = []
         self._tickets: set[str] = set()
+        self._refuse_links = 0
+        self.links_refused = 0
         self._rate_limits: dict[str, list[float]] = {}
         self._messages: dict[tuple[str, str], dict[str, Any]] = {}
         self._reactions: set[tuple[str, str, str]] = set()
@@ -156,6 +158,12 @@ class SlackStandIn:
         """Answer the next ``times`` calls of ``method`` with 429 and ``Retry-After``."""
         with self._cond:
             self._rate_limits[method] = [retry_after] * times
+
+    def refuse_links(self, count: int) -> None:
+        """Answer the next ``count`` WebSocket upgrades with 503; like Slack's
+        short-lived URLs, a refused URL cannot be used again."""
+        with self._cond:
+            self._refuse_links = count
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
         """Block until ``predicate()`` (checked on every change) is truthy; return it."""
@@ -413,6 +421,12 @@ class SlackStandIn:
         ticket = request.query.get("ticket", "")
         with self._cond:
             known = ticket in self._tickets
+            if known and self._refuse_links > 0:
+                self._refuse_links -= 1
+                self.links_refused += 1
+                self._tickets.discard(ticket)
+                self._cond.notify_all()
+                return web.Response(status=503, text="service unavailable")
         if not known:
             return web.Response(status=401, text="invalid ticket")
         ws = web.WebSocketResponse(autoping=True)

@@ -315,3 +315,17 @@ def test_reconnects_after_the_socket_drops_and_after_disconnect_envelopes(stack)
     wait_post(stack, chan, "after refresh")
     assert "refresh_requested" in stack.gateway.log()
 
+
+
+def test_a_link_that_keeps_failing_gets_a_fresh_url(stack):
+    standin = stack.standin
+    before, opened = standin.hellos, len(standin.calls_of("apps.connections.open"))
+    standin.refuse_links(3)
+    standin.drop_sockets()
+    standin.wait_hellos(before + 1, timeout=90)
+    assert standin.links_refused == 3
+    # Each refused URL was burnt: connecting again took fresh ones.
+    assert len(standin.calls_of("apps.connections.open")) - opened >= 2
+    chan = channel()
+    send_message(standin, chan, "echo after refusals")
+    wait_post(stack, chan, "after refusals")
