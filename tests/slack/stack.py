@@ -29,6 +29,7 @@ def write_config(directory: Path, redis_url: str, standin: SlackStandIn, prefix:
         "default_channel": "slack.receive",
         "grace_period": 5,
         "api_retries": 3,
+        "health": {"listen": f"127.0.0.1:{free_port()}"},
         **overrides,
     }
     config = {
@@ -45,6 +46,12 @@ def events_url(config: Path) -> str:
     """The Events API URL of the gateway configured by ``config``."""
     section = yaml.safe_load(config.read_text())["slack"]
     return f"http://{section['listen']}/slack/events"
+
+
+def health_url(config: Path) -> str:
+    """The /healthz URL of the gateway configured by ``config``."""
+    section = yaml.safe_load(config.read_text())["slack"]
+    return f"http://{section['health']['listen']}/healthz"
 
 
 def start_gateway(config: Path, standin: SlackStandIn, connections: int) -> Daemon:

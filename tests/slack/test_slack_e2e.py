@@ -13,7 +13,7 @@ import pytest
 from gateways.core.config import LayerConfig
 from gateways.core.layer import build_layer, close_layer
 
-from .stack import SECRET, events_url, start_gateway, start_worker, write_config
+from .stack import SECRET, events_url, health_url, start_gateway, start_worker, write_config
 from .standin import (BOT_ID, BOT_USER, HUMAN, SlackStandIn, block_actions_payload, command_payload,
                       event_callback, form_body, message_event, post_signed, view_submission_payload)
 
@@ -73,6 +73,22 @@ def test_echo_is_answered_in_the_same_channel_and_the_envelope_acked(stack):
     assert ack.payload is None
     # The ack came after the hand-off, which came before the reply.
     assert stack.standin.sent[envelope] <= ack.at
+
+
+def test_health_reports_the_link_and_metrics_count_envelopes(stack):
+    import urllib.request
+
+    chan = channel()
+    send_message(stack.standin, chan, "echo counted")
+    wait_post(stack, chan, "counted")
+    with urllib.request.urlopen(health_url(stack.config), timeout=10) as response:
+        health = json.loads(response.read())
+    assert response.status == 200
+    assert health["healthy"] and health["identity"] and health["socket_mode_connected"]
+    metrics_url = health_url(stack.config).replace("/healthz", "/metrics")
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        metrics = response.read().decode()
+    assert 'gateway_slack_envelopes_total{kind="events_api"}' in metrics
 
 
 def test_the_bots_own_messages_are_ignored(stack):
