@@ -37,7 +37,9 @@ class Serializer:
     """Runs work for one key at a time, in the order :meth:`enter` was called.
 
     :meth:`enter` is synchronous so a caller takes its place before its first
-    ``await``: tasks started in arrival order keep that order.
+    ``await``: tasks started in arrival order keep that order. A place left
+    early (cancelled, or with nothing to do) passes its turn on only once its
+    predecessor is done.
     """
 
     def __init__(self) -> None:
@@ -56,10 +58,14 @@ class Serializer:
         if previous is not None and not previous.done():
             await asyncio.wait({previous})
 
-    def leave(self, key: Any, mine: asyncio.Future) -> None:
-        """Give the place to the next one."""
-        if not mine.done():
-            mine.set_result(None)
+    def leave(self, key: Any, mine: asyncio.Future, previous: asyncio.Future | None = None) -> None:
+        """Give the place to the next one (after ``previous``, if it is still running)."""
+        if mine.done():
+            return
+        if previous is not None and not previous.done():
+            previous.add_done_callback(lambda _f: self.leave(key, mine))
+            return
+        mine.set_result(None)
         if self._tails.get(key) is mine:
             del self._tails[key]
 
@@ -216,7 +222,7 @@ class SlackGateway(Gateway):
 
         def leave() -> None:
             if mine is not None:
-                self.inbound_order.leave(key, mine)
+                self.inbound_order.leave(key, mine, previous)
 
         self._inflight += 1
         self._idle.clear()
@@ -315,7 +321,7 @@ class SlackGateway(Gateway):
             await self._send(message)
         finally:
             if mine is not None:
-                self.outbound_order.leave(key, mine)
+                self.outbound_order.leave(key, mine, previous)
 
     async def _consumer_ack(self, channel: str, message: dict[str, Any]) -> None:
         future = self.acks.get(channel)
