@@ -30,7 +30,7 @@ from gateways.slack.socket_mode import SocketModeLink
 from gateways.slack.webapi import WebApi
 
 #: (ack, payload) — whether to acknowledge a delivery, and with what.
-Answer = tuple[bool, "dict[str, Any] | None"]
+Answer = tuple[bool, dict[str, Any] | None]
 
 
 class Serializer:

@@ -4,12 +4,11 @@ instances, bounded waits for consumer acks, and the demo's done criterion."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
 
 import pytest
 
-from servers import PYTHON, REPO, Daemon, gateway_daemon, runworker
+from servers import PYTHON, REPO, Daemon, runworker
 
 from .stack import SECRET, events_url, start_gateway, start_worker, write_config
 from .standin import SlackStandIn, command_payload, event_callback, message_event, post_signed
