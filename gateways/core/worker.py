@@ -187,7 +187,9 @@ class ConcurrentWorker:
     def stop(self) -> None:
         """Ask the worker to drain and exit."""
         if self.stopping is not None and not self.stopping.is_set():
-            log.info("stopping: handling the messages already taken (up to %ss)", GRACE_PERIOD)
+            inflight = sum(lanes.inflight for lanes in self.lanes.values())
+            log.info("stopping: draining %d message(s) in flight and what was prefetched (up to %ss)",
+                     inflight, GRACE_PERIOD)
             self.stopping.set()
 
     async def run(self) -> int:
@@ -253,9 +255,6 @@ class ConcurrentWorker:
             for channel, lanes in self.lanes.items():
                 for _target, message in self.layer.take_buffered(channel):
                     await self._submit(lanes, message)
-        pending = sum(lanes.inflight for lanes in self.lanes.values())
-        if pending:
-            log.info("draining %d message(s) in flight", pending)
         try:
             await asyncio.wait_for(asyncio.gather(*(lanes.idle() for lanes in self.lanes.values())), GRACE_PERIOD)
         except asyncio.TimeoutError:
