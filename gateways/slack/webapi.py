@@ -1,5 +1,7 @@
 """Web API calls over HTTP: per-method rate limits, bounded retries, Slack's errors.
 
+Methods are called with form bodies (``response_url`` posts with JSON).
+
 Slack rate-limits each method separately and answers 429 with ``Retry-After``;
 a method that got one waits here before its next call (other methods go on),
 and the call is retried at most ``retries`` times. Slack's ``ok: false``
@@ -36,6 +38,16 @@ class ApiResult:
     ok: bool
     body: dict[str, Any] | None
     error: str | None
+
+
+def form_fields(params: dict[str, Any]) -> dict[str, str]:
+    """Web API arguments as form fields: strings as they are, everything else as JSON."""
+    fields = {}
+    for key, value in params.items():
+        if value is None:
+            continue
+        fields[key] = value if isinstance(value, str) else json.dumps(value)
+    return fields
 
 
 class WebApi:
@@ -136,7 +148,13 @@ class WebApi:
 
     async def _once(self, url: str, body: dict[str, Any], headers: dict[str, str],
                     web_api: bool) -> tuple[ApiResult, float | None]:
-        async with self._client().post(url, json=body, headers=headers) as response:
+        if web_api:
+            # Every Web API method takes a form (not all take JSON bodies); nested
+            # values such as blocks travel JSON-encoded inside it, as Slack documents.
+            request = self._client().post(url, data=form_fields(body), headers=headers)
+        else:
+            request = self._client().post(url, json=body, headers=headers)
+        async with request as response:
             text = await response.text()
             parsed: Any = None
             if text:

@@ -168,3 +168,20 @@ async def test_a_place_left_early_waits_for_its_predecessor():
     assert last_prev.done()
     order.leave("k", last, last_prev)
     assert order._tails == {}
+
+
+async def test_methods_are_called_with_forms_and_nested_values_as_json(standin):
+    from gateways.slack.webapi import form_fields
+
+    assert form_fields({"a": "x", "b": [{"type": "divider"}], "c": False, "d": 3, "e": None}) == {
+        "a": "x", "b": '[{"type": "divider"}]', "c": "false", "d": "3"}
+    api = WebApi(standin.api_url, standin.bot_token)
+    try:
+        chan = "C" + uuid.uuid4().hex[:8].upper()
+        blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": "*hi*"}}]
+        result = await api.call("chat.postMessage", {"channel": chan, "blocks": blocks, "unfurl_links": False})
+        assert result.ok
+        (call,) = standin.calls_of("chat.postMessage", channel=chan)
+        assert call.params == {"channel": chan, "blocks": blocks, "unfurl_links": "false"}
+    finally:
+        await api.close()
