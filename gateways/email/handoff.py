@@ -123,7 +123,13 @@ class Handoff:
             delivery, raw = await self._ready.get()
             if delivery.acked or delivery.entry.dead:
                 continue
-            await self._hand(delivery, raw)
+            try:
+                await self._hand(delivery, raw)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug (or GATEWAY_STRICT's schema check): keep the other deliveries going
+                self.runtime.metrics.inc("email_handoff_errors_total", "hand-offs that failed with an error")
+                log.exception("handing %s off failed; it stays in the spool for the next start", delivery.id)
 
     async def _hand(self, delivery: _Delivery, raw: bytes | None) -> None:
         entry = delivery.entry

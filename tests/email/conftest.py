@@ -16,7 +16,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def django_demo():
     """The demo project's settings, with an in-memory layer (run_consumer swaps its own in)."""
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "demo.settings")
-    os.environ.setdefault("GATEWAY_LAYER_URL", "memory://")
+    ours = "GATEWAY_LAYER_URL" not in os.environ
+    if ours:
+        os.environ["GATEWAY_LAYER_URL"] = "memory://"
     import django
 
-    django.setup()
+    try:
+        django.setup()
+    finally:
+        if ours:  # subprocesses (runworker) must not inherit it
+            del os.environ["GATEWAY_LAYER_URL"]
