@@ -156,6 +156,8 @@ class SlackSection(GatewaySection):
 
     def missing(self) -> str | None:
         """Why the daemon cannot run with these keys, or None."""
+        if not self.bot_token and not self.app_token:
+            return "no Slack tokens (SLACK_APP_TOKEN, SLACK_BOT_TOKEN)"
         if not self.bot_token:
             return "slack.bot_token is empty (set SLACK_BOT_TOKEN)"
         if self.socket_mode and not self.app_token:

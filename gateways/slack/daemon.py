@@ -112,8 +112,8 @@ class SlackGateway(Gateway):
         missing = section.missing()
         if missing:
             raise StackUnavailable(
-                f"Slack skipped: {missing}; export SLACK_APP_TOKEN=xapp-... SLACK_BOT_TOKEN=xoxb-... "
-                "to add it (docs/slack.md)"
+                f"Slack skipped: {missing}; to add it, export SLACK_APP_TOKEN=xapp-... "
+                "SLACK_BOT_TOKEN=xoxb-... (see docs/slack.md)"
             )
         return []
 
