@@ -1,0 +1,73 @@
+"""The email section's validation, its documented reference, and the example files."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from gateways.core.config import ConfigError, load_config, parse_config, reference
+from gateways.email.config import EmailSection
+from gateways.email.daemon import EmailGateway
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def parse(section: str) -> None:
+    parse_config("layer: {url: 'redis://127.0.0.1:6379/0'}\nemail:\n" + section, section_classes={"email": EmailSection},
+                 environ={"PW": "secret"})
+
+
+def problems(section: str) -> str:
+    with pytest.raises(ConfigError) as error:
+        parse(section)
+    return str(error.value)
+
+
+def test_required_keys():
+    text = problems("  hostname: x\n")
+    for key in ("email.listen", "email.domains", "email.relay"):
+        assert f"{key}: required key is missing" in text
+
+
+def test_bad_values_are_named():
+    base = "  listen: 127.0.0.1:2525\n  domains: [demo.local]\n  relay: smtp://relay.test:25\n"
+    assert "not HOST:PORT" in problems(base.replace("127.0.0.1:2525", "nowhere"))
+    assert "not a URL with scheme" in problems(base.replace("smtp://relay.test:25", "http://relay.test"))
+    assert "not a lower-case domain" in problems(base.replace("[demo.local]", "['Demo Local']"))
+    assert "not a valid regular expression" in problems(base + "  routes: [{address: '(', channel: x}]\n")
+    assert "routes[0].channel: required" in problems(base + "  routes: [{address: 'a'}]\n")
+    assert "tls_cert and tls_key go together" in problems(base + "  tls_cert: c.pem\n")
+    assert "needs tls_cert" in problems(base + "  require_starttls: true\n")
+    assert "only after STARTTLS" in problems(base + "  auth_users: {u: '${PW}'}\n")
+    assert "must differ" in problems(base + "  send_channel: email.receive\n")
+    assert "names no host" in problems(base.replace("smtp://relay.test:25", "smtp:///x"))
+    parse(base + "  relay_attempts: 3\n  senders: ['@demo.local', ops@example.test]\n")
+
+
+def test_every_key_is_documented_in_docs_email_md():
+    documented = set(re.findall(r"^\| `(email\.[^`]+)` \|", (REPO / "docs" / "email.md").read_text(), re.M))
+    keys = {row[0] for row in reference(EmailSection, "email")}
+    assert keys == documented, f"undocumented: {sorted(keys - documented)}; stale: {sorted(documented - keys)}"
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "email.example.yaml"])
+def test_example_files_are_valid(name):
+    config = load_config(REPO / "config" / name, environ={"SMTP_RELAY_PASSWORD": "x", "SMTP_AUTH_PASSWORD": "y"})
+    section = config.sections["email"]
+    assert EmailGateway.consumer_channels(section)[-1] == section.default_channel
+
+
+def test_demo_serves_echo_on_2525_with_a_development_relay():
+    section = load_config(REPO / "config" / "demo.yaml").sections["email"]
+    assert (section.listen, section.domains) == ("127.0.0.1:2525", ["demo.local"])
+    assert section.relay.startswith("file://")
+
+
+def test_spec_documents_every_message_type():
+    from gateways.core.specs import load_schema
+
+    spec = (REPO / "protocol_specs" / "email.md").read_text()
+    for mtype in load_schema("email").message_types:
+        assert f"## `{mtype}`" in spec
