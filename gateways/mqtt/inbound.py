@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
@@ -29,6 +30,9 @@ from gateways.core.metrics import Metrics
 from gateways.core.specs import InvalidMessage
 
 Send = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+#: Seconds between log lines about dropped QoS 0 messages.
+DROP_LOG_INTERVAL = 5.0
 
 
 @dataclass(eq=False)
@@ -68,6 +72,8 @@ class HandoffPipeline:
         self._idle = asyncio.Event()
         self._idle.set()
         self._refusing = False
+        self._dropped = 0
+        self._drop_logged = -DROP_LOG_INTERVAL
 
     def __len__(self) -> int:
         """Messages received and not yet settled (handed off and acknowledged, or abandoned)."""
@@ -92,8 +98,14 @@ class HandoffPipeline:
         """
         if qos == 0 and self._slots.locked():
             self.metrics.inc("mqtt_qos0_dropped_total", "QoS 0 messages dropped while the layer lagged")
-            self.log.warning("dropped a QoS 0 message on %r: %d messages already wait for the layer",
-                             topic, self.inflight)
+            self._dropped += 1
+            now = time.monotonic()
+            if now - self._drop_logged >= DROP_LOG_INTERVAL:
+                # One line per interval, not per message: a flood would drown the log.
+                self.log.warning("dropped %d QoS 0 messages (latest on %r): %d messages already wait for "
+                                 "the layer", self._dropped, topic, self.inflight)
+                self._dropped = 0
+                self._drop_logged = now
             return False
         await self._slots.acquire()
         entry = _Entry(topic, channel, message, qos, ack, source)
