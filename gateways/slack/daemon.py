@@ -108,6 +108,13 @@ class SlackGateway(Gateway):
         return list(dict.fromkeys(channels))
 
     @classmethod
+    def conversation_key(cls, message: dict[str, Any]) -> Any:
+        """One Slack channel of one workspace (the spec's ordering unit); None
+        for messages without a channel, which keep no order."""
+        channel = message.get("channel")
+        return (message.get("team"), channel) if channel else None
+
+    @classmethod
     def stack_services(cls, section: SlackSection, config: Config) -> list[Service]:
         missing = section.missing()
         if missing:

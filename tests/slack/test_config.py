@@ -69,3 +69,11 @@ def test_every_key_is_documented():
     assert documented - expected == set()
     for key in ("slack.app_token", "slack.bot_token", "slack.api_url"):
         assert key in expected
+
+
+def test_the_conversation_is_one_slack_channel():
+    key = SlackGateway.conversation_key
+    assert key({"type": "slack.message", "team": "T1", "channel": "C1"}) == ("T1", "C1")
+    assert key({"type": "slack.message", "team": "T1", "channel": "C1"}) != key(
+        {"type": "slack.message", "team": "T1", "channel": "C2"})
+    assert key({"type": "slack.event", "team": "T1", "channel": None}) is None

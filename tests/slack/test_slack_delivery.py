@@ -120,3 +120,24 @@ def test_demo_config_pointed_at_the_standin_echoes(private_redis, standin):
         if worker is not None:
             worker.stop()
     assert code == 0, gateway.log()
+
+
+def test_gateway_worker_keeps_each_slack_channels_order(redis_server, standin, tmp_path):
+    """`gateway worker` runs conversations concurrently; a Slack channel is one."""
+    config = write_config(tmp_path, redis_server.url, standin, f"o{uuid.uuid4().hex[:8]}")
+    gateway = start_gateway(config, standin, connections=1)
+    worker = Daemon("worker", [PYTHON, "-m", "gateways", "worker", "--config", str(config), "slack.receive"],
+                    env={"DEMO_DATABASE": str(tmp_path / "db.sqlite3")})
+    worker.wait_for_log("Running worker for channels", timeout=30)
+    try:
+        chans = [channel() for _ in range(3)]
+        expected = {chan: [f"{chan}-{i}" for i in range(15)] for chan in chans}
+        for i in range(15):
+            for chan in chans:
+                standin.send_envelope("events_api", event_callback(message_event(chan, f"echo {chan}-{i}")))
+        standin.wait_for(lambda: all(len(texts(standin, c)) == 15 for c in chans), timeout=60, what="45 echoes")
+        assert {chan: texts(standin, chan) for chan in chans} == expected
+    finally:
+        code = gateway.stop()
+        worker.stop()
+    assert code == 0, gateway.log()
