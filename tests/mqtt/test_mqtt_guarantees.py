@@ -42,9 +42,12 @@ def first_occurrence_order(messages: list[dict]) -> list[bytes]:
     return list(seen)
 
 
-async def test_gateway_killed_and_restarted_loses_no_qos1_message(tmp_path, redis_server, mosquitto, processes):
+@pytest.mark.parametrize("version", ["5", "3.1.1"])
+async def test_gateway_killed_and_restarted_loses_no_qos1_message(tmp_path, redis_server, mosquitto, processes,
+                                                                   version):
     config = write_config(tmp_path, redis_server.url, mosquitto.url,
-                          [{"filter": "kill/#", "qos": 1, "channel": "mqtt.kill"}], client_id="kill-test")
+                          [{"filter": "kill/#", "qos": 1, "channel": "mqtt.kill"}], client_id="kill-test",
+                          version=version)
     gateway = start_gateway(config)
     processes.append(gateway)
     before, during, after = numbered("a", 0, 50), numbered("b", 0, 150), numbered("c", 0, 50)
