@@ -16,11 +16,16 @@ number of round trips:
   ``EXPIRE`` per message); each sender still gets its own ``ChannelFull``.
   Scores are strictly increasing per process, so messages sent in one batch
   keep their order (equal scores would sort by the random member bytes).
-- **receive**: one fetcher per channel and event loop pipelines ``BZPOPMIN``
-  (blocks while the channel is empty) with ``ZPOPMIN count`` and buffers what
-  it gets, so a busy channel costs one round trip per ``receive_batch``
-  messages. It fetches only while someone waits on an empty buffer, so a
-  channel nobody reads is not drained into memory.
+- **receive**: one fetcher per channel and event loop takes up to
+  ``receive_batch`` messages per round trip with ``BZMPOP ... MIN COUNT n``
+  (Redis 7+; before that ``BZPOPMIN`` pipelined with ``ZPOPMIN count``),
+  blocking while the channel is empty, and buffers them. It fetches only
+  while someone waits on an empty buffer, so a channel nobody reads is not
+  drained into memory.
+- **connections**: the flusher and each fetcher keep one pooled connection
+  for their round trips (taking one from redis-py's pool per command costs
+  more than the command); a broken one is dropped and the round trip tried
+  once on a fresh connection.
 - **reply channels**: ``receive_single(process_channel)`` returns
   ``(full channel name, message)`` for every reply channel of the process off
   the one shared key: a gateway multiplexes all its connections on one loop.
@@ -35,13 +40,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import time
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
 from channels.exceptions import ChannelFull
-from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
 
 from gateways.core.layer import GatewayRedisChannelLayer
 
@@ -75,6 +82,7 @@ for k, _ in pairs(added) do
 end
 return result
 """
+_SEND_SHA = hashlib.sha1(_SEND_SCRIPT.encode()).hexdigest()
 
 
 @dataclass
@@ -94,7 +102,9 @@ class _LoopState:
     flusher: asyncio.Task | None = None
     fetchers: dict[str, asyncio.Task] = field(default_factory=dict)
     waiters: dict[str, list[asyncio.Future]] = field(default_factory=lambda: collections.defaultdict(list))
-    script: AsyncScript | None = None
+    #: Pooled connections kept by the flusher ("send") and each fetcher ("fetch:<channel>"):
+    #: taking one from the pool per round trip costs more than the round trip.
+    held: dict[str, Any] = field(default_factory=dict)
 
 
 class BatchedRedisChannelLayer(GatewayRedisChannelLayer):
@@ -119,6 +129,7 @@ class BatchedRedisChannelLayer(GatewayRedisChannelLayer):
         self._buffers: dict[str, collections.deque[tuple[Any, dict]]] = collections.defaultdict(collections.deque)
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
         self._last_score = 0.0
+        self._bzmpop: bool | None = None  # whether the server has BZMPOP (Redis 7+); None: not known yet
 
     def _state(self) -> _LoopState:
         loop = asyncio.get_running_loop()
@@ -186,10 +197,44 @@ class BatchedRedisChannelLayer(GatewayRedisChannelLayer):
         for item in batch:
             index = keys.setdefault(item.key, len(keys) + 1)
             args += [index, item.capacity, repr(item.score), item.member]
-        connection = self.connection(0)
-        if state.script is None:
-            state.script = connection.register_script(_SEND_SCRIPT)
-        return await state.script(keys=list(keys), args=args, client=connection)
+        try:
+            return await self._roundtrip(state, "send", [("EVALSHA", _SEND_SHA, len(keys), *keys, *args)])
+        except NoScriptError:  # first use on this server, or it restarted
+            return await self._roundtrip(state, "send", [("EVAL", _SEND_SCRIPT, len(keys), *keys, *args)])
+
+    async def _roundtrip(self, state: _LoopState, role: str, commands: list[tuple]) -> Any:
+        """Send ``commands`` pipelined on ``role``'s connection; the last reply.
+
+        A connection broken (say, by a Redis restart) is dropped and the round
+        trip tried once more on a fresh one, as the pool's retry would."""
+        for attempt in (1, 2):
+            connection = state.held.get(role)
+            if connection is None:
+                connection = state.held[role] = await self.connection(0).connection_pool.get_connection()
+            try:
+                await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+                replies = []
+                for _ in commands:
+                    replies.append(await connection.read_response())
+                return replies[-1] if len(replies) == 1 else replies
+            except ResponseError:
+                raise  # the reply was read whole: the connection is fine
+            except BaseException as exc:
+                await self._drop(state, role)
+                if attempt == 1 and isinstance(exc, (RedisConnectionError, ConnectionError)) \
+                        and not isinstance(exc, TimeoutError):
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    async def _drop(self, state: _LoopState, role: str) -> None:
+        connection = state.held.pop(role, None)
+        if connection is None:
+            return
+        try:
+            await connection.disconnect()
+        finally:
+            await self.connection(0).connection_pool.release(connection)
 
     # -- receive -------------------------------------------------------------
 
@@ -226,7 +271,7 @@ class BatchedRedisChannelLayer(GatewayRedisChannelLayer):
         try:
             while state.waiters[channel] and not buffer:
                 try:
-                    buffer.extend(await self._pop(channel))
+                    buffer.extend(await self._pop(state, channel))
                 except Exception as exc:
                     for future in state.waiters[channel]:
                         if not future.done():
@@ -249,20 +294,33 @@ class BatchedRedisChannelLayer(GatewayRedisChannelLayer):
                 future.set_result(None)
                 budget -= 1
 
-    async def _pop(self, channel: str) -> list[tuple[Any, dict[str, Any]]]:
+    async def _pop(self, state: _LoopState, channel: str) -> list[tuple[Any, dict[str, Any]]]:
         """One round trip: block for the first message, take up to a batch."""
         key = self.prefix + channel
-        connection = self.connection(0)
-        pipe = connection.pipeline(transaction=False)
-        pipe.bzpopmin(key, timeout=self.block_timeout)
-        if self.receive_batch > 1:
-            pipe.zpopmin(key, self.receive_batch - 1)
-        results = await pipe.execute()
-        members = []
-        if results[0] is not None:
-            members.append(results[0][1])
-        if len(results) > 1:
-            members.extend(member for member, _score in results[1])
+        role = f"fetch:{channel}"
+        members: list[bytes] = []
+        if self._bzmpop is not False:
+            try:
+                reply = await self._roundtrip(
+                    state, role, [("BZMPOP", self.block_timeout, 1, key, "MIN", "COUNT", self.receive_batch)])
+            except ResponseError as exc:
+                if self._bzmpop is not None or "unknown command" not in str(exc).lower():
+                    raise
+                self._bzmpop = False  # Redis before 7.0
+            else:
+                self._bzmpop = True
+                if reply is not None:
+                    members = _members(reply[1])
+        if self._bzmpop is False:
+            commands: list[tuple] = [("BZPOPMIN", key, self.block_timeout)]
+            if self.receive_batch > 1:
+                commands.append(("ZPOPMIN", key, self.receive_batch - 1))
+            replies = await self._roundtrip(state, role, commands)
+            replies = replies if len(commands) > 1 else [replies]
+            if replies[0] is not None:
+                members.append(replies[0][1])
+            if len(replies) > 1:
+                members.extend(_members(replies[1]))
         out = []
         for member in members:
             message = self.deserialize(member)
@@ -296,5 +354,19 @@ class BatchedRedisChannelLayer(GatewayRedisChannelLayer):
                 task.cancel()
             if fetchers:
                 await asyncio.wait(fetchers, timeout=5)
-            state.script = None
+            for role in list(state.held):
+                try:
+                    await self._drop(state, role)
+                except Exception:  # a dead server: nothing to close politely
+                    pass
         await super().close_pools()
+
+
+def _members(reply: Any) -> list[bytes]:
+    """Members of a ZPOPMIN/BZMPOP reply: [[member, score], ...] (RESP3, BZMPOP)
+    or [member, score, member, score, ...] (RESP2 ZPOPMIN)."""
+    if not reply:
+        return []
+    if isinstance(reply[0], (list, tuple)):
+        return [pair[0] for pair in reply]
+    return list(reply[0::2])

@@ -17,6 +17,7 @@ project and the channels taken from the YAML, and three differences:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -87,14 +88,22 @@ def _by_keys(keys: tuple[str, ...]) -> KeyFunction:
     return key
 
 
+@functools.cache
+def _protocol_rule(protocol: str) -> KeyFunction | None:
+    if protocol not in registry.protocol_names():
+        return None
+    try:
+        return registry.gateway_class(protocol).conversation_key
+    except ImportError:  # registered but not importable in this checkout
+        return None
+
+
 def _protocol_key(message: dict[str, Any]) -> Hashable | None:
     mtype = message.get("type")
-    protocol = mtype.partition(".")[0] if isinstance(mtype, str) else ""
-    try:
-        gateway_class = registry.gateway_class(protocol)
-    except (ValueError, ImportError):  # not a gateway's message
+    rule = _protocol_rule(mtype.partition(".")[0]) if isinstance(mtype, str) else None
+    if rule is None:  # not a gateway's message
         return message.get("reply_channel")
-    return gateway_class.conversation_key(message)
+    return rule(message)
 
 
 def conversation_key(consumer_class: type | None) -> KeyFunction:

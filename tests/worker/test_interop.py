@@ -239,3 +239,23 @@ async def test_a_dead_redis_fails_sends_and_receives_with_layer_errors(private_r
             assert time.monotonic() - started < 20
             await asyncio.sleep(0.2)
     await close(batched)
+
+
+async def test_receive_without_bzmpop_falls_back_to_bzpopmin_and_zpopmin(layers):
+    """Redis before 7.0 has no BZMPOP: the pipelined pair does the same job."""
+    stock, batched = layers("stock"), layers("batched")
+    batched._bzmpop = False
+    for i in range(12):
+        await stock.send("old-redis", {"type": "t", "n": i})
+    got = [(await asyncio.wait_for(batched.receive("old-redis"), 10))["n"] for _ in range(12)]
+    assert got == list(range(12))
+    await close(stock, batched)
+
+
+async def test_a_redis_restart_between_round_trips_is_retried_on_a_fresh_connection(private_redis):
+    batched = BatchedRedisChannelLayer(hosts=[{"address": private_redis.url}], prefix="restart")
+    await batched.send("x", {"type": "t", "n": 1})
+    private_redis.restart()
+    await batched.send("x", {"type": "t", "n": 2})  # the kept connection is dead: one retry
+    assert (await asyncio.wait_for(batched.receive("x"), 10))["n"] == 2
+    await close(batched)
