@@ -137,15 +137,16 @@ def signature_problem(
 
 def _base(mtype: str, mid: str, team: Any, channel: Any, user: Any, text: Any, ts: Any,
           thread_ts: Any, original: dict[str, Any], retry_attempt: int) -> dict[str, Any]:
+    # Slack's documented fields are strings; anything else is left in ``event``.
     return {
         "type": mtype,
         "id": mid,
-        "team": team,
-        "channel": channel,
-        "user": user,
-        "text": text,
-        "ts": ts,
-        "thread_ts": thread_ts,
+        "team": _str(team),
+        "channel": _str(channel),
+        "user": _str(user),
+        "text": _str(text),
+        "ts": _str(ts),
+        "thread_ts": _str(thread_ts),
         "event": original,
         "retry_attempt": retry_attempt,
     }
@@ -194,16 +195,16 @@ def translate_event_callback(
     elif mtype in ("slack.join", "slack.leave"):
         message = _base(mtype, mid, team, event.get("channel"), event.get("user"), None,
                         event.get("event_ts"), None, event, retry_attempt)
-        message["inviter"] = event.get("inviter")
-        message["channel_type"] = event.get("channel_type")
+        message["inviter"] = _str(event.get("inviter"))
+        message["channel_type"] = _str(event.get("channel_type"))
     elif mtype in ("slack.reaction_added", "slack.reaction_removed"):
         if _own(identity, event.get("user"), None):
             return Ignored("the bot's own reaction")
-        item = event.get("item") if isinstance(event.get("item"), dict) else {}
+        item = _dict(event.get("item"))
         message = _base(mtype, mid, team, item.get("channel"), event.get("user"), None,
                         item.get("ts"), None, event, retry_attempt)
-        message["reaction"] = event.get("reaction")
-        message["item_user"] = event.get("item_user")
+        message["reaction"] = _str(event.get("reaction")) or ""
+        message["item_user"] = _str(event.get("item_user"))
         message["item"] = item
     else:
         channel = event.get("channel")
@@ -238,9 +239,9 @@ def _message(event: dict[str, Any], mid: str, team: Any, identity: Identity | No
         ts = inner.get("ts", event.get("ts"))
     message = _base("slack.message", mid, team, event.get("channel"), user, text, ts,
                     inner.get("thread_ts", event.get("thread_ts")), event, retry_attempt)
-    message["subtype"] = subtype
-    message["bot_id"] = bot_id
-    message["channel_type"] = event.get("channel_type")
+    message["subtype"] = _str(subtype)
+    message["bot_id"] = _str(bot_id)
+    message["channel_type"] = _str(event.get("channel_type"))
     return Inbound(message, dedup, _order_key(team, event.get("channel")))
 
 
@@ -258,9 +259,22 @@ def translate_command(form: dict[str, Any], mid: str) -> Inbound | Ignored:
     message = _base("slack.command", mid, form.get("team_id"), form.get("channel_id"), form.get("user_id"),
                     form.get("text", ""), None, None, form, 0)
     message["command"] = command
-    message["response_url"] = form.get("response_url")
-    message["trigger_id"] = form.get("trigger_id")
+    message["response_url"] = _str(form.get("response_url"))
+    message["trigger_id"] = _str(form.get("trigger_id"))
     return Inbound(message, None, _order_key(form.get("team_id"), form.get("channel_id")))
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _id(value: Any) -> str | None:
+    """The ``id`` of one of Slack's objects (team, user, channel), or None."""
+    return _str(value.get("id")) if isinstance(value, dict) else None
 
 
 def translate_interactive(payload: dict[str, Any], mid: str) -> Inbound | Ignored:
@@ -275,38 +289,36 @@ def translate_interactive(payload: dict[str, Any], mid: str) -> Inbound | Ignore
     if not isinstance(kind, str):
         return Ignored("interactive payload without a type")
     payload = {k: v for k, v in payload.items() if k != "token"}
-    team = (payload.get("team") or {}).get("id")
-    user = (payload.get("user") or {}).get("id")
-    channel = (payload.get("channel") or {}).get("id")
-    container = payload.get("container") or {}
-    msg = payload.get("message") or {}
-    ts = container.get("message_ts") or msg.get("ts")
-    thread_ts = msg.get("thread_ts")
+    team, user, channel = _id(payload.get("team")), _id(payload.get("user")), _id(payload.get("channel"))
+    container = _dict(payload.get("container"))
+    msg = _dict(payload.get("message"))
+    ts = _str(container.get("message_ts")) or _str(msg.get("ts"))
+    thread_ts = _str(msg.get("thread_ts"))
     text = None
     if kind == "view_submission":
         mtype = "slack.view_submission"
     elif kind == "block_suggestion":
         mtype = "slack.options"
-        text = payload.get("value")
+        text = _str(payload.get("value"))
     else:
         mtype = "slack.action"
     message = _base(mtype, mid, team, channel, user, text, ts, thread_ts, payload, 0)
     message["kind"] = kind
-    message["response_url"] = payload.get("response_url")
-    message["trigger_id"] = payload.get("trigger_id")
+    message["response_url"] = _str(payload.get("response_url"))
+    message["trigger_id"] = _str(payload.get("trigger_id"))
     if mtype == "slack.action":
         actions = payload.get("actions")
         message["actions"] = actions if isinstance(actions, list) else []
         if kind in ("shortcut", "message_action"):
-            message["callback_id"] = payload.get("callback_id")
+            message["callback_id"] = _str(payload.get("callback_id"))
     elif mtype == "slack.view_submission":
-        view = payload.get("view") or {}
+        view = _dict(payload.get("view"))
         message["view"] = view
-        message["callback_id"] = view.get("callback_id")
-        message["values"] = (view.get("state") or {}).get("values") or {}
+        message["callback_id"] = _str(view.get("callback_id"))
+        message["values"] = _dict(_dict(view.get("state")).get("values"))
     else:
-        message["action_id"] = payload.get("action_id")
-        message["block_id"] = payload.get("block_id")
+        message["action_id"] = _str(payload.get("action_id"))
+        message["block_id"] = _str(payload.get("block_id"))
     return Inbound(message, None, _order_key(team, channel))
 
 

@@ -221,3 +221,23 @@ def test_result_message_is_valid():
                                      "channel_not_found")
     SCHEMA.validate(result)
     assert (result["id"], result["ok"], result["error"]) == ("r1", False, "channel_not_found")
+
+
+def test_odd_interactive_payloads_still_translate_to_valid_messages():
+    odd = {"type": "shortcut", "team": "T1", "user": None, "channel": ["x"], "callback_id": 5,
+           "message": "not a dict", "actions": "none"}
+    msg = emitted(protocol.translate_interactive(odd, "m1"))
+    assert (msg["team"], msg["user"], msg["channel"], msg["callback_id"], msg["actions"]) == (
+        None, None, None, None, [])
+    view = {"type": "view_submission", "view": {"state": "broken"}}
+    assert emitted(protocol.translate_interactive(view, "m2"))["values"] == {}
+
+
+def test_odd_event_fields_become_none_and_stay_in_event():
+    odd = {"type": "reaction_added", "user": 7, "reaction": None, "item": "x", "event_ts": 1}
+    msg = emitted(protocol.translate_event_callback(event_callback(odd), ME))
+    assert (msg["user"], msg["reaction"], msg["item"], msg["channel"]) == (None, "", {}, None)
+    assert msg["event"]["user"] == 7
+    weird = message_event("C1", "hi", subtype=5, channel_type=["x"])
+    msg = emitted(protocol.translate_event_callback(event_callback(weird), ME))
+    assert (msg["subtype"], msg["channel_type"]) == (None, None)
