@@ -1,14 +1,17 @@
 """The demo's Slack bot (config/demo.yaml routes every Slack message here).
 
 - a message ``echo <text>`` is answered in the same channel with ``<text>``;
-- a mention is answered in its thread; joins are welcomed;
+- a mention is answered in its thread; joins are welcomed, leaves noted;
 - a reaction is repeated on the same message;
 - ``/echo <text>`` is answered in the command's ack;
 - a button click is answered through its response_url;
-- a modal with an empty ``note`` field is refused with a field error.
+- a modal with an empty ``note`` field is refused with a field error;
+- an external select is offered the colours that start with what was typed.
 """
 
 from consumers.slack import SlackConsumer, SlackContext, on
+
+COLOURS = ["red", "green", "blue", "black", "white"]
 
 
 class DemoSlackConsumer(SlackConsumer):
@@ -24,6 +27,9 @@ class DemoSlackConsumer(SlackConsumer):
 
     async def on_join(self, ctx: SlackContext) -> None:
         await ctx.say(f"welcome <@{ctx.user}>")
+
+    async def on_leave(self, ctx: SlackContext) -> None:
+        await ctx.say(f"<@{ctx.user}> left")
 
     async def on_reaction(self, ctx: SlackContext) -> None:
         if ctx.type == "slack.reaction_added":
@@ -41,3 +47,8 @@ class DemoSlackConsumer(SlackConsumer):
         note = (ctx.message["values"].get("note") or {}).get("input", {}).get("value")
         if not note:
             await ctx.ack({"response_action": "errors", "errors": {"note": "write something"}})
+
+    async def on_options(self, ctx: SlackContext) -> None:
+        typed = (ctx.text or "").lower()
+        await ctx.ack({"options": [{"text": {"type": "plain_text", "text": c}, "value": c}
+                                   for c in COLOURS if c.startswith(typed)]})

@@ -123,6 +123,10 @@ def test_mention_join_and_reaction(stack):
             "team": "T0STANDIN", "event_ts": "1700000002.000100"}
     stack.standin.send_envelope("events_api", event_callback(join))
     wait_post(stack, chan, "welcome <@U0NEW>")
+    leave = {"type": "member_left_channel", "user": "U0NEW", "channel": chan, "channel_type": "C",
+             "team": "T0STANDIN", "event_ts": "1700000002.000200"}
+    stack.standin.send_envelope("events_api", event_callback(leave))
+    wait_post(stack, chan, "<@U0NEW> left")
 
     reaction = {"type": "reaction_added", "user": HUMAN, "reaction": "tada", "item_user": HUMAN,
                 "item": {"type": "message", "channel": chan, "ts": "1700000003.000100"},
@@ -172,6 +176,15 @@ def test_view_submission_validation_errors_go_back_in_the_ack(stack):
     filled = view_submission_payload("note", {"note": {"input": {"type": "plain_text_input", "value": "ok"}}})
     envelope = stack.standin.send_envelope("interactive", filled)
     assert stack.standin.wait_ack(envelope).payload is None
+
+
+def test_options_requests_are_answered_in_the_ack(stack):
+    suggestion = {"type": "block_suggestion", "user": {"id": HUMAN}, "team": {"id": "T0STANDIN"},
+                  "channel": {"id": channel()}, "action_id": "colour", "block_id": "b1", "value": "bl",
+                  "api_app_id": "A0STANDIN"}
+    envelope = stack.standin.send_envelope("interactive", suggestion)
+    payload = stack.standin.wait_ack(envelope).payload
+    assert [o["value"] for o in payload["options"]] == ["blue", "black"]
 
 
 def test_a_retried_event_reaches_the_consumer_once(stack):
