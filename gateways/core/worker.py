@@ -183,6 +183,7 @@ class ConcurrentWorker:
         self.concurrency = concurrency
         self.lanes: dict[str, ChannelLanes] = {}
         self.stopping: asyncio.Event | None = None
+        self._idle_listeners: set[asyncio.Task] = set()
 
     def _make_lanes(self) -> None:
         for channel in self.channels:
@@ -200,6 +201,8 @@ class ConcurrentWorker:
             log.info("stopping: draining %d message(s) in flight and what was prefetched (up to %ss)",
                      inflight, GRACE_PERIOD)
             self.stopping.set()
+            for listener in list(self._idle_listeners):
+                listener.cancel()
 
     async def run(self) -> int:
         """Consume until SIGTERM/SIGINT (or :meth:`stop`), drain, return 0."""
@@ -221,33 +224,35 @@ class ConcurrentWorker:
         assert self.stopping is not None
         lanes = self.lanes[channel]
         backoff = Backoff(initial=0.2, maximum=10.0)
-        stop_wait = asyncio.ensure_future(self.stopping.wait())
-        try:
-            while not self.stopping.is_set():
-                receive = asyncio.ensure_future(self.layer.receive(channel))
-                await asyncio.wait([receive, stop_wait], return_when=asyncio.FIRST_COMPLETED)
-                if not receive.done():
-                    # Only a receive with nothing in hand is cancelled: the batched layer's
-                    # fetch round trip runs on and keeps what it took for the drain.
-                    receive.cancel()
-                    await asyncio.gather(receive, return_exceptions=True)
-                    if not receive.cancelled() and receive.exception() is None:
-                        await self._submit(lanes, receive.result())
-                    break
+        me = asyncio.current_task()
+        while not self.stopping.is_set():
+            # While in this window the listener holds no message, so stop() may cancel
+            # it: the batched layer's fetch runs on as its own task and keeps what it
+            # took for the drain; channels_redis keeps a cancelled pop in its backup.
+            self._idle_listeners.add(me)
+            try:
                 try:
-                    message = receive.result()
+                    message = await self.layer.receive(channel)
                 except LAYER_ERRORS as exc:
                     log.warning("receiving on %s failed (%s: %s); retrying", channel, type(exc).__name__, exc)
                     await backoff.wait()
                     continue
+                except asyncio.CancelledError:
+                    if self.stopping.is_set():
+                        return
+                    raise
                 except Exception:  # a message that does not deserialize, for one
                     log.exception("receiving on %s failed", channel)
                     await backoff.wait()
                     continue
-                backoff.reset()
-                await self._submit(lanes, message)
-        finally:
-            stop_wait.cancel()
+            except asyncio.CancelledError:  # stopped during a backoff
+                if self.stopping.is_set():
+                    return
+                raise
+            finally:
+                self._idle_listeners.discard(me)
+            backoff.reset()
+            await self._submit(lanes, message)
 
     async def _submit(self, lanes: ChannelLanes, message: Any) -> None:
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
