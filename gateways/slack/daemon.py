@@ -96,7 +96,6 @@ class SlackGateway(Gateway):
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._ready = asyncio.Event()
 
     # -- what `gateway up` asks ------------------------------------------
 
@@ -169,7 +168,6 @@ class SlackGateway(Gateway):
             await asyncio.sleep(delay)
         self.log.info("bot is user %s, bot %s, team %s", self.identity.user_id, self.identity.bot_id,
                       self.identity.team_id)
-        self._ready.set()
         if self.section.socket_mode:
             self.link = SocketModeLink(self.webapi, self.section.app_token, self.on_envelope,
                                        self.section.ping_interval, self.runtime.metrics)
