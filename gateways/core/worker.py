@@ -52,8 +52,9 @@ def prepare_django(config: Config) -> None:
         raise SystemExit(f"{config.path}: no `django:` section naming the settings module")
     for entry in reversed(config.django.path):
         sys.path.insert(0, str(config.resolve(entry)))
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", config.django.settings)
-    os.environ.setdefault("GATEWAY_CONFIG", str(config.path))
+    # The file names the project explicitly: it wins over an inherited environment.
+    os.environ["DJANGO_SETTINGS_MODULE"] = config.django.settings
+    os.environ["GATEWAY_CONFIG"] = str(config.path)
 
 
 def run_worker(config: Config, channels: list[str]) -> int:
