@@ -87,6 +87,7 @@ class SlackStandIn:
         self._refuse_links = 0
         self.links_refused = 0
         self._rate_limits: dict[str, list[float]] = {}
+        self._failures: dict[str, list[str]] = {}
         self._messages: dict[tuple[str, str], dict[str, Any]] = {}
         self._reactions: set[tuple[str, str, str]] = set()
         self._ts = itertools.count(1)
@@ -158,6 +159,11 @@ class SlackStandIn:
         """Answer the next ``times`` calls of ``method`` with 429 and ``Retry-After``."""
         with self._cond:
             self._rate_limits[method] = [retry_after] * times
+
+    def fail_next(self, method: str, error: str, times: int = 1) -> None:
+        """Answer the next ``times`` calls of ``method`` with ``{"ok": false, "error": error}``."""
+        with self._cond:
+            self._failures[method] = [error] * times
 
     def refuse_links(self, count: int) -> None:
         """Answer the next ``count`` WebSocket upgrades with 503; like Slack's
@@ -290,8 +296,12 @@ class SlackStandIn:
         auth = request.headers.get("Authorization", "")
         token = auth[7:] if auth.startswith("Bearer ") else params.pop("token", None)
         with self._cond:
-            limits = self._rate_limits.get(method)
+            failures = self._failures.get(method)
+            failure = failures.pop(0) if failures else None
+            limits = self._rate_limits.get(method) if failure is None else None
             retry_after = limits.pop(0) if limits else None
+        if failure is not None:
+            return self._answer(method, params, {"ok": False, "error": failure})
         if retry_after is not None:
             return self._answer(method, params, {"ok": False, "error": "ratelimited"}, status=429,
                                 headers={"Retry-After": f"{retry_after:g}"})

@@ -358,3 +358,19 @@ def test_a_link_that_keeps_failing_gets_a_fresh_url(stack):
     chan = channel()
     send_message(standin, chan, "echo after refusals")
     wait_post(stack, chan, "after refusals")
+
+
+def test_reconnecting_backs_off_while_apps_connections_open_fails(stack):
+    standin = stack.standin
+    before = standin.hellos
+    standin.fail_next("apps.connections.open", "internal_error", times=2)
+    standin.rate_limit("apps.connections.open", 1, retry_after=1)
+    standin.drop_sockets()
+    standin.wait_hellos(before + 1, timeout=90)
+    opens = [c.status if c.response.get("ok") is not False or c.status == 429 else c.response["error"]
+             for c in standin.calls_of("apps.connections.open")][-4:]
+    assert opens == ["internal_error", "internal_error", 429, 200]
+    assert "apps.connections.open failed: internal_error; retrying" in stack.gateway.log()
+    chan = channel()
+    send_message(standin, chan, "echo back again")
+    wait_post(stack, chan, "back again")
