@@ -141,3 +141,27 @@ def test_gateway_worker_keeps_each_slack_channels_order(redis_server, standin, t
         code = gateway.stop()
         worker.stop()
     assert code == 0, gateway.log()
+
+
+def test_sigterm_finishes_the_deliveries_in_flight_before_closing(redis_server, standin, tmp_path):
+    import urllib.request
+
+    from .stack import health_url
+
+    config = write_config(tmp_path, redis_server.url, standin, f"t{uuid.uuid4().hex[:8]}")
+    gateway = start_gateway(config, standin, connections=1)  # no worker: the command's ack waits
+    metrics_url = health_url(config).replace("/healthz", "/metrics")
+
+    def received() -> bool:
+        with urllib.request.urlopen(metrics_url, timeout=10) as response:
+            return 'gateway_slack_envelopes_total{kind="slash_commands"} 1' in response.read().decode()
+
+    try:
+        envelope = standin.send_envelope("slash_commands", command_payload("/echo", "late", channel()))
+        standin.wait_for(received, timeout=30, what="the envelope at the gateway")
+        gateway.proc.terminate()
+        assert standin.wait_ack(envelope, timeout=30).payload is None  # acked while draining
+    finally:
+        code = gateway.stop()
+    assert code == 0, gateway.log()
+    assert "no slack.ack on" in gateway.log()
