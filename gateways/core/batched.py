@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+import logging
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -82,6 +83,8 @@ for k, _ in pairs(added) do
 end
 return result
 """
+logger = logging.getLogger("gateway.layer")
+
 _SEND_SHA = hashlib.sha1(_SEND_SCRIPT.encode()).hexdigest()
 
 
@@ -105,6 +108,7 @@ class _LoopState:
     #: Pooled connections kept by the flusher ("send") and each fetcher ("fetch:<channel>"):
     #: taking one from the pool per round trip costs more than the round trip.
     held: dict[str, Any] = field(default_factory=dict)
+    client_ids: dict[str, int] = field(default_factory=dict)
 
 
 class BatchedRedisChannelLayer(GatewayRedisChannelLayer):
@@ -126,7 +130,9 @@ class BatchedRedisChannelLayer(GatewayRedisChannelLayer):
         self.block_timeout = block_timeout
         # Fetched, not yet received messages by channel, shared by all loops so that
         # sequential async_to_sync receives (a new loop each) find what an earlier one fetched.
-        self._buffers: dict[str, collections.deque[tuple[Any, dict]]] = collections.defaultdict(collections.deque)
+        # Raw (member, score) pairs, deserialized when received, so that what nobody
+        # received can go back to Redis unchanged (see close_pools).
+        self._buffers: dict[str, collections.deque[tuple[bytes, Any]]] = collections.defaultdict(collections.deque)
         self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = weakref.WeakKeyDictionary()
         self._last_score = 0.0
         self._bzmpop: bool | None = None  # whether the server has BZMPOP (Redis 7+); None: not known yet
@@ -211,6 +217,9 @@ class BatchedRedisChannelLayer(GatewayRedisChannelLayer):
             connection = state.held.get(role)
             if connection is None:
                 connection = state.held[role] = await self.connection(0).connection_pool.get_connection()
+                if role.startswith("fetch:"):  # so stop_fetching can release its blocked pop
+                    await connection.send_command("CLIENT", "ID", check_health=False)
+                    state.client_ids[role] = await connection.read_response()
             try:
                 await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
                 replies = []
@@ -229,6 +238,7 @@ class BatchedRedisChannelLayer(GatewayRedisChannelLayer):
 
     async def _drop(self, state: _LoopState, role: str) -> None:
         connection = state.held.pop(role, None)
+        state.client_ids.pop(role, None)
         if connection is None:
             return
         try:
@@ -259,7 +269,11 @@ class BatchedRedisChannelLayer(GatewayRedisChannelLayer):
                 waiters = state.waiters[channel]
                 if future in waiters:
                     waiters.remove(future)
-        return buffer.popleft()
+        return self._decode(channel, buffer.popleft()[0])
+
+    def _decode(self, channel: str, member: bytes) -> tuple[Any, dict[str, Any]]:
+        message = self.deserialize(member)
+        return message.pop("__asgi_channel__", channel), message
 
     async def _fetch(self, state: _LoopState, channel: str) -> None:
         """Fetch batches for ``channel`` while someone waits on its empty buffer.
@@ -294,11 +308,11 @@ class BatchedRedisChannelLayer(GatewayRedisChannelLayer):
                 future.set_result(None)
                 budget -= 1
 
-    async def _pop(self, state: _LoopState, channel: str) -> list[tuple[Any, dict[str, Any]]]:
-        """One round trip: block for the first message, take up to a batch."""
+    async def _pop(self, state: _LoopState, channel: str) -> list[tuple[bytes, Any]]:
+        """One round trip: block for the first message, take up to a batch of
+        (member, score) pairs."""
         key = self.prefix + channel
         role = f"fetch:{channel}"
-        members: list[bytes] = []
         if self._bzmpop is not False:
             try:
                 reply = await self._roundtrip(
@@ -309,64 +323,87 @@ class BatchedRedisChannelLayer(GatewayRedisChannelLayer):
                 self._bzmpop = False  # Redis before 7.0
             else:
                 self._bzmpop = True
-                if reply is not None:
-                    members = _members(reply[1])
-        if self._bzmpop is False:
-            commands: list[tuple] = [("BZPOPMIN", key, self.block_timeout)]
-            if self.receive_batch > 1:
-                commands.append(("ZPOPMIN", key, self.receive_batch - 1))
-            replies = await self._roundtrip(state, role, commands)
-            replies = replies if len(commands) > 1 else [replies]
-            if replies[0] is not None:
-                members.append(replies[0][1])
-            if len(replies) > 1:
-                members.extend(_members(replies[1]))
-        out = []
-        for member in members:
-            message = self.deserialize(member)
-            target = message.pop("__asgi_channel__", channel)
-            out.append((target, message))
-        return out
+                return [] if reply is None else _pairs(reply[1])
+        commands: list[tuple] = [("BZPOPMIN", key, self.block_timeout)]
+        if self.receive_batch > 1:
+            commands.append(("ZPOPMIN", key, self.receive_batch - 1))
+        replies = await self._roundtrip(state, role, commands)
+        replies = replies if len(commands) > 1 else [replies]
+        pairs = [] if replies[0] is None else [(replies[0][1], replies[0][2])]
+        if len(replies) > 1:
+            pairs.extend(_pairs(replies[1]))
+        return pairs
 
     # -- draining and closing --------------------------------------------------
 
     async def stop_fetching(self) -> None:
-        """Wait for this loop's fetch round trips to end (callers stopped receiving
-        first); what they fetched stays buffered for :meth:`take_buffered`."""
+        """End this loop's fetches (callers stopped receiving first): a fetch
+        blocked on an empty channel is released with ``CLIENT UNBLOCK`` (it
+        returns as if timed out, taking nothing); what fetches took stays
+        buffered for :meth:`take_buffered`."""
         state = self._state()
         fetchers = list(state.fetchers.values())
-        if fetchers:
-            await asyncio.wait(fetchers, timeout=self.block_timeout + 5)
+        if not fetchers:
+            return
+        for role, client_id in list(state.client_ids.items()):
+            if role in state.held:
+                try:
+                    await self.connection(0).client_unblock(client_id)
+                except Exception:  # an old server or a dead one: the block times out instead
+                    pass
+        await asyncio.wait(fetchers, timeout=self.block_timeout + 5)
 
     def take_buffered(self, channel: str) -> list[tuple[Any, dict[str, Any]]]:
-        """Remove and return what was fetched for ``channel`` but not received."""
-        buffer = self._buffers.pop(channel, None)
-        return list(buffer or ())
+        """Remove and return what was fetched for ``channel`` but not received,
+        as ``(target, message)`` pairs."""
+        buffer = self._buffers.pop(channel, None) or ()
+        return [self._decode(channel, member) for member, _score in buffer]
 
     async def close_pools(self) -> None:
-        """Finish queued sends, stop this loop's fetchers, close the connections."""
+        """Finish queued sends, end this loop's fetches, put what was fetched from
+        named channels but never received back in Redis, close the connections."""
         state = self._states.get(asyncio.get_running_loop())
         if state is not None:
             if state.flusher is not None:
                 await asyncio.wait([state.flusher], timeout=10)
-            fetchers = list(state.fetchers.values())
-            for task in fetchers:
+            for waiters in state.waiters.values():  # nobody receives any more
+                for future in waiters:
+                    if not future.done():
+                        future.set_exception(ConnectionError("the channel layer was closed"))
+            try:
+                await asyncio.wait_for(self.stop_fetching(), self.block_timeout + 1)
+            except (asyncio.TimeoutError, OSError, ConnectionError):
+                pass
+            for task in list(state.fetchers.values()):
                 task.cancel()
-            if fetchers:
-                await asyncio.wait(fetchers, timeout=5)
+            await self._requeue(state)
             for role in list(state.held):
                 try:
                     await self._drop(state, role)
                 except Exception:  # a dead server: nothing to close politely
                     pass
+            state.client_ids.clear()
         await super().close_pools()
 
+    async def _requeue(self, state: _LoopState) -> None:
+        """Give named channels' unreceived messages back, with their scores, so
+        another receiver gets them in order. A process channel's messages are
+        for this process alone: they are dropped with it, as with channels_redis."""
+        for channel in [c for c, buffer in self._buffers.items() if buffer and "!" not in c]:
+            buffer = self._buffers.pop(channel)
+            mapping = {member: float(score) for member, score in buffer}
+            try:
+                await self.connection(0).zadd(self.prefix + channel, mapping)
+                await self.connection(0).expire(self.prefix + channel, int(self.expiry))
+            except Exception as exc:
+                logger.warning("could not return %d fetched message(s) to %s: %s", len(mapping), channel, exc)
 
-def _members(reply: Any) -> list[bytes]:
-    """Members of a ZPOPMIN/BZMPOP reply: [[member, score], ...] (RESP3, BZMPOP)
-    or [member, score, member, score, ...] (RESP2 ZPOPMIN)."""
+
+def _pairs(reply: Any) -> list[tuple[bytes, Any]]:
+    """(member, score) pairs of a ZPOPMIN/BZMPOP reply: [[member, score], ...]
+    (RESP3, BZMPOP) or [member, score, member, score, ...] (RESP2 ZPOPMIN)."""
     if not reply:
         return []
     if isinstance(reply[0], (list, tuple)):
-        return [pair[0] for pair in reply]
-    return list(reply[0::2])
+        return [(pair[0], pair[1]) for pair in reply]
+    return list(zip(reply[0::2], reply[1::2]))

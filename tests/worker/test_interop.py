@@ -259,3 +259,28 @@ async def test_a_redis_restart_between_round_trips_is_retried_on_a_fresh_connect
     await batched.send("x", {"type": "t", "n": 2})  # the kept connection is dead: one retry
     assert (await asyncio.wait_for(batched.receive("x"), 10))["n"] == 2
     await close(batched)
+
+
+async def test_closing_returns_prefetched_messages_of_named_channels_in_order(layers):
+    """A gateway stopping with a fetched batch in hand gives it back to Redis."""
+    stock, batched = layers("stock"), layers("batched")
+    for i in range(10):
+        await stock.send("outbound", {"type": "t", "n": i})
+    assert (await batched.receive("outbound"))["n"] == 0  # the other nine are buffered
+    await batched.close_pools()
+    got = [(await asyncio.wait_for(stock.receive("outbound"), 10))["n"] for _ in range(9)]
+    assert got == list(range(1, 10))
+    await close(stock)
+
+
+async def test_stop_fetching_releases_a_blocked_fetch_at_once_without_taking_anything(layers):
+    stock = layers("stock")
+    batched = layers("batched", block_timeout=30)
+    waiting = asyncio.ensure_future(batched.receive("idle"))
+    await asyncio.sleep(0.5)  # blocked in BZMPOP for up to 30 s
+    waiting.cancel()
+    # CLIENT UNBLOCK ends it now; without it this would take the whole 30 s block.
+    await asyncio.wait_for(batched.stop_fetching(), 10)
+    await stock.send("idle", {"type": "t", "n": 1})
+    assert await asyncio.wait_for(stock.receive("idle"), 10) == {"type": "t", "n": 1}
+    await close(stock, batched)
