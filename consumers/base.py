@@ -66,7 +66,8 @@ class GatewayConsumer(AsyncConsumer):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls.stats = collections.Counter()
+        if "stats" not in cls.__dict__:
+            cls.stats = collections.Counter()
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Run the handler for ``message``; log and count what goes wrong."""

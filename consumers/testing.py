@@ -34,7 +34,12 @@ class ConsumerHarness:
         self.layer = InMemoryChannelLayer(capacity=10000)
         self.alias = f"consumer-harness-{uuid.uuid4().hex}"
         channel_layers.set(self.alias, self.layer)
-        app = consumer_class.as_asgi(channel_layer_alias=self.alias)
+        # A subclass that uses the private layer; it shares the class's ``stats``.
+        namespace = {"channel_layer_alias": self.alias}
+        if hasattr(consumer_class, "stats"):
+            namespace["stats"] = consumer_class.stats
+        harnessed = type(consumer_class.__name__, (consumer_class,), namespace)
+        app = harnessed.as_asgi()
         self.channel = channel
         self.communicator = ApplicationCommunicator(app, {"type": "channel", "channel": channel})
 

@@ -12,6 +12,8 @@ One instance serves every connection routed to its channel; ``ws`` (a
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import uuid
 from http.cookies import SimpleCookie
 from typing import Any
@@ -220,6 +222,7 @@ class WebSocketTestClient:
         self.reply_channel = ""
         self.order = 0
         self.state: dict[str, Any] = {}
+        self._pending: collections.deque = collections.deque()
 
     def _message(self, mtype: str, **extra: Any) -> dict[str, Any]:
         message = {"type": mtype, "id": uuid.uuid4().hex, "reply_channel": self.reply_channel,
@@ -237,7 +240,17 @@ class WebSocketTestClient:
         answer = await self.receive()
         if answer["type"] == "websocket.accept":
             self.state = answer.get("state", {})
+            await self._settle()
         return answer
+
+    async def _settle(self, quiet: float = 0.1) -> None:
+        """Carry out what the consumer sent right after accepting (joining
+        groups, say) before the test goes on, as a gateway would."""
+        while True:
+            try:
+                self._pending.append(await self._next(quiet))
+            except asyncio.TimeoutError:
+                return
 
     async def send(self, text: str | None = None, bytes: bytes | None = None) -> None:
         """Send a ``websocket.receive`` with ``text`` or ``bytes``."""
@@ -251,6 +264,11 @@ class WebSocketTestClient:
         Group changes are carried out on the harness's layer, as the gateway
         would, and not returned.
         """
+        if self._pending:
+            return self._pending.popleft()
+        return await self._next(timeout)
+
+    async def _next(self, timeout: float) -> dict[str, Any]:
         while True:
             message = await self.harness.sent(self.reply_channel, timeout)
             if message["type"] == "websocket.group_add":

@@ -151,9 +151,13 @@ class Daemon:
         self.name = name
         self.log_path = Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log")[1])
         self._log = open(self.log_path, "wb")
+        # Settings in this process's environment (from in-process Django tests) are
+        # not the daemon's: it gets what its config file and ``env`` say.
+        inherited = {k: v for k, v in os.environ.items()
+                     if k not in ("GATEWAY_LAYER_URL", "GATEWAY_CONFIG", "DJANGO_SETTINGS_MODULE")}
         self.proc = subprocess.Popen(
             argv, cwd=cwd or REPO, stdout=self._log, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            env={**inherited, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
 
     def log(self) -> str:

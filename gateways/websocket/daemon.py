@@ -3,13 +3,15 @@
 Each connection gets a reply channel; every reply channel of this process
 shares the layer's process channel, which the core receives on in one loop
 and hands to :meth:`WebSocketGateway.handle`. Per connection, replies are
-carried out in arrival order by one sender task, so a slow client never
-holds up the others.
+carried out in arrival order by a sender task that exists only while replies
+are pending, so a slow client never holds up the others and an idle
+connection costs no task.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import http
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,9 +49,11 @@ class _Live:
 
     conn: Connection
     answered: asyncio.Future  # Accept or Close, the consumer's answer to connect
-    queue: asyncio.Queue  # actions for the sender task, in order
+    queue: collections.deque = field(default_factory=collections.deque)  # actions, in order
     socket: ServerConnection | None = None
     accept: Accept | None = None
+    open: bool = False  # the handshake completed and replies can be sent
+    sender: asyncio.Task | None = None
     handler_done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -113,7 +117,7 @@ class WebSocketGateway(Gateway):
     async def close(self) -> None:
         for live in list(self.live.values()):
             if live.socket is not None:
-                live.queue.put_nowait(Close(CLOSE_GOING_AWAY, "server shutting down"))
+                self._queue(live, Close(CLOSE_GOING_AWAY, "server shutting down"))
         waits = [live.handler_done.wait() for live in self.live.values() if live.socket is not None]
         if waits:
             await asyncio.wait([asyncio.ensure_future(w) for w in waits], timeout=5)
@@ -155,13 +159,13 @@ class WebSocketGateway(Gateway):
             subprotocols=[p.strip() for h in request.headers.get_all("Sec-WebSocket-Protocol")
                           for p in h.split(",") if p.strip()],
         )
-        live = _Live(Connection(info, route, kwargs, reply_channel),
-                     asyncio.get_running_loop().create_future(), asyncio.Queue(section.send_queue))
+        live = _Live(Connection(info, route, kwargs, reply_channel), asyncio.get_running_loop().create_future())
         self.live[reply_channel] = live
         if route.auto_accept:
             live.answered.set_result(live.conn.accept_automatically()[0])
         try:
             await self.runtime.send(route.channel, live.conn.connect_message())
+            info.headers = []  # only websocket.connect carries them; idle connections stay small
         except HandoffError as exc:
             self.live.pop(reply_channel, None)
             self.log.warning("refusing %s: %s", path, exc)
@@ -199,7 +203,8 @@ class WebSocketGateway(Gateway):
         live: _Live = socket.gateway_live  # type: ignore[attr-defined]
         conn = live.conn
         self.metrics.add("connections_open", 1, "open WebSocket connections")
-        sender = asyncio.create_task(self._send_replies(live))
+        live.open = True
+        self._wake_sender(live)  # replies that came with or right after the accept
         try:
             async for frame in socket:
                 try:
@@ -212,8 +217,10 @@ class WebSocketGateway(Gateway):
         except ConnectionClosed:
             pass
         finally:
-            sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
+            live.open = False
+            if live.sender is not None:
+                live.sender.cancel()
+                await asyncio.gather(live.sender, return_exceptions=True)
             self.metrics.add("connections_open", -1, "open WebSocket connections")
             await self._disconnected(live, socket)
 
@@ -236,8 +243,8 @@ class WebSocketGateway(Gateway):
     async def _send_replies(self, live: _Live) -> None:
         socket = live.socket
         assert socket is not None
-        while True:
-            action = await live.queue.get()
+        while live.queue:
+            action = live.queue.popleft()
             try:
                 if isinstance(action, Send):
                     await socket.send(action.text if action.text is not None else action.data)
@@ -273,13 +280,22 @@ class WebSocketGateway(Gateway):
             if not live.answered.done() and isinstance(action, (Accept, Close)):
                 live.answered.set_result(action)
                 continue
-            try:
-                live.queue.put_nowait(action)
-            except asyncio.QueueFull:
+            if len(live.queue) >= self.section.send_queue:
                 self.metrics.inc("slow_clients_closed_total", "connections closed for not reading")
-                self.log.warning("closing %s: %d replies queued", channel, live.queue.qsize())
+                self.log.warning("closing %s: %d replies queued", channel, len(live.queue))
                 self._close_now(live, CLOSE_SLOW_CLIENT, "client too slow")
                 return
+            self._queue(live, action)
+
+    def _queue(self, live: _Live, action: Any) -> None:
+        live.queue.append(action)
+        self._wake_sender(live)
+
+    def _wake_sender(self, live: _Live) -> None:
+        # The sender returns as soon as the queue is empty; with no await between
+        # its last check and its end, a finished task never strands a queued action.
+        if live.open and live.queue and (live.sender is None or live.sender.done()):
+            live.sender = asyncio.create_task(self._send_replies(live))
 
     async def handle_invalid(self, channel: str, message: Any, problem: str) -> None:
         live = self.live.get(channel)
