@@ -28,6 +28,13 @@ def check_domain(value: str) -> str | None:
     return None
 
 
+def check_relay(value: str) -> str | None:
+    """A relay URL: smtp://, smtps://, file://DIR, or console:// (which needs no location)."""
+    if urlsplit(value).scheme == "console":
+        return None
+    return check_url(*RELAY_SCHEMES)(value)
+
+
 def check_sender(value: str) -> str | None:
     """An allowed sender: ``user@domain`` or ``@domain``."""
     local, at, domain = value.rpartition("@")
@@ -86,7 +93,7 @@ class EmailSection(GatewaySection):
         default="",
         metadata={"doc": "where email.send goes: smtp://[user:pass@]host:port[?starttls=require|off], "
                   "smtps://host:port, console://, file://DIR (a Maildir)",
-                  "required": True, "check": check_url(*RELAY_SCHEMES)},
+                  "required": True, "check": check_relay},
     )
     hostname: str = field(default="", metadata={"doc": "name in the greeting and EHLO; the FQDN when empty"})
     routes: list[EmailRoute] = field(

@@ -33,7 +33,7 @@ from gateways.email.protocol import (
 )
 from gateways.email.relay import RelayError, build_relay
 from gateways.email.smtp import Authenticator, InboundHandler, load_credentials, start_listener, tls_context
-from gateways.email.spool import Spool, SpoolEntry, new_id
+from gateways.email.spool import GroupCommit, Spool, SpoolEntry, new_id
 
 #: Spooled messages not yet acknowledged beyond which new mail gets 452.
 MAX_PENDING = 100_000
@@ -54,6 +54,7 @@ class EmailGateway(Gateway):
         super().__init__(runtime, section)
         config = runtime.config
         self.spool = Spool(config.resolve(section.spool))
+        self.spool_writer = GroupCommit(self.spool)
         self.router = Router([Route.compile(r.channel, r.address, r.domain, r.subject) for r in section.routes],
                              section.default_channel)
         self.policy = RecipientPolicy(section.domains, section.addresses)
@@ -128,12 +129,13 @@ class EmailGateway(Gateway):
         if self.handoff.pending >= MAX_PENDING:
             self.runtime.metrics.inc("email_refused_total", "messages answered 4xx", reason="spool full")
             return "452 4.3.1 Too many messages waiting for consumers, try again later"
-        deliveries = self.router.deliveries(envelope.rcpt_to, header_subject(raw))
+        subject = header_subject(raw) if self.router.needs_subject else ""
+        deliveries = self.router.deliveries(envelope.rcpt_to, subject)
         entry = SpoolEntry(new_id(), envelope.as_dict(),
                            [{"channel": d.channel, "recipients": d.recipients, "kwargs": d.kwargs}
                             for d in deliveries], raw)
         try:
-            await asyncio.to_thread(self.spool.write, entry)
+            await self.spool_writer.write(entry)
         except OSError as exc:
             self.runtime.metrics.inc("email_refused_total", "messages answered 4xx", reason="spool")
             self.log.error("spool %s cannot be written: %s", self.spool.root, exc)

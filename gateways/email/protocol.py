@@ -162,6 +162,8 @@ class Router:
     def __init__(self, routes: Iterable[Route], default_channel: str) -> None:
         self.routes = list(routes)
         self.default_channel = default_channel
+        #: whether routing needs the subject (else the gateway need not read it)
+        self.needs_subject = any(r.subject is not None for r in self.routes)
 
     def deliveries(self, recipients: Iterable[str], subject: str) -> list[Delivery]:
         """One :class:`Delivery` per channel, in the order recipients reached them."""
@@ -213,6 +215,8 @@ def decode_header(value: Any) -> str:
     if isinstance(value, email.header.Header):
         value = str(value)
     text = _UNFOLD.sub("", _fix_8bit(str(value)))
+    if "=?" not in text:  # no encoded words: most headers, and the cheap path
+        return text[:MAX_HEADER_VALUE]
     try:
         decoded = str(email.header.make_header(email.header.decode_header(text)))
     except Exception:  # unknown charset, broken base64: decode word by word
@@ -363,14 +367,19 @@ def parse_message(raw: bytes) -> dict[str, Any]:
     }
 
 
+_SUBJECT = re.compile(rb"^subject:[ \t]*((?:.*?)(?:\r?\n[ \t].*?)*)\r?$", re.I | re.M)
+
+
 def header_subject(raw: bytes) -> str:
     """The decoded Subject, reading only the header block (for routing)."""
-    head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
-    msg = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
-    for name, value in msg.raw_items():
-        if name.lower() == "subject":
-            return decode_header(value).strip()
-    return ""
+    end = raw.find(b"\r\n\r\n")
+    if end < 0:
+        end = raw.find(b"\n\n")
+    head = raw[:end] if end >= 0 else raw
+    found = _SUBJECT.search(head)
+    if found is None:
+        return ""
+    return decode_header(found.group(1).decode("ascii", "surrogateescape")).strip()
 
 
 @dataclass

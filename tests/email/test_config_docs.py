@@ -43,6 +43,8 @@ def test_bad_values_are_named():
     assert "only after STARTTLS" in problems(base + "  auth_users: {u: '${PW}'}\n")
     assert "must differ" in problems(base + "  send_channel: email.receive\n")
     assert "names no host" in problems(base.replace("smtp://relay.test:25", "smtp:///x"))
+    parse(base.replace("smtp://relay.test:25", "console://"))
+    parse(base.replace("smtp://relay.test:25", "file://../var/mail"))
     parse(base + "  relay_attempts: 3\n  senders: ['@demo.local', ops@example.test]\n")
 
 

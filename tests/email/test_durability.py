@@ -7,6 +7,7 @@ import smtplib
 
 from email_stack import Layer, Relay, start_gateway, write_config
 from gateways.core.specs import load_schema
+from gateways.email.spool import Spool
 from servers import free_port
 
 SCHEMA = load_schema("email")
@@ -27,8 +28,8 @@ async def test_mail_accepted_while_redis_is_down_survives_a_gateway_restart(priv
             send(port, f"while down {n}")  # 250: in the spool, not in Redis
     finally:
         assert gateway.stop() == 0, gateway.log()
-    spooled = list((tmp_path / f"spool-{port}" / "new").iterdir())
-    assert len(spooled) == 3
+    spooled = list(Spool(tmp_path / f"spool-{port}").pending())
+    assert sorted(e.raw.split(b"\r\n")[1] for e in spooled) == [b"Subject: while down %d" % n for n in range(3)]
     private_redis.start()
     gateway = start_gateway(config, port)
     layer = Layer(config)
