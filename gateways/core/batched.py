@@ -108,7 +108,6 @@ class _LoopState:
     #: Pooled connections kept by the flusher ("send") and each fetcher ("fetch:<channel>"):
     #: taking one from the pool per round trip costs more than the round trip.
     held: dict[str, Any] = field(default_factory=dict)
-    client_ids: dict[str, int] = field(default_factory=dict)
 
 
 class BatchedRedisChannelLayer(GatewayRedisChannelLayer):
@@ -217,9 +216,6 @@ class BatchedRedisChannelLayer(GatewayRedisChannelLayer):
             connection = state.held.get(role)
             if connection is None:
                 connection = state.held[role] = await self.connection(0).connection_pool.get_connection()
-                if role.startswith("fetch:"):  # so stop_fetching can release its blocked pop
-                    await connection.send_command("CLIENT", "ID", check_health=False)
-                    state.client_ids[role] = await connection.read_response()
             try:
                 await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
                 replies = []
@@ -238,7 +234,6 @@ class BatchedRedisChannelLayer(GatewayRedisChannelLayer):
 
     async def _drop(self, state: _LoopState, role: str) -> None:
         connection = state.held.pop(role, None)
-        state.client_ids.pop(role, None)
         if connection is None:
             return
         try:
@@ -295,6 +290,11 @@ class BatchedRedisChannelLayer(GatewayRedisChannelLayer):
         finally:
             state.fetchers.pop(channel, None)
             self._wake(state, channel)
+            # Back to the pool between bursts: a process may fetch from more channels
+            # than it has connections.
+            connection = state.held.pop(f"fetch:{channel}", None)
+            if connection is not None:
+                await self.connection(0).connection_pool.release(connection)
 
     def _wake(self, state: _LoopState, channel: str) -> None:
         # Wake one waiter per buffered message; when the fetcher stops with waiters
@@ -345,13 +345,26 @@ class BatchedRedisChannelLayer(GatewayRedisChannelLayer):
         fetchers = list(state.fetchers.values())
         if not fetchers:
             return
-        for role, client_id in list(state.client_ids.items()):
-            if role in state.held:
-                try:
-                    await self.connection(0).client_unblock(client_id)
-                except Exception:  # an old server or a dead one: the block times out instead
-                    pass
+        try:
+            await self._unblock([c for role, c in state.held.items() if role.startswith("fetch:")])
+        except Exception:  # an old server, a unix socket, a dead server: the block times out
+            pass
         await asyncio.wait(fetchers, timeout=self.block_timeout + 5)
+
+    async def _unblock(self, connections: list[Any]) -> None:
+        """``CLIENT UNBLOCK`` the server side of ``connections`` (found by address)."""
+        addresses = set()
+        for connection in connections:
+            writer = getattr(connection, "_writer", None)
+            sockname = writer.get_extra_info("sockname") if writer is not None else None
+            if isinstance(sockname, tuple):
+                addresses.add(f"{sockname[0]}:{sockname[1]}")
+        if not addresses:
+            return
+        client = self.connection(0)
+        for entry in await client.client_list():
+            if entry.get("addr") in addresses:
+                await client.client_unblock(int(entry["id"]))
 
     def take_buffered(self, channel: str) -> list[tuple[Any, dict[str, Any]]]:
         """Remove and return what was fetched for ``channel`` but not received,
@@ -382,7 +395,6 @@ class BatchedRedisChannelLayer(GatewayRedisChannelLayer):
                     await self._drop(state, role)
                 except Exception:  # a dead server: nothing to close politely
                     pass
-            state.client_ids.clear()
         await super().close_pools()
 
     async def _requeue(self, state: _LoopState) -> None:
