@@ -95,3 +95,35 @@ async def test_redis_stopped_and_restarted_under_live_connections(private_redis,
     finally:
         gateway.stop()
         worker.stop()
+
+
+async def test_max_connections_refuses_with_503_and_json_logs(redis_server, tmp_path):
+    import json
+
+    from servers import gateway_daemon, wait_for_port
+
+    config, port = write_config(tmp_path, redis_server.url, max_connections=2,
+                                routes=[{"path": "^/auto/$", "channel": "websocket.nobody", "auto_accept": True}])
+    gateway = Daemon("websocket", [sys.executable, "-m", "gateways", "websocket", "--config", str(config),
+                                   "--log-json"])
+    wait_for_port(port, timeout=20)
+    try:
+        async with connect(port, "/auto/"), connect(port, "/auto/"):
+            with pytest.raises(InvalidStatus) as info:
+                async with connect(port, "/auto/"):
+                    pass
+            assert info.value.response.status_code == 503
+        for _attempt in range(50):  # the slots free up once the server has seen the closes
+            try:
+                async with connect(port, "/auto/") as again:
+                    await again.ping()
+                break
+            except InvalidStatus:
+                await asyncio.sleep(0.1)
+        else:
+            pytest.fail("connection slots were not freed after the clients closed")
+    finally:
+        gateway.stop()
+    lines = [json.loads(line) for line in gateway.log().splitlines() if line.strip()]
+    assert any(line["message"].startswith("listening on ws://") for line in lines)
+    assert all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
