@@ -95,8 +95,13 @@ class MqttSection(GatewaySection):
     )
     inflight: int = field(
         default=100,
-        metadata={"doc": "received messages being handed to the layer at once (also the MQTT 5 receive "
-                         "maximum); QoS 0 beyond it is dropped and counted", "check": check_positive},
+        metadata={"doc": "QoS 1 messages received and not yet acknowledged at most (the MQTT 5 receive "
+                         "maximum; PUBACK waits for the layer)", "check": check_positive},
+    )
+    qos0_backlog: int = field(
+        default=10000,
+        metadata={"doc": "QoS 0 messages waiting for the layer at most; more are dropped, logged and counted",
+                  "check": check_positive},
     )
     outage_queue: int = field(
         default=1000,

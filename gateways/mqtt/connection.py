@@ -205,9 +205,8 @@ class BrokerConnection:
             raise aiomqtt.MqttError("connection lost")
 
     async def _read(self, client: ManualAckClient) -> None:
-        messages = client.messages
         while self._reading:
-            delivery: Delivery = await messages.__anext__()
+            delivery: Delivery = await client.next_delivery()
             if not self._reading:
                 return  # left unacknowledged: the broker redelivers it
             await self._take(client, delivery)

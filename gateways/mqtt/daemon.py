@@ -32,7 +32,8 @@ class MqttGateway(Gateway):
 
     def __init__(self, runtime: Any, section: MqttSection) -> None:
         super().__init__(runtime, section)
-        self.pipeline = HandoffPipeline(runtime.send, self.log, runtime.metrics, section.inflight)
+        self.pipeline = HandoffPipeline(runtime.send, self.log, runtime.metrics, section.inflight,
+                                        section.qos0_backlog)
         self.requests = RequestQueue(section.outage_queue)
         self.connection = BrokerConnection(section, self.pipeline, self.requests, self._report_pending, self.log,
                                            runtime.metrics)

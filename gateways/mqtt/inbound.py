@@ -4,14 +4,16 @@ The broker needs PUBACK only after the layer took the message, and MQTT
 wants PUBACKs in the order the PUBLISHes came. So each received message
 becomes an entry that
 
-- waits for the previous message of the same topic to be handed off (the
-  spec promises order per topic, and the layer gives no order between
-  concurrent sends);
+- waits in its topic's lane for the previous message of the same topic to
+  be handed off (the spec promises order per topic, and the layer gives no
+  order between concurrent sends);
 - is sent to the layer, retried with backoff for as long as the layer
   refuses (a broker redelivers only on reconnect, so giving up would lose it);
 - is acknowledged once it and every message received before it are done.
 
-Different topics are handed off concurrently, up to ``inflight`` at once.
+Different topics are handed off concurrently. QoS 1 messages waiting are
+bounded by ``inflight`` (the broker's in-flight window bounds them anyway);
+QoS 0 messages waiting by ``qos0_backlog``.
 Nothing here speaks MQTT: acknowledging is a callable the connection gives.
 """
 
@@ -21,7 +23,7 @@ import asyncio
 import collections
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from gateways.core.backoff import Backoff
@@ -45,7 +47,7 @@ class _Entry:
     source: object
     handed: bool = False
     finished: bool = False
-    task: asyncio.Task | None = field(default=None, repr=False)
+    abandoned: bool = False
 
 
 class HandoffPipeline:
@@ -55,19 +57,22 @@ class HandoffPipeline:
         send: the layer send (``Runtime.send``); raises HandoffError when refused.
         log: where problems are logged.
         metrics: where drops and retries are counted.
-        inflight: messages being handed off at once; QoS 0 beyond it is dropped and counted.
+        inflight: QoS 1/2 messages waiting for the layer at most (further ones wait to be read).
+        qos0_backlog: QoS 0 messages waiting for the layer at most; more are dropped and counted.
         retry_max: longest wait between attempts while the layer refuses, in seconds.
     """
 
     def __init__(self, send: Send, log: logging.Logger, metrics: Metrics, inflight: int = 100,
-                 retry_max: float = 5.0) -> None:
+                 qos0_backlog: int = 10000, retry_max: float = 5.0) -> None:
         self._send = send
         self.log = log
         self.metrics = metrics
         self.inflight = inflight
+        self.qos0_backlog = qos0_backlog
+        self._qos0_waiting = 0
         self.retry_max = retry_max
         self._slots = asyncio.Semaphore(inflight)
-        self._lanes: dict[str, asyncio.Task] = {}
+        self._lanes: dict[str, collections.deque[_Entry]] = {}
         self._order: collections.deque[_Entry] = collections.deque()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -85,7 +90,7 @@ class HandoffPipeline:
 
         Waits for a free slot for QoS 1 and 2 (the broker's in-flight window
         bounds how many there can be); QoS 0 has no redelivery to fall back
-        on and no bound from the broker, so past ``inflight`` it is dropped,
+        on and no bound from the broker, so past ``qos0_backlog`` it is dropped,
         logged and counted rather than held without bound.
 
         Args:
@@ -96,64 +101,80 @@ class HandoffPipeline:
             ack: acknowledges the delivery; returns False when the connection is gone.
             source: the connection it came on (see :meth:`abandon`).
         """
-        if qos == 0 and self._slots.locked():
+        if qos == 0 and self._qos0_waiting >= self.qos0_backlog:
             self.metrics.inc("mqtt_qos0_dropped_total", "QoS 0 messages dropped while the layer lagged")
             self._dropped += 1
             now = time.monotonic()
             if now - self._drop_logged >= DROP_LOG_INTERVAL:
                 # One line per interval, not per message: a flood would drown the log.
                 self.log.warning("dropped %d QoS 0 messages (latest on %r): %d messages already wait for "
-                                 "the layer", self._dropped, topic, self.inflight)
+                                 "the layer", self._dropped, topic, self.qos0_backlog)
                 self._dropped = 0
                 self._drop_logged = now
             return False
-        await self._slots.acquire()
+        if qos == 0:
+            self._qos0_waiting += 1
+        else:
+            await self._slots.acquire()
         entry = _Entry(topic, channel, message, qos, ack, source)
-        previous = self._lanes.get(topic)
-        entry.task = asyncio.create_task(self._handoff(entry, previous), name=f"mqtt handoff {topic}")
-        self._lanes[topic] = entry.task
         self._order.append(entry)
         self._idle.clear()
+        lane = self._lanes.get(topic)
+        if lane is None:
+            # One worker per topic with messages waiting: a topic's hand-offs
+            # run one after the other, different topics' side by side.
+            lane = self._lanes[topic] = collections.deque()
+            asyncio.create_task(self._run_lane(topic, lane), name=f"mqtt lane {topic}")
+        lane.append(entry)
         return True
 
-    async def _handoff(self, entry: _Entry, previous: asyncio.Task | None) -> None:
+    async def _run_lane(self, topic: str, lane: collections.deque[_Entry]) -> None:
         try:
-            if previous is not None and not previous.done():
-                await asyncio.wait([previous])
-            backoff = Backoff(0.05, self.retry_max)
-            while True:
+            while lane:
+                entry = lane[0]
                 try:
-                    await self._send(entry.channel, entry.message)
-                    break
-                except HandoffError as exc:
-                    self.metrics.inc("mqtt_handoff_retries_total", "hand-offs retried after the layer refused")
-                    if not self._refusing:
-                        self._refusing = True
-                        self.log.warning("layer refused a message from %r (%s); holding it and retrying, "
-                                         "PUBACK waits", entry.topic, exc)
-                    await backoff.wait()
-                except InvalidMessage as exc:
-                    # A bug of the translation, not a state that retrying can fix.
-                    self.metrics.inc("mqtt_handoff_invalid_total", "received messages the schema rejected")
-                    self.log.error("message from %r does not match the spec, not handed off: %s", entry.topic, exc)
-                    entry.handed = True
-                    return
+                    if not entry.abandoned:
+                        await self._handoff(entry)
+                finally:
+                    lane.popleft()
+                    entry.finished = True
+                    if entry.qos == 0:
+                        self._qos0_waiting -= 1
+                    else:
+                        self._slots.release()
+                    self._flush()
+        finally:
+            if self._lanes.get(topic) is lane:
+                del self._lanes[topic]
+
+    async def _handoff(self, entry: _Entry) -> None:
+        backoff = Backoff(0.05, self.retry_max)
+        while not entry.abandoned:
+            try:
+                await self._send(entry.channel, entry.message)
+            except HandoffError as exc:
+                self.metrics.inc("mqtt_handoff_retries_total", "hand-offs retried after the layer refused")
+                if not self._refusing:
+                    self._refusing = True
+                    self.log.warning("layer refused a message from %r (%s); holding it and retrying, "
+                                     "PUBACK waits", entry.topic, exc)
+                await backoff.wait()
+                continue
+            except InvalidMessage as exc:
+                # A bug of the translation, not a state that retrying can fix.
+                self.metrics.inc("mqtt_handoff_invalid_total", "received messages the schema rejected")
+                self.log.error("message from %r does not match the spec, not handed off: %s", entry.topic, exc)
+            entry.handed = True
             if self._refusing:
                 self._refusing = False
                 self.log.info("layer accepts messages again")
-            entry.handed = True
-        finally:
-            entry.finished = True
-            if self._lanes.get(entry.topic) is entry.task:
-                del self._lanes[entry.topic]
-            self._slots.release()
-            self._flush()
+            return
 
     def _flush(self) -> None:
         """Acknowledge, in arrival order, every settled message at the head."""
         while self._order and self._order[0].finished:
             entry = self._order.popleft()
-            if entry.handed and entry.qos > 0 and not entry.ack():
+            if entry.handed and entry.qos > 0 and not entry.abandoned and not entry.ack():
                 self.metrics.inc("mqtt_ack_lost_total", "hand-offs whose connection closed before PUBACK")
                 self.log.info("connection gone before PUBACK of a message on %r; the broker will redeliver it",
                               entry.topic)
@@ -164,15 +185,16 @@ class HandoffPipeline:
         """Stop handing off QoS 1/2 messages of a closed connection; return how many.
 
         The broker redelivers them on the next connection, so handing these
-        copies over too would only make duplicates. QoS 0 ones carry on.
+        copies over too would only make duplicates. QoS 0 ones carry on. A
+        send already under way finishes (its copy may then arrive twice).
 
         Args:
             source: the connection that closed.
         """
         count = 0
-        for entry in list(self._order):
-            if entry.source is source and entry.qos > 0 and not entry.finished and entry.task:
-                entry.task.cancel()
+        for entry in self._order:
+            if entry.source is source and entry.qos > 0 and not entry.handed and not entry.abandoned:
+                entry.abandoned = True
                 count += 1
         return count
 

@@ -109,6 +109,17 @@ class ManualAckClient(aiomqtt.Client):
             return False
         return self._client.ack(mid, qos) == paho.MQTT_ERR_SUCCESS
 
+    async def next_delivery(self) -> Delivery:
+        """The next delivery; raises :class:`aiomqtt.MqttError` once the connection is gone.
+
+        Like ``messages.__anext__`` but without a task and a wait per message
+        when deliveries are already queued (aiomqtt's iterator makes both).
+        """
+        queue = self._queue
+        if not queue.empty():
+            return queue.get_nowait()
+        return await self.messages.__anext__()
+
     # -- aiomqtt internals taken over -------------------------------------
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:

@@ -76,23 +76,24 @@ async def test_a_refusing_layer_is_retried_and_nothing_is_acked_before_it_accept
     assert metrics.value("mqtt_handoff_retries_total") == 5
 
 
-async def test_qos0_beyond_the_bound_is_dropped_and_counted_while_qos1_waits():
+async def test_qos0_beyond_its_backlog_is_dropped_and_counted_while_qos1_waits():
     layer, acks = Layer(), []
     metrics = Metrics()
-    pipeline = HandoffPipeline(layer.send, log, metrics, inflight=2)
+    pipeline = HandoffPipeline(layer.send, log, metrics, inflight=1, qos0_backlog=2)
     layer.gates["t"] = asyncio.Event()
     assert await pipeline.put("t", "c", {"topic": "t", "n": 1}, 0, acker(acks, 1))
     assert await pipeline.put("t", "c", {"topic": "t", "n": 2}, 0, acker(acks, 2))
     assert not await pipeline.put("t", "c", {"topic": "t", "n": 3}, 0, acker(acks, 3))
     assert metrics.value("mqtt_qos0_dropped_total") == 1
-    waiting = asyncio.create_task(pipeline.put("t", "c", {"topic": "t", "n": 4}, 1, acker(acks, 4)))
+    assert await pipeline.put("t", "c", {"topic": "t", "n": 4}, 1, acker(acks, 4))
+    waiting = asyncio.create_task(pipeline.put("t", "c", {"topic": "t", "n": 5}, 1, acker(acks, 5)))
     await asyncio.sleep(0.05)
-    assert not waiting.done()  # QoS 1 is held back, not dropped
+    assert not waiting.done()  # QoS 1 past the bound waits (unread, unacknowledged), never dropped
     layer.gates["t"].set()
     await asyncio.wait_for(waiting, 5)
     await asyncio.wait_for(pipeline.drained(), 5)
-    assert [m["n"] for _, m in layer.sent] == [1, 2, 4]
-    assert acks == [4]  # QoS 0 needs no PUBACK
+    assert [m["n"] for _, m in layer.sent] == [1, 2, 4, 5]
+    assert acks == [4, 5]  # QoS 0 needs no PUBACK
 
 
 async def test_abandon_leaves_unsent_qos1_to_the_broker_and_acks_nothing_for_it():
@@ -100,15 +101,17 @@ async def test_abandon_leaves_unsent_qos1_to_the_broker_and_acks_nothing_for_it(
     pipeline = HandoffPipeline(layer.send, log, Metrics(), inflight=10)
     layer.gates["t"] = asyncio.Event()
     old, new = object(), object()
-    await pipeline.put("t", "c", {"topic": "t", "n": 1}, 1, acker(acks, 1), old)
-    await pipeline.put("t", "c", {"topic": "t", "n": 2}, 0, acker(acks, 2), old)
-    await asyncio.sleep(0)
-    assert pipeline.abandon(old) == 1
-    await pipeline.put("t", "c", {"topic": "t", "n": 3}, 1, acker(acks, 3), new)
+    await pipeline.put("t", "c", {"topic": "t", "n": 1}, 1, acker(acks, 1), old)  # its send is under way
+    await pipeline.put("t", "c", {"topic": "t", "n": 2}, 1, acker(acks, 2), old)  # waits behind it
+    await pipeline.put("t", "c", {"topic": "t", "n": 3}, 0, acker(acks, 3), old)
+    await asyncio.sleep(0.01)
+    assert pipeline.abandon(old) == 2
+    await pipeline.put("t", "c", {"topic": "t", "n": 4}, 1, acker(acks, 4), new)
     layer.gates["t"].set()
     await asyncio.wait_for(pipeline.drained(), 5)
-    assert [m["n"] for _, m in layer.sent] == [2, 3]
-    assert acks == [3]
+    # 1 was already being sent and finishes; 2 is left to the broker's redelivery; QoS 0 carries on.
+    assert [m["n"] for _, m in layer.sent] == [1, 3, 4]
+    assert acks == [4]  # nothing is acknowledged on the closed connection
 
 
 async def test_an_ack_on_a_closed_connection_is_counted():
