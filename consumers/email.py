@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from channels.layers import DEFAULT_CHANNEL_LAYER, InMemoryChannelLayer, channel_layers
-from channels.testing import ApplicationCommunicator
+from asgiref.testing import ApplicationCommunicator  # channels.testing needs daphne
 
 from consumers.base import GatewayConsumer, MessageContext
 from gateways.email.protocol import Delivery, Envelope, receive_message
