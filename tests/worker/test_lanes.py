@@ -24,6 +24,18 @@ from consumers.base import GatewayConsumer
 from gateways.core.lanes import ChannelLanes
 from gateways.core.worker import consumer_class_for, conversation_key
 
+@pytest.fixture(scope="module", autouse=True)
+def django_settings():
+    """Consumers need settings; configure minimal ones only if no other test did
+    (at import time this would decide settings for every package of a full run)."""
+    import django
+    from django.conf import settings
+
+    if not settings.configured:
+        settings.configure(INSTALLED_APPS=[], DATABASES={}, USE_TZ=True)
+        django.setup()
+
+
 ALIAS = f"lanes-{uuid.uuid4().hex}"
 channel_layers.set(ALIAS, InMemoryChannelLayer(capacity=100000))
 
