@@ -73,6 +73,7 @@ class HandoffPipeline:
         self.retry_max = retry_max
         self._slots = asyncio.Semaphore(inflight)
         self._lanes: dict[str, collections.deque[_Entry]] = {}
+        self._workers: set[asyncio.Task] = set()
         self._order: collections.deque[_Entry] = collections.deque()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -124,7 +125,9 @@ class HandoffPipeline:
             # One worker per topic with messages waiting: a topic's hand-offs
             # run one after the other, different topics' side by side.
             lane = self._lanes[topic] = collections.deque()
-            asyncio.create_task(self._run_lane(topic, lane), name=f"mqtt lane {topic}")
+            worker = asyncio.create_task(self._run_lane(topic, lane), name=f"mqtt lane {topic}")
+            self._workers.add(worker)  # the loop keeps only weak references to tasks
+            worker.add_done_callback(self._workers.discard)
         lane.append(entry)
         return True
 
