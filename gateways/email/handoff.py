@@ -127,10 +127,14 @@ class Handoff:
             self._batch_open[entry.batch] = left
             return
         self._batch_open.pop(entry.batch, None)
+        # An unlink waits for the journal while fsyncs run: keep it off the event loop.
+        self.runtime.spawn(self._remove(entry.batch), f"remove spool file {entry.batch}")
+
+    async def _remove(self, batch: str) -> None:
         try:
-            self.spool.remove(entry.batch)  # an unlink: quicker inline than through a thread
+            await asyncio.to_thread(self.spool.remove, batch)
         except OSError as exc:
-            log.error("cannot remove spool file %s: %s", entry.batch, exc)
+            log.error("cannot remove spool file %s: %s", batch, exc)
 
     # -- internals -----------------------------------------------------------
 

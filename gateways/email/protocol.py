@@ -186,8 +186,11 @@ class Router:
 
 def _fix_8bit(value: str) -> str:
     """Undo the parser's surrogate escapes of raw 8-bit header bytes."""
-    if not any("\udc80" <= ch <= "\udcff" for ch in value):
+    try:
+        value.encode("utf-8")  # fails only on the parser's surrogates
         return value
+    except UnicodeEncodeError:
+        pass
     data = value.encode("utf-8", "surrogateescape")
     try:
         return data.decode("utf-8")
