@@ -185,3 +185,64 @@ class LayerReader:
         from gateways.core.layer import close_layer
 
         await close_layer(self.layer)
+
+
+class SecureMosquitto:
+    """A Mosquitto with a TLS listener (its own CA) and a password file: no anonymous clients.
+
+    Args:
+        user: the one user name.
+        password: its password.
+    """
+
+    def __init__(self, user: str = "gateway", password: str = "s3cret") -> None:
+        from servers import MosquittoServer
+
+        self.user, self.password = user, password
+        openssl = require_binary("openssl", "openssl")
+        passwd = require_binary("mosquitto_passwd", "mosquitto")
+        self.server = MosquittoServer()
+        d = self.server.dir
+        self.ca = d / "ca.pem"
+        run = lambda *argv: subprocess.run(argv, cwd=d, check=True, capture_output=True)  # noqa: E731
+        run(openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test CA",
+            "-keyout", "ca.key", "-out", "ca.pem")
+        run(openssl, "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key",
+            "-out", "server.csr")
+        (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+        run(openssl, "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "2", "-extfile", "san.ext", "-out", "server.pem")
+        run(passwd, "-c", "-b", str(d / "passwords"), user, password)
+        # Mosquitto started as root reads these after dropping to its own user.
+        d.chmod(0o755)
+        for path in d.iterdir():
+            path.chmod(0o644)
+        port = self.server.port
+
+        def command() -> list[str]:
+            conf = d / "mosquitto.conf"
+            conf.write_text(
+                f"listener {port} 127.0.0.1\n"
+                "allow_anonymous false\n"
+                f"password_file {d}/passwords\n"
+                f"cafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n"
+            )
+            return [self.server.binary, "-c", str(conf)]
+
+        self.server.command = command  # type: ignore[method-assign]
+        self.port = port
+
+    def start(self) -> "SecureMosquitto":
+        self.server.start()
+        return self
+
+    def close(self) -> None:
+        self.server.close()
+
+    @property
+    def url(self) -> str:
+        return f"mqtts://localhost:{self.port}"
+
+    def client_args(self) -> list[str]:
+        """mosquitto_pub/sub arguments to connect."""
+        return ["--cafile", str(self.ca), "-u", self.user, "-P", self.password]
