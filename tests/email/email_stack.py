@@ -16,7 +16,8 @@ from gateways.core.layer import build_layer, close_layer
 from servers import REPO, Daemon, free_port, gateway_daemon, wait_for_port
 
 
-def write_config(directory: Path, redis_url: str, *, django: bool = False, **overrides: Any) -> tuple[Path, int]:
+def write_config(directory: Path, redis_url: str, *, django: bool = False, layer: dict[str, Any] | None = None,
+                 **overrides: Any) -> tuple[Path, int]:
     """A YAML file for one email gateway on a free port; returns its path and the port."""
     port = free_port()
     section = {
@@ -26,12 +27,14 @@ def write_config(directory: Path, redis_url: str, *, django: bool = False, **ove
         "spool": str(directory / f"spool-{port}"),
         "hostname": "gw.test",
         "grace_period": 5,
+        "health": {"listen": f"127.0.0.1:{free_port()}"},
         "relay_retry_initial": 0.2,
         "relay_retry_max": 1.0,
         "relay_timeout": 10,
         **overrides,
     }
-    config: dict[str, Any] = {"layer": {"url": redis_url, "prefix": f"t{uuid.uuid4().hex[:8]}"}, "email": section}
+    config: dict[str, Any] = {"layer": {"url": redis_url, "prefix": f"t{uuid.uuid4().hex[:8]}", **(layer or {})},
+                              "email": section}
     if django:
         config["django"] = {"settings": "demo.settings", "path": [str(REPO / "example")]}
     path = directory / f"email-{port}.yaml"

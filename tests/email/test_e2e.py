@@ -75,6 +75,48 @@ def test_swaks_to_echo_is_answered_at_the_relay(demo_stack):
     assert len(relay.handler.messages) == 1
 
 
+def test_mail_accepted_while_every_worker_is_down_is_answered_when_one_returns(redis_server, tmp_path):
+    """The layer drops what nobody reads within its expiry; the gateway's
+    redelivery brings the message back, and the consumer answers it once."""
+    relay = Relay().start()
+    config, port = write_config(tmp_path, redis_server.url, relay=relay.url, ack_timeout=1, max_attempts=50,
+                                layer={"expiry": 1})
+    gateway = start_gateway(config, port)
+    worker = None
+    try:
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            client.sendmail("you@example.test", ["echo@demo.local"],
+                            b"From: you@example.test\r\nSubject: nobody home\r\n\r\nbody\r\n")
+        # wait until the first hand-offs sat unread past the layer's expiry and were handed again
+        deadline = time.monotonic() + 60
+        while "email_redeliveries_total" not in _metrics(gateway, tmp_path):
+            assert time.monotonic() < deadline, gateway.log()
+            time.sleep(0.2)
+        worker = runworker(config, ["email.receive"])
+        worker.wait_for_log("Running worker for channels")
+        (reply,) = relay.handler.wait_for(1, timeout=60)
+        assert email.message_from_bytes(reply["data"])["Subject"] == "Re: nobody home"
+        spool_empty(tmp_path, port)
+        assert len(relay.handler.messages) == 1
+    finally:
+        if worker:
+            worker.stop()
+        code = gateway.stop()
+        relay.stop()
+        assert code == 0, gateway.log()
+
+
+def _metrics(gateway: Daemon, directory: Path) -> str:
+    import urllib.request
+
+    import yaml
+
+    config = next(directory.glob("email-*.yaml"))
+    listen = yaml.safe_load(config.read_text())["email"]["health"]["listen"]
+    with urllib.request.urlopen(f"http://{listen}/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
 def test_redis_stopped_mid_stream_loses_nothing(private_redis, tmp_path):
     """Every message that got 250 reaches the consumer (its echo reaches the relay);
     the others got a 4xx. Counted, not timed."""
