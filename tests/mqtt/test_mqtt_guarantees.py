@@ -200,3 +200,53 @@ async def test_shared_subscription_handles_each_message_once(tmp_path, redis_ser
     ports = [int(yaml.safe_load(c.read_text())["mqtt"]["health"]["listen"].rsplit(":", 1)[1]) for c in (one, two)]
     received = [_metric(port, "gateway_mqtt_received_total") for port in ports]
     assert sum(received) == 200 and all(r > 0 for r in received)
+
+
+async def test_sigterm_while_the_layer_is_down_exits_and_nothing_is_lost(tmp_path, mosquitto, processes):
+    redis = PersistentRedis().start()
+    processes.append(redis)
+    config = write_config(tmp_path, redis.url, mosquitto.url,
+                          [{"filter": "held/#", "qos": 1, "channel": "mqtt.held"}], client_id="sigterm-test",
+                          grace_period=2)
+    gateway = start_gateway(config)
+    processes.append(gateway)
+    redis.stop()
+    lines = numbered("h", 0, 30)
+    mosquitto_pub(mosquitto.port, "held/1", qos=1, lines=lines)
+    wait_for_count(gateway, "layer refused a message", 1)
+    # The messages are held, unacknowledged; SIGTERM drains for grace_period, then exits cleanly.
+    assert gateway.stop() == 0
+    assert "grace period of 2" in gateway.log()
+    redis.start()
+    gateway = start_gateway(config)
+    processes.append(gateway)
+    reader = LayerReader(config)
+    try:
+        messages = await reader.collect("mqtt.held", distinct({p.encode() for p in lines}))
+    finally:
+        await reader.close()
+    assert set(payloads(messages)) == {p.encode() for p in lines}
+    assert all(m["dup"] for m in messages[:1])  # the broker resent what was never acknowledged
+
+
+async def test_a_runtime_subscription_the_broker_kept_is_unroutable_after_a_restart(tmp_path, redis_server,
+                                                                                    mosquitto, processes):
+    config = write_config(tmp_path, redis_server.url, mosquitto.url,
+                          [{"filter": "known/#", "qos": 1, "channel": "mqtt.known"}], client_id="unroutable-test")
+    gateway = start_gateway(config)
+    processes.append(gateway)
+    reader = LayerReader(config)
+    try:
+        reply = await reader.layer.new_channel()
+        await reader.layer.send("mqtt.send", {"type": "mqtt.subscribe", "filter": "runtime/#", "qos": 1,
+                                              "channel": "mqtt.known", "reply_channel": reply})
+        assert (await reader.collect(reply, lambda ms: len(ms) >= 1))[0]["ok"]
+        gateway.stop()
+        gateway = start_gateway(config)  # same client id: the broker kept runtime/# in the session
+        processes.append(gateway)
+        mosquitto_pub(mosquitto.port, "runtime/1", b"orphan", 1)
+        (message,) = await reader.collect("mqtt.publish", lambda ms: len(ms) >= 1)
+    finally:
+        await reader.close()
+    assert (message["topic"], message["payload"], message["subscription"]) == ("runtime/1", b"orphan", None)
+    assert "matches no subscription of this gateway" in gateway.log()
