@@ -95,6 +95,12 @@ class Consumer:
         self.proc.wait(10)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -144,22 +150,28 @@ def main() -> None:
         asyncio.run(load(port, 4, 200, done))  # warm-up
         done += 200
         consumer.wait_for(done)
-        gateway_rate, accept_rate = {}, {}
+        gateway_rate, accept_rate, cpu_ms, busy = {}, {}, {}, {}
         for clients, total in runs:
+            cpu_before = cpu_seconds(gateway.pid)
             began = time.perf_counter()
             seconds = asyncio.run(load(port, clients, total, done))
             done += total
             finished = consumer.wait_for(done)
             accept_rate[clients] = total / seconds
             gateway_rate[clients] = total / (finished - began)
+            used = cpu_seconds(gateway.pid) - cpu_before
+            cpu_ms[clients] = used / total * 1000
+            busy[clients] = used / (finished - began)
 
         print(f"email bench: ~{len(message(0))} byte messages, connections reused, fsync on, redis at :{redis_port}")
-        print(f"{'clients':>7} {'bare aiosmtpd':>14} {'gateway 250s':>13} {'gateway e2e':>12} {'ratio e2e':>10} {'target':>7}")
+        print(f"{'clients':>7} {'bare aiosmtpd':>14} {'gateway 250s':>13} {'gateway e2e':>12} {'ratio e2e':>10} "
+              f"{'target':>7} {'gw CPU/msg':>11} {'gw busy':>8}")
         for clients, _ in runs:
             ratio = gateway_rate[clients] / baseline[clients]
             target = 0.6 if clients == 1 else 0.8
             print(f"{clients:>7} {baseline[clients]:>11.0f}/s {accept_rate[clients]:>10.0f}/s "
-                  f"{gateway_rate[clients]:>9.0f}/s {ratio:>9.2f}x {target:>6.1f}x")
+                  f"{gateway_rate[clients]:>9.0f}/s {ratio:>9.2f}x {target:>6.1f}x {cpu_ms[clients]:>8.2f} ms "
+                  f"{busy[clients] * 100:>6.0f}%")
 
         if args.memory_messages:
             total = args.memory_messages

@@ -256,3 +256,29 @@ async def test_unwritable_spool_gets_451(stack, layer):
         client.sendmail("you@example.test", ["inbox@demo.local"], mail("spool back"))
     assert (await receive_and_ack(layer, "email.receive"))["subject"] == "spool back"
     assert "spool" in stack["gateway"].log() and "cannot be written" in stack["gateway"].log()
+
+
+def test_connections_over_the_limit_get_421(redis_server, tmp_path):
+    config, port = write_config(tmp_path, redis_server.url, max_connections=2)
+    gateway = start_gateway(config, port)
+    held = []
+    try:
+        for _ in range(2):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+            assert sock.recv(1024).startswith(b"220 "), "banner"
+            held.append(sock)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as third:
+            assert third.recv(1024).startswith(b"421 4.3.2")
+        held.pop().close()
+        time.sleep(0.2)  # let the server see the close; the next assertion does not depend on speed
+        for _ in range(50):
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as again:
+                if again.recv(1024).startswith(b"220 "):
+                    break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("a freed connection slot was never reused")
+    finally:
+        for sock in held:
+            sock.close()
+        assert gateway.stop() == 0, gateway.log()
