@@ -8,7 +8,7 @@ import socket
 from typing import Any
 
 from gateways.core.config import Config
-from gateways.core.daemon import Gateway, HandoffError, Service, StackUnavailable
+from gateways.core.daemon import Gateway, HandoffError, Runtime, Service, StackUnavailable
 from gateways.mqtt.config import MqttSection
 from gateways.mqtt.connection import BrokerConnection
 from gateways.mqtt.inbound import HandoffPipeline
@@ -30,14 +30,14 @@ class MqttGateway(Gateway):
     protocol = "mqtt"
     section_class = MqttSection
 
-    def __init__(self, runtime: Any, section: MqttSection) -> None:
+    def __init__(self, runtime: Runtime, section: MqttSection) -> None:
         super().__init__(runtime, section)
         self.pipeline = HandoffPipeline(runtime.send, self.log, runtime.metrics, section.inflight,
                                         section.qos0_backlog)
         self.requests = RequestQueue(section.outage_queue)
         self.connection = BrokerConnection(section, self.pipeline, self.requests, self._report_pending, self.log,
                                            runtime.metrics)
-        self._task: Any = None
+        self._task: asyncio.Task | None = None
 
     # -- what `gateway up` asks ----------------------------------------------
 

@@ -13,7 +13,6 @@ import pytest
 from mqtt_stack import (
     LayerReader,
     PersistentRedis,
-    Subscriber,
     mosquitto_pub,
     start_gateway,
     wait_for_count,
