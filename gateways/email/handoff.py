@@ -28,6 +28,9 @@ from gateways.email.spool import Spool, SpoolEntry
 
 log = logging.getLogger("gateway.email")
 
+#: Queued hand-offs that keep their raw bytes in memory; beyond, they are read back.
+MAX_QUEUED_RAW = 1000
+
 
 @dataclass
 class _Entry:
@@ -102,10 +105,12 @@ class Handoff:
                          open=set(range(len(entry.deliveries))))
         self.entries[entry.id] = tracked
         self._batch_open[entry.batch] = self._batch_open.get(entry.batch, 0) + 1
+        # While the layer is down the queue grows: past a point, re-read from the spool instead.
+        raw = entry.raw if self._ready.qsize() < MAX_QUEUED_RAW else None
         for index in range(len(entry.deliveries)):
             delivery = _Delivery(tracked, index)
             self.deliveries[delivery.id] = delivery
-            self._ready.put_nowait((delivery, entry.raw))
+            self._ready.put_nowait((delivery, raw))
 
     async def ack(self, delivery_id: str) -> bool:
         """Mark a delivery done; forget the entry once all its deliveries are. False if unknown."""
