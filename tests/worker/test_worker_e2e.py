@@ -20,7 +20,7 @@ import websockets
 import yaml
 from channels_redis.core import RedisChannelLayer
 
-from servers import PYTHON, REPO, Daemon, free_port, gateway_daemon, wait_for_port
+from servers import PYTHON, REPO, Daemon, free_port, gateway_daemon, runworker, wait_for_port
 
 pytestmark = pytest.mark.e2e
 
@@ -143,3 +143,43 @@ async def test_websocket_echo_through_gateway_worker_keeps_each_connection_in_or
     replies = await asyncio.gather(*(client(i) for i in range(25)))
     for i, got in enumerate(replies):
         assert got == [f"{i}:{j}" for j in range(40)]
+
+
+@pytest.mark.parametrize("gateway_batched,worker", [(True, "runworker"), (False, "gateway worker")])
+async def test_a_stock_layer_process_and_a_batched_one_serve_websocket_together(redis_server, tmp_path,
+                                                                                 gateway_batched, worker):
+    """Across processes: the gateway on one layer class, the Django worker on the
+    other (stock channels_redis under runworker, or the batched layer under
+    gateway worker), one Redis and prefix: echo and a chat room (groups) work."""
+    config, prefix, port = write_config(tmp_path, redis_server.url)
+    data = yaml.safe_load(config.read_text())
+    data["websocket"]["routes"].append({"path": "^/chat/(?P<room>[a-z]+)/$", "channel": "websocket.chat"})
+    gateway_config, worker_config = tmp_path / "gateway.yaml", tmp_path / "worker.yaml"
+    gateway_config.write_text(yaml.safe_dump({**data, "layer": {**data["layer"], "batched": gateway_batched}}))
+    worker_config.write_text(yaml.safe_dump({**data, "layer": {**data["layer"], "batched": not gateway_batched}}))
+    procs = [gateway_daemon("websocket", gateway_config)]
+    try:
+        wait_for_port(port, timeout=30)
+        if worker == "runworker":
+            proc = runworker(worker_config, ["websocket.echo", "websocket.chat"],
+                             settings="wktest.settings", pythonpath=[PROJECT])
+        else:
+            proc = start_worker(worker_config, ["websocket.echo", "websocket.chat"], tmp_path)
+        procs.append(proc)
+        proc.wait_for_log("Running worker for channels", timeout=30)
+        url = f"ws://127.0.0.1:{port}"
+        async with websockets.connect(f"{url}/echo/", origin=ORIGIN, open_timeout=20) as ws:
+            for i in range(20):
+                await ws.send(f"m{i}")
+            assert [await asyncio.wait_for(ws.recv(), 20) for _ in range(20)] == [f"m{i}" for i in range(20)]
+            await ws.send(b"\x00\xff")
+            assert await asyncio.wait_for(ws.recv(), 20) == b"\x00\xff"
+        async with websockets.connect(f"{url}/chat/lobby/", origin=ORIGIN, open_timeout=20) as alice, \
+                websockets.connect(f"{url}/chat/lobby/", origin=ORIGIN, open_timeout=20) as bob:
+            await asyncio.sleep(1)  # joining is a message the consumer sends after accept
+            await alice.send("hello")
+            assert await asyncio.wait_for(bob.recv(), 20) == "hello"
+            assert await asyncio.wait_for(alice.recv(), 20) == "hello"
+    finally:
+        for proc in procs:
+            proc.stop()
