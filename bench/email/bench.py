@@ -1,13 +1,15 @@
 """Messages/s through the email gateway vs a bare aiosmtpd server, in the same run.
 
-    /work/venv/bin/python bench/email/bench.py [--messages 2000] [--memory-messages 10000]
+    /work/venv/bin/python bench/email/bench.py [--stock] [--messages 2000] [--memory-messages 10000]
 
 Starts a private redis-server, the baseline (bare aiosmtpd answering 250),
 then the gateway (`python -m gateways email`, spool fsynced, relay console://)
-with a consumer process that acknowledges every email.receive. SMTP clients
+with a consumer that acknowledges every email.receive: a bare layer consumer
+(the fast path), and with --stock first Django's runworker with an ack-only
+EmailConsumer (the stock path). SMTP clients
 reuse their connections and send ~2 KB messages: 1 client, then 20. The
 gateway's figure is end to end: from the first MAIL to the last message
-acknowledged by the consumer. Then the gateway's RSS is sampled after the
+acknowledged (counted through the gateway's /metrics). Then the gateway's RSS is sampled after the
 1,000th and the 10,000th message (memory flatness). Prints figures and ratios;
 asserts nothing.
 """
@@ -23,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import aiosmtplib
@@ -62,37 +65,67 @@ async def load(port: int, clients: int, total: int, start: int = 0) -> float:
     return time.perf_counter() - began
 
 
-class Consumer:
-    """The consumer process; counts the messages it acknowledged."""
+class Acks:
+    """Counts what consumers acknowledged, from the gateway's ``/metrics``.
 
-    def __init__(self, config: Path) -> None:
-        self.proc = subprocess.Popen([PYTHON, str(HERE / "consumer.py"), str(config), "16"], cwd=REPO,
-                                     stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-        self.count = 0
-        self.ready = threading.Event()
-        self.changed = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
-        self.ready.wait(30)
+    Args:
+        health: the gateway's health endpoint ``HOST:PORT``.
+    """
 
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            if line.strip() == "ready":
-                self.ready.set()
-            elif line.strip().isdigit():
-                with self.changed:
-                    self.count = int(line)
-                    self.changed.notify_all()
+    def __init__(self, health: str) -> None:
+        self.url = f"http://{health}/metrics"
+
+    def count(self) -> int:
+        with urllib.request.urlopen(self.url, timeout=10) as response:
+            text = response.read().decode()
+        return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                       if line.startswith("gateway_email_acked_total")))
 
     def wait_for(self, count: int, timeout: float = 300) -> float:
-        """Block until ``count`` messages were acknowledged; return the time it happened."""
-        with self.changed:
-            if not self.changed.wait_for(lambda: self.count >= count, timeout):
-                raise SystemExit(f"consumer got {self.count} of {count} messages")
+        """Block until ``count`` messages were acknowledged; return when that was seen."""
+        deadline = time.monotonic() + timeout
+        while self.count() < count:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"consumers acknowledged {self.count()} of {count} messages")
+            time.sleep(0.05)
         return time.perf_counter()
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+
+def start_consumer(config: Path, stock: bool) -> subprocess.Popen:
+    """The layer consumer (bare receive + ack), or runworker with an ack-only EmailConsumer."""
+    if not stock:
+        proc = subprocess.Popen([PYTHON, str(HERE / "consumer.py"), str(config), "16"], cwd=REPO,
+                                stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        proc.stdout.readline()  # "ready"
+        return proc
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "django", "runworker", "email.receive"], cwd=REPO, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "bench_email.settings", "GATEWAY_CONFIG": str(config),
+             "DEMO_DATABASE": str(config.parent / "db.sqlite3"),
+             "PYTHONPATH": os.pathsep.join([str(HERE / "project"), str(REPO / "example"), str(REPO)])})
+    for line in proc.stderr:
+        if "Running worker" in line:
+            break
+    threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep its pipe drained
+    return proc
+
+
+def fsync_ms(directory: Path, count: int = 200) -> float:
+    """The disk's price of one spool write: a 2 KB file fsynced, renamed, its directory fsynced."""
+    directory.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    for n in range(count):
+        path = directory / f"probe-{n}"
+        with open(path, "wb") as f:
+            f.write(message(n))
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(path, directory / f"probe-{n}.done")
+        fd = os.open(directory, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    return (time.perf_counter() - began) / count * 1000
 
 
 def cpu_seconds(pid: int) -> float:
@@ -112,13 +145,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=2000, help="messages per 20-client run (1 client: a quarter)")
     parser.add_argument("--memory-messages", type=int, default=10000, help="messages of the memory run (0: skip)")
+    parser.add_argument("--stock", action="store_true", help="also measure with Django's runworker as the consumer")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="email-bench-"))
     redis_port = free_port()
     redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                               "--appendonly", "no", "--dir", str(work)], stdout=subprocess.DEVNULL)
     procs: list[subprocess.Popen] = [redis]
-    consumer = None
     try:
         wait_for_port(redis_port)
         runs = [(1, max(100, args.messages // 4)), (20, args.messages)]
@@ -134,62 +167,59 @@ def main() -> None:
         bare.terminate()
         bare.wait()
 
-        port = free_port()
+        port, health = free_port(), f"127.0.0.1:{free_port()}"
         config = work / "bench.yaml"
         config.write_text(
             f"layer: {{url: 'redis://127.0.0.1:{redis_port}/0', prefix: bench, capacity: 100000}}\n"
             f"email:\n  listen: 127.0.0.1:{port}\n  domains: [demo.local]\n  relay: 'console://'\n"
-            f"  spool: {work / 'spool'}\n  max_connections: 100\n"
+            f"  spool: {work / 'spool'}\n  max_connections: 100\n  health: {{listen: '{health}'}}\n"
         )
         gateway = subprocess.Popen([PYTHON, "-m", "gateways", "email", "--config", str(config), "--log-level",
                                     "WARNING"], cwd=REPO)
         procs.append(gateway)
         wait_for_port(port, timeout=30)
-        consumer = Consumer(config)
+        acks = Acks(health)
         done = 0
-        asyncio.run(load(port, 4, 200, done))  # warm-up
-        done += 200
-        consumer.wait_for(done)
-        gateway_rate, accept_rate, cpu_ms, busy = {}, {}, {}, {}
-        for clients, total in runs:
-            cpu_before = cpu_seconds(gateway.pid)
-            began = time.perf_counter()
-            seconds = asyncio.run(load(port, clients, total, done))
-            done += total
-            finished = consumer.wait_for(done)
-            accept_rate[clients] = total / seconds
-            gateway_rate[clients] = total / (finished - began)
-            used = cpu_seconds(gateway.pid) - cpu_before
-            cpu_ms[clients] = used / total * 1000
-            busy[clients] = used / (finished - began)
-
-        print(f"email bench: ~{len(message(0))} byte messages, connections reused, fsync on, redis at :{redis_port}")
-        print(f"{'clients':>7} {'bare aiosmtpd':>14} {'gateway 250s':>13} {'gateway e2e':>12} {'ratio e2e':>10} "
-              f"{'target':>7} {'gw CPU/msg':>11} {'gw busy':>8}")
-        for clients, _ in runs:
-            ratio = gateway_rate[clients] / baseline[clients]
-            target = 0.6 if clients == 1 else 0.8
-            print(f"{clients:>7} {baseline[clients]:>11.0f}/s {accept_rate[clients]:>10.0f}/s "
-                  f"{gateway_rate[clients]:>9.0f}/s {ratio:>9.2f}x {target:>6.1f}x {cpu_ms[clients]:>8.2f} ms "
-                  f"{busy[clients] * 100:>6.0f}%")
-
+        print(f"email bench: ~{len(message(0))} byte messages, connections reused, spool fsync on "
+              f"(this disk: {fsync_ms(work / 'probe'):.2f} ms per fsynced write + directory fsync)")
+        print(f"{'consumer':>9} {'clients':>7} {'bare aiosmtpd':>14} {'gateway 250s':>13} {'gateway e2e':>12} "
+              f"{'ratio e2e':>10} {'target':>7} {'gw CPU/msg':>11} {'gw busy':>8}")
+        for stock in [True, False] if args.stock else [False]:
+            consumer = start_consumer(config, stock)
+            procs.append(consumer)
+            asyncio.run(load(port, 4, 200, done))  # warm-up
+            done += 200
+            acks.wait_for(done)
+            for clients, total in runs:
+                cpu_before = cpu_seconds(gateway.pid)
+                began = time.perf_counter()
+                seconds = asyncio.run(load(port, clients, total, done))
+                done += total
+                finished = acks.wait_for(done)
+                used = cpu_seconds(gateway.pid) - cpu_before
+                rate = total / (finished - began)
+                target = 0.6 if clients == 1 else 0.8
+                print(f"{'runworker' if stock else 'layer':>9} {clients:>7} {baseline[clients]:>11.0f}/s "
+                      f"{total / seconds:>10.0f}/s {rate:>9.0f}/s {rate / baseline[clients]:>9.2f}x {target:>6.1f}x "
+                      f"{used / total * 1000:>8.2f} ms {used / (finished - began) * 100:>6.0f}%")
+            if stock:
+                consumer.terminate()
+                consumer.wait(15)
         if args.memory_messages:
             total = args.memory_messages
             first = 1000
             asyncio.run(load(port, 20, first, done))
             done += first
-            consumer.wait_for(done)
+            acks.wait_for(done)
             at_first = rss_kib(gateway.pid)
             asyncio.run(load(port, 20, total - first, done))
             done += total - first
-            consumer.wait_for(done)
+            acks.wait_for(done)
             at_last = rss_kib(gateway.pid)
             print(f"memory: gateway RSS {at_first / 1024:.1f} MiB after message {first:,}, "
                   f"{at_last / 1024:.1f} MiB after message {total:,} ({(at_last / at_first - 1) * 100:+.1f}%, "
                   f"target within 10%)")
     finally:
-        if consumer:
-            consumer.stop()
         for proc in reversed(procs):
             if proc.poll() is None:
                 proc.terminate()

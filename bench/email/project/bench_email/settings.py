@@ -1,0 +1,6 @@
+"""The email bench's Django project: the demo's settings with an ack-only consumer."""
+
+from demo.settings import *  # noqa: F401,F403
+
+ASGI_APPLICATION = "bench_email.asgi.application"
+LOGGING = {"version": 1, "disable_existing_loggers": False, "root": {"level": "WARNING"}}
