@@ -78,6 +78,8 @@ class Handoff:
         self.concurrency = concurrency
         self.entries: dict[str, _Entry] = {}
         self._batch_open: dict[str, int] = {}
+        self._done_batches: list[str] = []
+        self._remover: asyncio.Task | None = None
         self.deliveries: dict[str, _Delivery] = {}
         self._ready: asyncio.Queue[tuple[_Delivery, bytes | None]] = asyncio.Queue()
         self._timers: list[tuple[float, int, str]] = []
@@ -132,14 +134,23 @@ class Handoff:
             self._batch_open[entry.batch] = left
             return
         self._batch_open.pop(entry.batch, None)
-        # An unlink waits for the journal while fsyncs run: keep it off the event loop.
-        self.runtime.spawn(self._remove(entry.batch), f"remove spool file {entry.batch}")
+        self._done_batches.append(entry.batch)
+        if self._remover is None or self._remover.done():
+            self._remover = self.runtime.spawn(self._remove(), "remove spool files")
 
-    async def _remove(self, batch: str) -> None:
-        try:
-            await asyncio.to_thread(self.spool.remove, batch)
-        except OSError as exc:
-            log.error("cannot remove spool file %s: %s", batch, exc)
+    async def _remove(self) -> None:
+        # An unlink waits for the journal while fsyncs run: off the event loop,
+        # and every batch done meanwhile in the same trip to the thread.
+        while self._done_batches:
+            batches, self._done_batches = self._done_batches, []
+            await asyncio.to_thread(self._unlink, batches)
+
+    def _unlink(self, batches: list[str]) -> None:
+        for batch in batches:
+            try:
+                self.spool.remove(batch)
+            except OSError as exc:
+                log.error("cannot remove spool file %s: %s", batch, exc)
 
     # -- internals -----------------------------------------------------------
 
