@@ -48,7 +48,7 @@ class Lane:
 
     Args:
         lanes: the channel's lanes this one belongs to.
-        index: its number, for task names.
+        index: its number, for the task's name.
     """
 
     def __init__(self, lanes: "ChannelLanes", index: int) -> None:
@@ -57,16 +57,19 @@ class Lane:
         self.queue: asyncio.Queue[_Item] = asyncio.Queue()
         self.conversation: Hashable | None = None
         self.current: _Item | None = None
+        self.taken = 0
         self.task: asyncio.Task | None = None
 
     def start(self) -> None:
         """Run the application instance(s) of this lane as a task."""
-        self.task = asyncio.ensure_future(self._run())
+        self.task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"lane {self.lanes.channel}#{self.index}")
 
     async def _run(self) -> None:
         lanes = self.lanes
         scope = {"type": "channel", "channel": lanes.channel}
         while True:
+            self.taken = 0
             try:
                 async with ThreadSensitiveContext():
                     await lanes.application(dict(scope), self.receive, self.send)
@@ -75,14 +78,15 @@ class Lane:
             except Exception:
                 item = self.current
                 lanes.stats["failed"] += 1
-                if item is None:  # failed before taking a message: do not spin
-                    log.exception("consumer on %s failed to start; retrying in 1s", lanes.channel)
-                    await asyncio.sleep(1.0)
-                    continue
-                log.exception("consumer on %s failed handling %s (conversation %s); a new instance takes over",
-                              lanes.channel, item.message.get("type", "?"), item.conversation)
+                if item is None:
+                    log.exception("consumer on %s failed before taking a message", lanes.channel)
+                else:
+                    log.exception("consumer on %s failed handling %s (conversation %s); a new instance "
+                                  "takes over", lanes.channel, item.message.get("type", "?"), item.conversation)
             if self.current is not None:
                 self._finished()
+            if not self.taken:  # an instance that ends without taking a message must not spin
+                await asyncio.sleep(1.0)
 
     async def receive(self) -> dict[str, Any]:
         """The instance's ASGI ``receive``: asking for the next message means the
@@ -92,6 +96,7 @@ class Lane:
             self._finished()
         item = await self.queue.get()
         self.current = item
+        self.taken += 1
         return item.message
 
     async def send(self, message: dict[str, Any]) -> None:

@@ -216,8 +216,19 @@ class ConcurrentWorker:
                 pass
         self._make_lanes()
         listeners = [asyncio.ensure_future(self._listen(channel)) for channel in self.channels]
-        await asyncio.gather(*listeners)
-        await self._drain()
+        stop_wait = asyncio.ensure_future(self.stopping.wait())
+        await asyncio.wait([*listeners, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+        for listener in listeners:
+            if listener.done() and not listener.cancelled() and listener.exception() is not None:
+                log.error("a listener failed; stopping", exc_info=listener.exception())
+        self.stop()
+        deadline = loop.time() + GRACE_PERIOD
+        # Listeners holding a message finish handing it to a lane, unless the lanes
+        # stay full past the grace period.
+        _done, stuck = await asyncio.wait(listeners, timeout=GRACE_PERIOD)
+        for listener in stuck:
+            listener.cancel()
+        await self._drain(max(0.0, deadline - loop.time()))
         return 0
 
     async def _listen(self, channel: str) -> None:
@@ -262,16 +273,20 @@ class ConcurrentWorker:
             return
         await lanes.submit(message)
 
-    async def _drain(self) -> None:
-        """Handle what was taken off the layer, within the grace period; close."""
-        stop_fetching = getattr(self.layer, "stop_fetching", None)
-        if stop_fetching is not None:
-            await stop_fetching()
-            for channel, lanes in self.lanes.items():
-                for _target, message in self.layer.take_buffered(channel):
-                    await self._submit(lanes, message)
+    async def _drain(self, grace: float) -> None:
+        """Handle what was taken off the layer within ``grace`` seconds; close."""
+
+        async def finish() -> None:
+            stop_fetching = getattr(self.layer, "stop_fetching", None)
+            if stop_fetching is not None:
+                await stop_fetching()
+                for channel, lanes in self.lanes.items():
+                    for _target, message in self.layer.take_buffered(channel):
+                        await self._submit(lanes, message)
+            await asyncio.gather(*(lanes.idle() for lanes in self.lanes.values()))
+
         try:
-            await asyncio.wait_for(asyncio.gather(*(lanes.idle() for lanes in self.lanes.values())), GRACE_PERIOD)
+            await asyncio.wait_for(finish(), grace)
         except asyncio.TimeoutError:
             left = sum(lanes.inflight for lanes in self.lanes.values())
             log.warning("grace period of %ss over; exiting with %d message(s) unhandled", GRACE_PERIOD, left)
