@@ -148,4 +148,7 @@ async def wait_disconnected(client: ManualAckClient) -> None:
     Args:
         client: a connected client.
     """
-    await asyncio.wait([client._disconnected])  # noqa: SLF001 - aiomqtt keeps no public signal
+    disconnected = client._disconnected  # noqa: SLF001 - aiomqtt keeps no public signal
+    await asyncio.wait([disconnected])
+    if not disconnected.cancelled():
+        disconnected.exception()  # retrieved: asyncio would log it as never retrieved otherwise

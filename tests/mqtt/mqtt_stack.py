@@ -141,6 +141,23 @@ class PersistentRedis(RedisServer):
         return argv + ["--appendfsync", "always"]
 
 
+class PersistentMosquitto:
+    """servers.MosquittoServer whose persistence works when the tests run as root.
+
+    Mosquitto started as root drops to the ``mosquitto`` user, which cannot
+    write the 0700 temporary directory, so ``persistence true`` silently
+    saves nothing and a restart loses every session. Opening the directory
+    lets the broker keep sessions and unacknowledged messages across a restart.
+    """
+
+    def __new__(cls):
+        from servers import MosquittoServer
+
+        server = MosquittoServer()
+        server.dir.chmod(0o777)
+        return server
+
+
 class LayerReader:
     """Reads a channel of the gateway's layer from the test process (a consumer stand-in).
 

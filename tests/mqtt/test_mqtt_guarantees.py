@@ -12,6 +12,7 @@ import pytest
 
 from mqtt_stack import (
     LayerReader,
+    PersistentMosquitto,
     PersistentRedis,
     mosquitto_pub,
     start_gateway,
@@ -249,3 +250,30 @@ async def test_a_runtime_subscription_the_broker_kept_is_unroutable_after_a_rest
         await reader.close()
     assert (message["topic"], message["payload"], message["subscription"]) == ("runtime/1", b"orphan", None)
     assert "matches no subscription of this gateway" in gateway.log()
+
+
+async def test_broker_restarted_mid_stream_with_messages_held_loses_nothing(tmp_path, processes):
+    mosquitto = PersistentMosquitto().start()
+    processes.append(mosquitto)
+    redis = PersistentRedis().start()
+    processes.append(redis)
+    config = write_config(tmp_path, redis.url, mosquitto.url,
+                          [{"filter": "stream/#", "qos": 1, "channel": "mqtt.stream"}], client_id="midstream-test")
+    gateway = start_gateway(config)
+    processes.append(gateway)
+    first, second = numbered("s", 0, 100), numbered("t", 0, 100)
+    mosquitto_pub(mosquitto.port, "stream/1", qos=1, lines=first)
+    redis.stop()  # the gateway now holds what arrives, without PUBACK
+    mosquitto_pub(mosquitto.port, "stream/1", qos=1, lines=second)
+    wait_for_count(gateway, "layer refused a message", 1)
+    mosquitto.restart()  # the broker keeps the session (and the unacknowledged messages) on disk
+    wait_for_count(gateway, "subscribed to", 2)
+    redis.start()
+    expected = {p.encode() for p in first + second}
+    reader = LayerReader(config)
+    try:
+        messages = await reader.collect("mqtt.stream", distinct(expected), timeout=90)
+    finally:
+        await reader.close()
+    assert set(payloads(messages)) == expected
+    assert "session resumed" in gateway.log().rsplit("connected to", 1)[1]
