@@ -114,3 +114,22 @@ async def test_bad_requests_get_an_error_result_and_the_gateway_keeps_serving(ec
     sub.ready("echo-reply/probe")
     mosquitto_pub(mosquitto.port, "echo/still", b"alive", 1)
     sub.wait_for(lambda ls: "echo-reply/still|1|0|alive" in ls)
+
+
+async def test_consumer_publishes_at_each_qos_with_a_result_each(echo_stack, mosquitto, processes):
+    config, _ = echo_stack
+    sub = Subscriber(mosquitto.port, "out/#", qos=2)
+    processes.append(sub)
+    sub.ready("out/probe")
+    reader = LayerReader(config)
+    try:
+        reply = await reader.layer.new_channel()
+        for qos in (0, 1, 2):
+            await reader.layer.send("mqtt.send", {"type": "mqtt.publish", "topic": f"out/{qos}", "payload": "é",
+                                                  "qos": qos, "reply_channel": reply, "id": f"q{qos}"})
+        results = await reader.collect(reply, lambda ms: len(ms) >= 3)
+    finally:
+        await reader.close()
+    assert [(r["id"], r["ok"]) for r in results] == [("q0", True), ("q1", True), ("q2", True)]  # in order
+    lines = sub.wait_for(lambda ls: sum(line.startswith("out/") and "probe" not in line for line in ls) >= 3)
+    assert [line for line in lines if "probe" not in line] == ["out/0|0|0|é", "out/1|1|0|é", "out/2|2|0|é"]
