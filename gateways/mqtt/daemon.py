@@ -33,7 +33,7 @@ class MqttGateway(Gateway):
     def __init__(self, runtime: Runtime, section: MqttSection) -> None:
         super().__init__(runtime, section)
         self.pipeline = HandoffPipeline(runtime.send, self.log, runtime.metrics, section.inflight,
-                                        section.qos0_backlog)
+                                        section.qos0_backlog, max(1, runtime.config.layer.max_connections // 2))
         self.requests = RequestQueue(section.outage_queue)
         self.connection = BrokerConnection(section, self.pipeline, self.requests, self._report_pending, self.log,
                                            runtime.metrics)

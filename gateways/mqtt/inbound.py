@@ -59,11 +59,12 @@ class HandoffPipeline:
         metrics: where drops and retries are counted.
         inflight: QoS 1/2 messages waiting for the layer at most (further ones wait to be read).
         qos0_backlog: QoS 0 messages waiting for the layer at most; more are dropped and counted.
+        concurrency: layer sends at once (below the layer's connection pool, which fails past its size).
         retry_max: longest wait between attempts while the layer refuses, in seconds.
     """
 
     def __init__(self, send: Send, log: logging.Logger, metrics: Metrics, inflight: int = 100,
-                 qos0_backlog: int = 10000, retry_max: float = 5.0) -> None:
+                 qos0_backlog: int = 10000, concurrency: int = 32, retry_max: float = 5.0) -> None:
         self._send = send
         self.log = log
         self.metrics = metrics
@@ -74,6 +75,7 @@ class HandoffPipeline:
         self._slots = asyncio.Semaphore(inflight)
         self._lanes: dict[str, collections.deque[_Entry]] = {}
         self._workers: set[asyncio.Task] = set()
+        self._sending = asyncio.Semaphore(concurrency)
         self._order: collections.deque[_Entry] = collections.deque()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -154,7 +156,8 @@ class HandoffPipeline:
         backoff = Backoff(0.05, self.retry_max)
         while not entry.abandoned:
             try:
-                await self._send(entry.channel, entry.message)
+                async with self._sending:
+                    await self._send(entry.channel, entry.message)
             except HandoffError as exc:
                 self.metrics.inc("mqtt_handoff_retries_total", "hand-offs retried after the layer refused")
                 if not self._refusing:

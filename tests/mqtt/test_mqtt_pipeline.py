@@ -121,3 +121,23 @@ async def test_an_ack_on_a_closed_connection_is_counted():
     await pipeline.put("t", "c", {"topic": "t"}, 1, acker(acks, 1, result=False))
     await asyncio.wait_for(pipeline.drained(), 5)
     assert metrics.value("mqtt_ack_lost_total") == 1
+
+
+async def test_layer_sends_at_once_stay_below_the_bound_however_many_topics():
+    active = peak = 0
+    sent = []
+
+    async def send(channel: str, message: dict) -> None:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.01)
+        active -= 1
+        sent.append(message["topic"])
+
+    pipeline = HandoffPipeline(send, log, Metrics(), inflight=1000, concurrency=4)
+    for n in range(40):
+        await pipeline.put(f"t{n}", "c", {"topic": f"t{n}"}, 1, lambda: True)
+    await asyncio.wait_for(pipeline.drained(), 10)
+    assert len(sent) == 40
+    assert peak == 4
