@@ -13,7 +13,14 @@ from gateways.mqtt.config import MqttSection
 from gateways.mqtt.connection import BrokerConnection
 from gateways.mqtt.inbound import HandoffPipeline
 from gateways.mqtt.outbound import Pending, RequestQueue
-from gateways.mqtt.protocol import PUBLISH, SubscribeRequest, parse_request, reply_channel_of, result_message
+from gateways.mqtt.protocol import (
+    PUBLISH,
+    UNDECODABLE,
+    SubscribeRequest,
+    parse_request,
+    reply_channel_of,
+    result_message,
+)
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
@@ -49,6 +56,17 @@ class MqttGateway(Gateway):
         list it in ``django.channels`` to have workers for those.
         """
         return sorted({s.channel for s in section.subscriptions} or {PUBLISH})
+
+    @classmethod
+    def conversation_key(cls, message: dict[str, Any]) -> Any:
+        """The topic: the spec keeps order per topic (``mqtt.result`` has no order to keep).
+
+        Every inbound message has the same reply_channel (``mqtt.send``), so
+        the core's default would put all topics into one conversation.
+        """
+        if message.get("type") in (PUBLISH, UNDECODABLE):
+            return message.get("topic")
+        return None
 
     @classmethod
     def stack_services(cls, section: MqttSection, config: Config) -> list[Service]:

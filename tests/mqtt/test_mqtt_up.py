@@ -52,6 +52,16 @@ def test_consumer_channels_are_the_subscriptions_channels():
     assert MqttGateway.consumer_channels(bare.sections["mqtt"]) == ["mqtt.publish"]
 
 
+def test_the_conversation_is_the_topic():
+    from gateways.mqtt.protocol import Received, Subscription, inbound_message, result_message
+
+    _, one = inbound_message(Received("a/1", b""), Subscription("a/+"), "mqtt.send")
+    _, two = inbound_message(Received("a/2", b"\xff"), Subscription("a/+", decode="text"), "mqtt.send")
+    assert MqttGateway.conversation_key(one) == "a/1"
+    assert MqttGateway.conversation_key(two) == "a/2"  # mqtt.undecodable too
+    assert MqttGateway.conversation_key(result_message({"id": "x"}, True)) is None
+
+
 @pytest.mark.e2e
 async def test_gateway_up_answers_echo_on_echo_reply(tmp_path, processes):
     require_binary("mosquitto", "mosquitto")
