@@ -81,7 +81,7 @@ class Handoff:
         self._done_batches: list[str] = []
         self._remover: asyncio.Task | None = None
         self.deliveries: dict[str, _Delivery] = {}
-        self._ready: asyncio.Queue[tuple[_Delivery, bytes | None]] = asyncio.Queue()
+        self._ready: asyncio.Queue[tuple[_Delivery, bytes | None, dict[str, Any] | None]] = asyncio.Queue()
         self._timers: list[tuple[float, int, str]] = []
         self._timer_seq = 0
         self._timer_wake = asyncio.Event()
@@ -100,19 +100,25 @@ class Handoff:
             self.runtime.spawn(self._worker(), f"email hand-off {n}")
         self.runtime.spawn(self._timer(), "email redelivery timer")
 
-    def add(self, entry: SpoolEntry) -> None:
-        """Track a spooled entry and queue its deliveries (with its raw bytes, if at hand)."""
+    def add(self, entry: SpoolEntry, parsed: dict[str, Any] | None = None) -> None:
+        """Track a spooled entry and queue its deliveries.
+
+        Args:
+            entry: written to the spool; its raw bytes are used when present.
+            parsed: its :func:`~gateways.email.protocol.parse_message`, when already done.
+        """
         assert entry.batch is not None, "add() takes entries the spool has written"
         tracked = _Entry(entry.id, entry.batch, entry.envelope, entry.deliveries,
                          open=set(range(len(entry.deliveries))))
         self.entries[entry.id] = tracked
         self._batch_open[entry.batch] = self._batch_open.get(entry.batch, 0) + 1
         # While the layer is down the queue grows: past a point, re-read from the spool instead.
-        raw = entry.raw if self._ready.qsize() < MAX_QUEUED_RAW else None
+        keep = self._ready.qsize() < MAX_QUEUED_RAW
+        raw, parsed = (entry.raw, parsed) if keep else (None, None)
         for index in range(len(entry.deliveries)):
             delivery = _Delivery(tracked, index)
             self.deliveries[delivery.id] = delivery
-            self._ready.put_nowait((delivery, raw))
+            self._ready.put_nowait((delivery, raw, parsed if raw is not None else None))
 
     async def ack(self, delivery_id: str) -> bool:
         """Mark a delivery done; forget the entry once all its deliveries are. False if unknown."""
@@ -156,18 +162,18 @@ class Handoff:
 
     async def _worker(self) -> None:
         while True:
-            delivery, raw = await self._ready.get()
+            delivery, raw, parsed = await self._ready.get()
             if delivery.acked or delivery.entry.dead:
                 continue
             try:
-                await self._hand(delivery, raw)
+                await self._hand(delivery, raw, parsed)
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug (or GATEWAY_STRICT's schema check): keep the other deliveries going
                 self.runtime.metrics.inc("email_handoff_errors_total", "hand-offs that failed with an error")
                 log.exception("handing %s off failed; it stays in the spool for the next start", delivery.id)
 
-    async def _hand(self, delivery: _Delivery, raw: bytes | None) -> None:
+    async def _hand(self, delivery: _Delivery, raw: bytes | None, parsed: dict[str, Any] | None = None) -> None:
         entry = delivery.entry
         while True:
             await self._layer_gate.wait()
@@ -176,7 +182,7 @@ class Handoff:
             try:
                 if raw is None:
                     raw = (await asyncio.to_thread(self.spool.read, entry.id, entry.batch)).raw
-                message = self._message(delivery, raw, delivery.attempts + 1)
+                message = self._message(delivery, raw, delivery.attempts + 1, parsed)
             except (OSError, ValueError, KeyError) as exc:
                 log.error("spooled message %s cannot be read: %s", entry.id, exc)
                 return
@@ -208,14 +214,15 @@ class Handoff:
         finally:
             self._layer_gate.set()
 
-    def _message(self, delivery: _Delivery, raw: bytes, attempt: int) -> dict[str, Any]:
+    def _message(self, delivery: _Delivery, raw: bytes, attempt: int,
+                 parsed: dict[str, Any] | None = None) -> dict[str, Any]:
         entry = delivery.entry
         spec = entry.deliveries[delivery.index]
         envelope = Envelope(**entry.envelope)
         return receive_message(
             raw, envelope, id=delivery.id, reply_channel=self.reply_channel,
             delivery=Delivery(spec["channel"], list(spec["recipients"]), dict(spec["kwargs"])),
-            attempt=attempt,
+            attempt=attempt, parsed=parsed,
         )
 
     def _schedule(self, due: float, delivery_id: str) -> None:
@@ -235,7 +242,7 @@ class Handoff:
                 if delivery.attempts >= self.max_attempts:
                     await self._dead_letter(delivery)
                 else:
-                    self._ready.put_nowait((delivery, None))
+                    self._ready.put_nowait((delivery, None, None))
             timeout = self._timers[0][0] - now if self._timers else None
             try:
                 await asyncio.wait_for(self._timer_wake.wait(), timeout)

@@ -414,7 +414,7 @@ class Envelope:
 
 
 def receive_message(raw: bytes, envelope: Envelope, *, id: str, reply_channel: str,
-                    delivery: Delivery, attempt: int = 1) -> dict[str, Any]:
+                    delivery: Delivery, attempt: int = 1, parsed: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``email.receive`` for one delivery of a message.
 
     Args:
@@ -424,6 +424,7 @@ def receive_message(raw: bytes, envelope: Envelope, *, id: str, reply_channel: s
         reply_channel: where ``email.ack`` and ``email.send`` go.
         delivery: the channel and the recipients that routed to it.
         attempt: 1 on the first hand-off, more on redeliveries.
+        parsed: :func:`parse_message` of ``raw``, when already at hand.
     """
     return {
         "type": "email.receive",
@@ -434,7 +435,7 @@ def receive_message(raw: bytes, envelope: Envelope, *, id: str, reply_channel: s
         "recipients": list(delivery.recipients),
         "route_kwargs": dict(delivery.kwargs),
         "envelope": envelope.as_dict(),
-        **parse_message(raw),
+        **(parse_message(raw) if parsed is None else parsed),
         "raw": raw,
     }
 
