@@ -160,10 +160,12 @@ def main() -> None:
         bare = subprocess.Popen([PYTHON, str(HERE / "bare_server.py"), str(bare_port)], stdout=subprocess.DEVNULL)
         procs.append(bare)
         wait_for_port(bare_port)
-        baseline = {}
+        baseline, bare_cpu = {}, {}
         asyncio.run(load(bare_port, 4, 200, 0))  # warm-up
         for clients, total in runs:
+            cpu_before = cpu_seconds(bare.pid)
             baseline[clients] = total / asyncio.run(load(bare_port, clients, total))
+            bare_cpu[clients] = (cpu_seconds(bare.pid) - cpu_before) / total * 1000
         bare.terminate()
         bare.wait()
 
@@ -184,6 +186,9 @@ def main() -> None:
               f"(this disk: {fsync_ms(work / 'probe'):.2f} ms per fsynced write + directory fsync)")
         print(f"{'consumer':>9} {'clients':>7} {'bare aiosmtpd':>14} {'gateway 250s':>13} {'gateway e2e':>12} "
               f"{'ratio e2e':>10} {'target':>7} {'gw CPU/msg':>11} {'gw busy':>8}")
+        for clients, _ in runs:
+            print(f"{'(bare)':>9} {clients:>7} {baseline[clients]:>11.0f}/s {'':>13} {'':>12} {'':>10} {'':>7} "
+                  f"{bare_cpu[clients]:>8.2f} ms")
         for stock in [True, False] if args.stock else [False]:
             consumer = start_consumer(config, stock)
             procs.append(consumer)
