@@ -9,8 +9,10 @@ Measures, in one run on this machine, against one private Mosquitto and Redis:
   seen every topic's ``END``. Systems: a plain aiomqtt subscriber (the
   ceiling: no layer, no consumer process), mqttasgi (broker -> mqttasgi ->
   in-process consumer), the gateway into the layer with the benchmark
-  process reading the channel (the gateway's own ceiling), and the gateway ->
-  Redis -> ``runworker`` consumer (the stock Channels path);
+  process reading the channel (the gateway's own ceiling), the gateway ->
+  Redis -> ``runworker`` consumer (the stock Channels path), and the gateway
+  -> Redis -> ``gateway worker`` consumer (the project's fast path: batched
+  layer, topics handled concurrently, each in order);
 - publish round trip p50/p99: a consumer-side ``mqtt.publish`` on
   ``mqtt.send`` -> gateway -> broker -> gateway -> layer -> back to the
   benchmark, against the raw channel-layer round trip (send to a channel, an
@@ -62,6 +64,7 @@ def write_config(directory: Path, redis_url: str, port: int, qos: int) -> Path:
     config = {
         "layer": {"url": redis_url, "prefix": f"b{uuid.uuid4().hex[:6]}", "capacity": 200000, "expiry": 600},
         "log": {"level": "WARNING"},
+        "django": {"settings": "bench.mqtt.settings", "path": [str(REPO), str(REPO / "example")]},
         "mqtt": {
             "broker": f"mqtt://127.0.0.1:{port}",
             "client_id": f"bench-gateway-{uuid.uuid4().hex[:6]}",
@@ -281,6 +284,12 @@ async def main() -> None:
                                                            args.messages, args.topics, qos)
                 finally:
                     stop(worker)
+                fast = start([PYTHON, "-m", "gateways", "worker", "--config", str(config), "mqtt.bench"], env=env)
+                try:
+                    rows["fast"] = await measure_inbound("gateway -> Redis -> gateway worker consumer", port,
+                                                         args.messages, args.topics, qos)
+                finally:
+                    stop(fast)
                 if qos == 1:
                     echo = start([PYTHON, "-m", "bench.mqtt.layer_echo", "bench.echo"], env=env)
                     try:
@@ -301,10 +310,11 @@ async def main() -> None:
     for qos, rows in results.items():
         print_rows(f"QoS {qos}: broker -> consumer", list(rows.values()))
         print(f"  lost: " + ", ".join(f"{key}={r['lost']}" for key, r in rows.items()))
-        plain, asgi, layer, worker = (rows[k]["rate"] for k in ("plain", "mqttasgi", "layer", "worker"))
-        print(f"  ratios: gateway->layer / mqttasgi = {ratio(layer, asgi)}, gateway->layer / plain aiomqtt = "
-              f"{ratio(layer, plain)}, gateway->runworker / mqttasgi = {ratio(worker, asgi)}, "
-              f"gateway->runworker / plain = {ratio(worker, plain)}")
+        plain, asgi = rows["plain"]["rate"], rows["mqttasgi"]["rate"]
+        for key, label in (("layer", "gateway->layer"), ("worker", "gateway->runworker"),
+                           ("fast", "gateway->gateway worker")):
+            print(f"  ratios: {label} / mqttasgi = {ratio(rows[key]['rate'], asgi)}, "
+                  f"{label} / plain aiomqtt = {ratio(rows[key]['rate'], plain)}")
     print_rows("Publish round trip (closed loop, one at a time)", rt_rows)
     base = rt_rows[1]["p50"]
     for row in (rt_rows[0], rt_rows[2]):
