@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,40 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "example"))
 
 from servers import MosquittoServer, RedisServer  # noqa: E402
+
+
+def _configure_django() -> None:
+    """Django for every in-process test: the demo project's settings with an
+    in-memory layer and a throwaway database.
+
+    Django can be configured once per process, so it happens here, before any
+    test module could configure it its own way; and without leaving
+    ``DJANGO_SETTINGS_MODULE`` or layer variables in the environment, which
+    the daemons a test starts would inherit.
+    """
+    from django.conf import settings
+
+    if settings.configured:
+        return
+    temporary = {"GATEWAY_LAYER_URL": "memory://",
+                 "DEMO_DATABASE": str(Path(tempfile.mkdtemp(prefix="demo-db-")) / "db.sqlite3")}
+    saved = {key: os.environ.get(key) for key in temporary}
+    os.environ.update(temporary)
+    try:
+        import demo.settings as demo
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    settings.configure(**{name: getattr(demo, name) for name in dir(demo) if name.isupper()})
+    import django
+
+    django.setup()
+
+
+_configure_django()
 
 
 @pytest.fixture(scope="session")

@@ -3,9 +3,6 @@ driven through consumers.testing on an in-memory layer."""
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import pytest
 
 from consumers.testing import ConsumerHarness
@@ -14,17 +11,9 @@ from consumers.websocket import WebSocketConsumer, WebSocketTestClient, get_user
 
 @pytest.fixture(scope="module")
 def django_settings():
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "demo.settings")
-    os.environ.setdefault("DEMO_DATABASE", os.path.join(tempfile.mkdtemp(), "db.sqlite3"))
-    import django
+    """tests/conftest.py configured Django with the demo settings; add the tables."""
     from django.core.management import call_command
 
-    # Only for reading the settings: processes started later must not inherit it.
-    os.environ["GATEWAY_LAYER_URL"] = "memory://"
-    try:
-        django.setup()
-    finally:
-        del os.environ["GATEWAY_LAYER_URL"]
     call_command("migrate", verbosity=0, run_syncdb=True)
 
 
