@@ -51,7 +51,7 @@ from channels.exceptions import ChannelFull
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
-from gateways.core.layer import GatewayRedisChannelLayer
+from gateways.core.layer import SOCKET_TIMEOUT, GatewayRedisChannelLayer
 
 #: Writes a batch of messages; ARGV = expiry, cutoff, then (key index, capacity,
 #: score, member) per message. Returns 1 (stored) or 0 (channel full) per message.
@@ -126,7 +126,8 @@ class BatchedRedisChannelLayer(GatewayRedisChannelLayer):
         super().__init__(*args, **kwargs)
         self.receive_batch = max(1, receive_batch)
         self.send_batch = max(1, send_batch)
-        self.block_timeout = block_timeout
+        # A blocked pop must answer well within the socket timeout, or the read fails.
+        self.block_timeout = min(block_timeout, SOCKET_TIMEOUT / 2)
         # Fetched, not yet received messages by channel, shared by all loops so that
         # sequential async_to_sync receives (a new loop each) find what an earlier one fetched.
         # Raw (member, score) pairs, deserialized when received, so that what nobody

@@ -275,11 +275,11 @@ async def test_closing_returns_prefetched_messages_of_named_channels_in_order(la
 
 async def test_stop_fetching_releases_a_blocked_fetch_at_once_without_taking_anything(layers):
     stock = layers("stock")
-    batched = layers("batched", block_timeout=30)
+    batched = layers("batched", block_timeout=30)  # at most half the socket timeout: 15 s
     waiting = asyncio.ensure_future(batched.receive("idle"))
-    await asyncio.sleep(0.5)  # blocked in BZMPOP for up to 30 s
+    await asyncio.sleep(0.5)  # blocked in BZMPOP for up to 15 s
     waiting.cancel()
-    # CLIENT UNBLOCK ends it now; without it this would take the whole 30 s block.
+    # CLIENT UNBLOCK ends it now; without it this would take the whole 15 s block.
     await asyncio.wait_for(batched.stop_fetching(), 10)
     await stock.send("idle", {"type": "t", "n": 1})
     assert await asyncio.wait_for(stock.receive("idle"), 10) == {"type": "t", "n": 1}
