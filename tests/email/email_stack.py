@@ -108,17 +108,18 @@ class Relay:
         port: where to listen (a free port by default), so it can start late.
     """
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, **controller_options: Any) -> None:
         self.port = port or free_port()
         self.handler = RelayHandler()
         self.controller: Controller | None = None
+        self.options = controller_options
 
     @property
     def url(self) -> str:
         return f"smtp://127.0.0.1:{self.port}"
 
     def start(self) -> "Relay":
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port, **self.options)
         self.controller.start()
         return self
 

@@ -80,3 +80,46 @@ async def test_auth_after_starttls(tls_stack):
         assert second["envelope"]["auth"] == "filed"
     finally:
         await layer.close()
+
+
+def _server_context(certificate) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*map(str, certificate))
+    return context
+
+
+def _relay_login(server, session, envelope, mechanism, auth_data):
+    from aiosmtpd.smtp import AuthResult
+
+    return AuthResult(success=(auth_data.login, auth_data.password) == (b"mailer", b"p@ss word"))
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+@pytest.mark.parametrize("scheme", ["smtps", "smtp-starttls"])
+async def test_relay_over_tls_with_auth(redis_server, certificate, tmp_path, scheme):
+    from email_stack import Relay
+
+    if scheme == "smtps":
+        # aiosmtpd does not count implicit TLS as TLS for its AUTH rule
+        relay = Relay(ssl_context=_server_context(certificate), authenticator=_relay_login, auth_required=True,
+                      auth_require_tls=False)
+        url = f"smtps://mailer:p%40ss%20word@127.0.0.1:{relay.port}"
+    else:
+        relay = Relay(tls_context=_server_context(certificate), require_starttls=True,
+                      authenticator=_relay_login, auth_required=True)
+        url = f"smtp://mailer:p%40ss%20word@127.0.0.1:{relay.port}?starttls=require"
+    relay.start()
+    config, port = write_config(tmp_path, redis_server.url, relay=url, relay_verify_tls=False)
+    gateway = start_gateway(config, port)
+    layer = Layer(config)
+    try:
+        await layer.send("email.send", {"type": "email.send", "id": "tls", "reply_channel": "test.tls",
+                                        "from": "echo@demo.local", "to": "you@example.test", "text": "over tls"})
+        sent = await layer.receive("test.tls")
+        assert sent["type"] == "email.sent", sent
+        (got,) = relay.handler.wait_for(1)
+        assert b"over tls" in got["data"]
+    finally:
+        await layer.close()
+        relay.stop()
+        assert gateway.stop() == 0, gateway.log()
