@@ -351,6 +351,14 @@ class MqttConsumer(GatewayConsumer):
         await self.channel_layer.send(self.send_channel, message)
 
 
+    async def unsubscribe(self, filter: str, reply_channel: str | None = None) -> None:
+        """Ask the gateway to remove a runtime subscription, outside a handler."""
+        message: dict[str, Any] = {"type": "mqtt.unsubscribe", "filter": filter}
+        if reply_channel:
+            message["reply_channel"] = reply_channel
+        await self.channel_layer.send(self.send_channel, message)
+
+
 # --------------------------------------------------------------------------
 # Testing a consumer without a gateway.
 

@@ -56,6 +56,14 @@ class Devices(MqttConsumer):
     async def boom(self, mqtt):
         raise RuntimeError("handler bug")
 
+    @topic("manage/{action}")
+    async def manage(self, mqtt):
+        if mqtt.kwargs["action"] == "watch":
+            await mqtt.subscribe("watched/#", qos=2, channel="mqtt.watched", decode="json",
+                                 reply_channel="reply.me")
+        else:
+            await mqtt.unsubscribe("watched/#")
+
 
 async def test_first_matching_route_handles_with_named_levels():
     Devices.seen = []
@@ -69,7 +77,19 @@ async def test_first_matching_route_handles_with_named_levels():
     assert SCHEMA.problem(request) is None
     assert Devices.seen == [("temp", "k7", b"21.5"), ("any", "sensors/k7/humidity")]
     assert Devices.stats["unmatched"] == 1
-    assert Devices.topic_filters() == ["sensors/+/temperature", "sensors/#", "rpc/+", "boom"]
+    assert Devices.topic_filters() == ["sensors/+/temperature", "sensors/#", "rpc/+", "boom", "manage/+"]
+
+
+async def test_subscribe_and_unsubscribe_requests_match_the_schema():
+    async with MqttHarness(Devices, "devices") as harness:
+        await harness.receive("manage/watch", b"")
+        subscribe = await harness.next_request()
+        await harness.receive("manage/stop", b"")
+        unsubscribe = await harness.next_request()
+    assert subscribe == {"type": "mqtt.subscribe", "filter": "watched/#", "qos": 2, "decode": "json",
+                         "channel": "mqtt.watched", "reply_channel": "reply.me"}
+    assert unsubscribe == {"type": "mqtt.unsubscribe", "filter": "watched/#"}
+    assert SCHEMA.problem(subscribe) is None and SCHEMA.problem(unsubscribe) is None
 
 
 async def test_respond_uses_the_response_topic_and_correlation_data():
