@@ -37,6 +37,9 @@ from gateways.mqtt.protocol import (
     route,
 )
 
+#: Topics whose subscription is remembered; the cache starts over beyond it.
+ROUTE_CACHE_SIZE = 10000
+
 #: Reports a request's outcome: (pending request, ok, error, details).
 Report = Callable[..., Awaitable[None]]
 
@@ -65,12 +68,14 @@ class BrokerConnection:
         self.connected = asyncio.Event()
         #: Runtime subscriptions (consumers' mqtt.subscribe), after the configured ones.
         self.runtime_subscriptions: dict[str, Subscription] = {}
+        self._configured = section.configured_subscriptions()
+        self._routes: dict[str, Subscription | None] = {}
         self._reading = True
         self._closing = asyncio.Event()
         self._unsettled: dict[int, Pending] = {}
         self._op_slots = asyncio.Semaphore(max(1, section.inflight))
         self._op_tasks: set[asyncio.Task] = set()
-        for sub in section.configured_subscriptions():
+        for sub in self._configured:
             if sub.qos > sub.granted_qos:
                 log.warning("subscription %r asks for QoS %d: served at QoS %d, because the gateway can "
                             "hold back PUBACK but not PUBREC", sub.filter, sub.qos, sub.granted_qos)
@@ -79,9 +84,22 @@ class BrokerConnection:
 
     def subscriptions(self) -> list[Subscription]:
         """Every subscription in routing order: configured first, then runtime ones."""
-        configured = self.section.configured_subscriptions()
-        known = {s.filter for s in configured}
-        return configured + [s for f, s in self.runtime_subscriptions.items() if f not in known]
+        known = {s.filter for s in self._configured}
+        return self._configured + [s for f, s in self.runtime_subscriptions.items() if f not in known]
+
+    def route(self, topic: str) -> Subscription | None:
+        """The subscription a message on ``topic`` belongs to (cached: topics repeat)."""
+        try:
+            return self._routes[topic]
+        except KeyError:
+            pass
+        if len(self._routes) >= ROUTE_CACHE_SIZE:
+            self._routes.clear()
+        found = self._routes[topic] = route(self.subscriptions(), topic)
+        return found
+
+    def _subscriptions_changed(self) -> None:
+        self._routes.clear()
 
     def stop_reading(self) -> None:
         """Take no more messages from the broker; unread ones stay unacknowledged (redelivered later)."""
@@ -214,7 +232,7 @@ class BrokerConnection:
         self.metrics.inc("mqtt_received_total", "messages received from the broker", qos=str(delivery.qos))
         received = Received(delivery.topic, delivery.payload, delivery.qos, delivery.retain, delivery.dup,
                             from_paho(delivery.properties))
-        subscription = route(self.subscriptions(), delivery.topic)
+        subscription = self.route(delivery.topic)
         if subscription is None:
             self.metrics.inc("mqtt_unrouted_total", "messages no known subscription matched")
             self.log.warning("message on %r matches no subscription of this gateway (one the broker kept "
@@ -261,12 +279,14 @@ class BrokerConnection:
                 if _failed(code):
                     raise aiomqtt.MqttError(f"broker refused the subscription: {code}")
                 self.runtime_subscriptions[sub.filter] = sub
+                self._subscriptions_changed()
                 details["granted_qos"] = _code_value(code)
             else:
                 assert isinstance(request, UnsubscribeRequest)
                 details = {"filter": request.filter}
                 await client.unsubscribe(request.filter)
                 self.runtime_subscriptions.pop(request.filter, None)
+                self._subscriptions_changed()
         except Exception as exc:  # MqttError, ValueError (bad properties), paho errors
             if not client.connected:
                 return  # stays unsettled: put back and retried after reconnect
