@@ -163,14 +163,43 @@ class BatchedRedisChannelLayer(GatewayRedisChannelLayer):
         if "!" in channel:
             message = {**message, "__asgi_channel__": channel}
             non_local = self.non_local_name(channel)
-        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        stored = await self._enqueue([(self.prefix + non_local, self.get_capacity(channel), self.serialize(message))])
+        if not stored[0]:
+            raise ChannelFull()
+
+    async def _enqueue(self, items: list[tuple[str, int, bytes]]) -> list[bool]:
+        """Queue (key, capacity, member) writes for the flusher; whether each was stored."""
+        loop = asyncio.get_running_loop()
         state = self._state()
-        state.pending.append(_Outgoing(self.prefix + non_local, self.get_capacity(channel),
-                                       self._next_score(), self.serialize(message), future))
+        futures = []
+        for key, capacity, member in items:
+            future: asyncio.Future = loop.create_future()
+            state.pending.append(_Outgoing(key, capacity, self._next_score(), member, future))
+            futures.append(future)
         if state.flusher is None:
             state.flusher = asyncio.ensure_future(self._flush(state))
-        if not await future:
-            raise ChannelFull()
+        return [bool(await future) for future in futures]
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        """Send ``message`` to every member of ``group``, as channels_redis does (one
+        copy per Redis key, naming its member channels; members over capacity are
+        skipped and logged), in two round trips shared with other sends."""
+        assert self.require_valid_group_name(group), "Group name not valid"
+        key = self._group_key(group)
+        pipe = self.connection(0).pipeline(transaction=False)
+        pipe.zremrangebyscore(key, min=0, max=int(time.time()) - self.group_expiry)
+        pipe.zrange(key, 0, -1)
+        _trimmed, members = await pipe.execute()
+        channel_names = [m.decode("utf8") for m in members]
+        if not channel_names:
+            return
+        _by_connection, messages, capacities = self._map_channel_keys_to_connection(channel_names, message)
+        keys = list(messages)
+        stored = await self._enqueue([(k.decode() if isinstance(k, bytes) else k, capacities[k], messages[k])
+                                      for k in keys])
+        over = stored.count(False)
+        if over:
+            logger.info("%s of %s channels over capacity in group %s", over, len(channel_names), group)
 
     async def _flush(self, state: _LoopState) -> None:
         """Write queued sends, a batch per round trip, until none are left."""

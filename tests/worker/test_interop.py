@@ -284,3 +284,19 @@ async def test_stop_fetching_releases_a_blocked_fetch_at_once_without_taking_any
     await stock.send("idle", {"type": "t", "n": 1})
     assert await asyncio.wait_for(stock.receive("idle"), 10) == {"type": "t", "n": 1}
     await close(stock, batched)
+
+
+@pytest.mark.parametrize("sender", ["stock", "batched"])
+async def test_group_send_skips_full_members_and_reaches_the_others(layers, sender):
+    side = {"stock": layers("stock", capacity=2), "batched": layers("batched", capacity=2)}
+    for member in ("full.one", "free.one"):
+        await side["stock"].group_add("mixed", member)
+    await side["stock"].send("full.one", {"type": "t", "n": 0})
+    await side["stock"].send("full.one", {"type": "t", "n": 1})
+    await side[sender].group_send("mixed", {"type": "t", "n": "group"})  # no ChannelFull raised
+    assert await asyncio.wait_for(side["batched"].receive("free.one"), 10) == {"type": "t", "n": "group"}
+    got = [(await asyncio.wait_for(side["stock"].receive("full.one"), 10))["n"] for _ in range(2)]
+    assert got == [0, 1]
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(side["stock"].receive("full.one"), 1.5)
+    await close(*side.values())
