@@ -238,7 +238,8 @@ class BatchedRedisChannelLayer(GatewayRedisChannelLayer):
             return await self._roundtrip(state, "send", [("EVAL", _SEND_SCRIPT, len(keys), *keys, *args)])
 
     async def _roundtrip(self, state: _LoopState, role: str, commands: list[tuple]) -> Any:
-        """Send ``commands`` pipelined on ``role``'s connection; the last reply.
+        """Send ``commands`` pipelined on ``role``'s connection; the reply (the list
+        of replies for several commands).
 
         A connection broken (say, by a Redis restart) is dropped and the round
         trip tried once more on a fresh one, as the pool's retry would."""
@@ -253,7 +254,9 @@ class BatchedRedisChannelLayer(GatewayRedisChannelLayer):
                     replies.append(await connection.read_response())
                 return replies[-1] if len(replies) == 1 else replies
             except ResponseError:
-                raise  # the reply was read whole: the connection is fine
+                if len(commands) > 1:  # later replies are still unread on it
+                    await self._drop(state, role)
+                raise
             except BaseException as exc:
                 await self._drop(state, role)
                 if attempt == 1 and isinstance(exc, (RedisConnectionError, ConnectionError)) \
