@@ -22,7 +22,7 @@ import logging
 import os
 import signal
 import sys
-from typing import Any, Callable, Hashable
+from typing import Any, Hashable
 
 from channels.worker import Worker
 
