@@ -124,6 +124,9 @@ class MosquittoServer(_Process):
             "persistence true\n"
             f"persistence_location {self.dir}/\n"
             "max_queued_messages 100000\n"
+            # Started as root, Mosquitto drops to the `mosquitto` user, which cannot
+            # write this private directory, and persistence would silently do nothing.
+            + ("user root\n" if os.geteuid() == 0 else "")
         )
         return [self.binary, "-c", str(conf)]
 
