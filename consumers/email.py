@@ -265,7 +265,7 @@ class EmailConsumer(GatewayConsumer):
 
     context_class = EmailContext
     routes: list[MailRoute] = []
-    recent_ids: collections.OrderedDict
+    recent_ids: collections.OrderedDict = collections.OrderedDict()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

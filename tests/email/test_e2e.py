@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from email_stack import Relay, start_gateway, write_config
-from servers import PYTHON, REPO, Daemon, require_binary, runworker
+from servers import PYTHON, Daemon, require_binary, runworker
 
 pytestmark = pytest.mark.e2e
 

@@ -20,7 +20,6 @@ from gateways.email.protocol import (
     failed_message,
     header_subject,
     line_ending_problem,
-    parse_message,
     receive_message,
     sender_allowed,
     sent_message,
