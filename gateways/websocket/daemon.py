@@ -95,13 +95,17 @@ class WebSocketGateway(Gateway):
             process_response=self._add_accept_headers,
             select_subprotocol=self._select_subprotocol,
             open_timeout=self.section.accept_timeout + 5,
-            ping_interval=self.section.ping_interval,
-            ping_timeout=self.section.ping_timeout,
+            # One keepalive loop for all connections (_keepalive_forever) instead of
+            # websockets' task per connection: idle connections cost less.
+            ping_interval=None,
+            ping_timeout=None,
             max_size=self.section.max_message_size,
             compression=None,
             server_header=None,
         )
         self.runtime.spawn(self._refresh_groups_forever(), "refresh groups")
+        if self.section.ping_interval:
+            self.runtime.spawn(self._keepalive_forever(self.section.ping_interval), "keepalive")
         self.log.info("listening on ws://%s", self.section.listen)
 
     async def stop_accepting(self) -> None:
@@ -203,6 +207,10 @@ class WebSocketGateway(Gateway):
         live: _Live = socket.gateway_live  # type: ignore[attr-defined]
         conn = live.conn
         self.metrics.add("connections_open", 1, "open WebSocket connections")
+        # websockets keeps the handshake for the connection's life; websocket.connect
+        # already carried the headers, so an idle connection need not hold them twice.
+        socket.request.headers = Headers()
+        socket.response.headers = Headers()
         live.open = True
         self._wake_sender(live)  # replies that came with or right after the accept
         try:
@@ -310,6 +318,33 @@ class WebSocketGateway(Gateway):
         live.conn.phase = Phase.CLOSED
         if live.socket is not None:
             self.runtime.spawn(live.socket.close(code, reason), "close")
+
+    # -- keepalive -----------------------------------------------------------------------
+
+    async def _keepalive_forever(self, interval: float) -> None:
+        """Ping every open connection each ``interval``; close 1011 those whose
+        pong has not come within ``ping_timeout``."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            sockets = [live.socket for live in list(self.live.values()) if live.open and live.socket]
+            waiters = await asyncio.gather(*(self._ping(socket) for socket in sockets))
+            if self.section.ping_timeout is not None:
+                pending = [(s, w) for s, w in zip(sockets, waiters) if w is not None]
+                loop.call_later(self.section.ping_timeout, self._close_unanswered, pending)
+
+    @staticmethod
+    async def _ping(socket: ServerConnection) -> asyncio.Future | None:
+        try:
+            return await socket.ping()
+        except ConnectionClosed:
+            return None
+
+    def _close_unanswered(self, pending: list[tuple[ServerConnection, asyncio.Future]]) -> None:
+        for socket, waiter in pending:
+            if not waiter.done():
+                self.metrics.inc("keepalive_timeouts_total", "connections closed for a missing pong")
+                self.runtime.spawn(socket.close(1011, "keepalive ping timeout"), "close")
 
     # -- groups --------------------------------------------------------------------------
 

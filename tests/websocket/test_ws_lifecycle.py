@@ -127,3 +127,21 @@ async def test_max_connections_refuses_with_503_and_json_logs(redis_server, tmp_
     lines = [json.loads(line) for line in gateway.log().splitlines() if line.strip()]
     assert any(line["message"].startswith("listening on ws://") for line in lines)
     assert all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
+
+
+async def test_keepalive_closes_a_silent_client_1011_and_keeps_a_live_one(redis_server, tmp_path):
+    config, port = write_config(tmp_path, redis_server.url, ping_interval=0.3, ping_timeout=0.5,
+                                routes=[{"path": "^/auto/$", "channel": "websocket.nobody", "auto_accept": True}])
+    gateway = start_gateway(config, port)
+    try:
+        async with connect(port, "/auto/", ping_interval=None) as silent, \
+                connect(port, "/auto/", ping_interval=None) as alive:
+            silent.transport.pause_reading()  # it can no longer answer the server's pings
+            await asyncio.sleep(2.5)
+            silent.transport.resume_reading()
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(silent.recv(), 10)
+            assert silent.close_code == 1011
+            await alive.ping()  # answered pings kept this one open through several rounds
+    finally:
+        gateway.stop()
