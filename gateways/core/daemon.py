@@ -98,15 +98,73 @@ class Runtime:
             raise HandoffError("full", f"channel {channel!r} is full") from exc
         except LAYER_ERRORS as exc:
             self.metrics.inc("handoff_failures_total", "messages the layer refused", reason="unavailable", type=mtype)
-            self._layer_down(exc)
+            self.layer_down(exc)
             raise HandoffError("unavailable", f"{type(exc).__name__}: {exc}") from exc
         finally:
             self._inflight -= 1
             if not self._inflight:
                 self._idle.set()
-        self._layer_up()
+        self.layer_up()
         self.metrics.observe("layer_send_seconds", time.perf_counter() - started, "layer send latency")
         self.metrics.inc("messages_in_total", "messages handed to the layer", type=mtype)
+
+    async def send_many(self, channel: str, messages: list[dict[str, Any]]) -> int:
+        """Hand ``messages`` to the layer on ``channel``, in order; how many it took.
+
+        The layer took the first ``n`` returned, in this order, and refused
+        every later one (full): send those again, in order, to keep it. With
+        a layer that has ``send_many`` (the batched one) that is one round
+        trip; with another, the messages are sent one at a time, stopping at
+        the first refusal. Raises :class:`HandoffError` when the layer took
+        none of them.
+        """
+        if not messages:
+            return 0
+        bulk = getattr(self.layer, "send_many", None)
+        if bulk is None or len(messages) == 1:
+            taken = 0
+            for message in messages:
+                try:
+                    await self.send(channel, message)
+                except HandoffError:
+                    if not taken:
+                        raise
+                    break
+                taken += 1
+            return taken
+        if self.strict:
+            for message in messages:
+                self.schema.validate(message)
+        self._inflight += 1
+        self._idle.clear()
+        started = time.perf_counter()
+        try:
+            taken = await bulk(channel, messages)
+        except LAYER_ERRORS as exc:
+            for message in messages:
+                self.metrics.inc("handoff_failures_total", "messages the layer refused", reason="unavailable",
+                                 type=message.get("type", "?"))
+            self.layer_down(exc)
+            raise HandoffError("unavailable", f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.set()
+        self.layer_up()
+        seconds = time.perf_counter() - started
+        types: dict[str, int] = {}
+        for message in messages[:taken]:
+            mtype = message.get("type", "?")
+            types[mtype] = types.get(mtype, 0) + 1
+            self.metrics.observe("layer_send_seconds", seconds, "layer send latency")
+        for mtype, count in types.items():
+            self.metrics.inc("messages_in_total", "messages handed to the layer", amount=count, type=mtype)
+        for message in messages[taken:]:
+            self.metrics.inc("handoff_failures_total", "messages the layer refused", reason="full",
+                             type=message.get("type", "?"))
+        if not taken:
+            raise HandoffError("full", f"channel {channel!r} is full")
+        return taken
 
     async def group_add(self, group: str, channel: str) -> None:
         """Add ``channel`` to ``group`` on the layer."""
@@ -120,12 +178,14 @@ class Runtime:
         """A new process-specific channel name (a reply channel)."""
         return await self.layer.new_channel()
 
-    def _layer_down(self, exc: BaseException) -> None:
+    def layer_down(self, exc: BaseException) -> None:
+        """Note that the layer failed (logged once per outage, /healthz turns 503)."""
         if self.layer_ok:
             self.log.warning("channel layer unavailable: %s: %s", type(exc).__name__, exc)
         self.layer_ok = False
 
-    def _layer_up(self) -> None:
+    def layer_up(self) -> None:
+        """Note that the layer answered; after an outage, run ``on_layer_recovered``."""
         if not self.layer_ok:
             self.log.info("channel layer available again")
             self.layer_ok = True
@@ -350,7 +410,7 @@ class Daemon:
             except asyncio.CancelledError:
                 raise
             except LAYER_ERRORS as exc:
-                runtime._layer_down(exc)
+                runtime.layer_down(exc)
                 await backoff.wait()
                 continue
             except Exception:  # a message that does not deserialize, for one
@@ -359,7 +419,7 @@ class Daemon:
                 await backoff.wait()
                 continue
             backoff.reset()
-            runtime._layer_up()
+            runtime.layer_up()
             # channels_redis's group_send delivers one copy per process, naming every
             # member channel of this process in a list.
             for each in target if isinstance(target, list) else [target]:
