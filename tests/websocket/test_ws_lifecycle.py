@@ -72,6 +72,7 @@ async def test_redis_stopped_and_restarted_under_live_connections(private_redis,
             with pytest.raises(ConnectionClosed):
                 await asyncio.wait_for(talker.recv(), 15)
             assert talker.close_code == 1013
+            assert _health(config) == 503  # the layer is down: not healthy
             private_redis.start()
             # Reconnection is with backoff; keep asking until the echo comes back.
             for _attempt in range(40):
@@ -92,6 +93,7 @@ async def test_redis_stopped_and_restarted_under_live_connections(private_redis,
             await alice.send("room survived")
             assert await asyncio.wait_for(bob.recv(), 10) == "room survived"
         assert "channel layer available again" in gateway.log()
+        assert _health(config) == 200
     finally:
         gateway.stop()
         worker.stop()
@@ -145,3 +147,17 @@ async def test_keepalive_closes_a_silent_client_1011_and_keeps_a_live_one(redis_
             await alive.ping()  # answered pings kept this one open through several rounds
     finally:
         gateway.stop()
+
+
+def _health(config) -> int:
+    import urllib.error
+    import urllib.request
+
+    import yaml
+
+    listen = yaml.safe_load(config.read_text())["websocket"]["health"]["listen"]
+    try:
+        with urllib.request.urlopen(f"http://{listen}/healthz", timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
