@@ -1,12 +1,14 @@
 """Messages/s through the email gateway vs a bare aiosmtpd server, in the same run.
 
-    /work/venv/bin/python bench/email/bench.py [--stock] [--messages 2000] [--memory-messages 10000]
+    /work/venv/bin/python bench/email/bench.py [--modes stock,fast,bare] [--messages 2000] [--memory-messages 10000]
 
 Starts a private redis-server, the baseline (bare aiosmtpd answering 250),
 then the gateway (`python -m gateways email`, spool fsynced, relay console://)
-with a consumer that acknowledges every email.receive: a bare layer consumer
-(the fast path), and with --stock first Django's runworker with an ack-only
-EmailConsumer (the stock path). SMTP clients
+with a consumer that acknowledges every email.receive, for each consumer path
+(see MODES): stock (runworker + channels_redis's layer), fast (gateway worker
++ the batched layer), bare (a layer consumer without Django). The baseline is
+measured again right before each gateway figure (the shared machine's load
+moves during a run) and the ratio is against that. SMTP clients
 reuse their connections and send ~2 KB messages: 1 client, then 20. The
 gateway's figure is end to end: from the first MAIL to the last message
 acknowledged (counted through the gateway's /metrics). Then the gateway's RSS is sampled after the
@@ -91,22 +93,33 @@ class Acks:
         return time.perf_counter()
 
 
-def start_consumer(config: Path, stock: bool) -> subprocess.Popen:
-    """The layer consumer (bare receive + ack), or runworker with an ack-only EmailConsumer."""
-    if not stock:
+#: The consumer paths measured: DESIGN.md asks for stock and fast side by side.
+MODES = {
+    "stock": "runworker, channels_redis's layer (layer.batched: false) on both sides",
+    "fast": "gateway worker, the batched layer on both sides",
+    "bare": "a bare layer consumer (receive + ack, no Django), batched layer",
+}
+
+
+def start_consumer(config: Path, mode: str) -> subprocess.Popen:
+    """The consumer of ``mode``: an ack-only EmailConsumer under runworker or gateway worker, or bare."""
+    if mode == "bare":
         proc = subprocess.Popen([PYTHON, str(HERE / "consumer.py"), str(config), "16"], cwd=REPO,
                                 stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
         proc.stdout.readline()  # "ready"
         return proc
+    argv = ([PYTHON, "-m", "django", "runworker", "email.receive"] if mode == "stock"
+            else [PYTHON, "-m", "gateways", "worker", "--config", str(config), "email.receive"])
     proc = subprocess.Popen(
-        [PYTHON, "-m", "django", "runworker", "email.receive"], cwd=REPO, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True,
+        argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "DJANGO_SETTINGS_MODULE": "bench_email.settings", "GATEWAY_CONFIG": str(config),
              "DEMO_DATABASE": str(config.parent / "db.sqlite3"),
              "PYTHONPATH": os.pathsep.join([str(HERE / "project"), str(REPO / "example"), str(REPO)])})
     for line in proc.stderr:
         if "Running worker" in line:
             break
+    else:
+        raise SystemExit(f"{mode} consumer exited with {proc.wait()} before it ran")
     threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep its pipe drained
     return proc
 
@@ -141,12 +154,31 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def write_config(work: Path, mode: str, redis_port: int) -> tuple[Path, int, str]:
+    """The YAML of one mode: its own port, spool, key prefix and layer kind."""
+    port, health = free_port(), f"127.0.0.1:{free_port()}"
+    config = work / f"bench-{mode}.yaml"
+    config.write_text(
+        f"layer: {{url: 'redis://127.0.0.1:{redis_port}/0', prefix: bench-{mode}, capacity: 100000, "
+        f"batched: {'false' if mode == 'stock' else 'true'}}}\n"
+        f"django: {{settings: bench_email.settings, path: ['{HERE / 'project'}', '{REPO / 'example'}']}}\n"
+        f"email:\n  listen: 127.0.0.1:{port}\n  domains: [demo.local]\n  relay: 'console://'\n"
+        f"  spool: {work / ('spool-' + mode)}\n  max_connections: 100\n  health: {{listen: '{health}'}}\n"
+    )
+    return config, port, health
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=2000, help="messages per 20-client run (1 client: a quarter)")
-    parser.add_argument("--memory-messages", type=int, default=10000, help="messages of the memory run (0: skip)")
-    parser.add_argument("--stock", action="store_true", help="also measure with Django's runworker as the consumer")
+    parser.add_argument("--memory-messages", type=int, default=10000,
+                        help="messages of the memory run, on the fast path (0: skip)")
+    parser.add_argument("--modes", default="stock,fast,bare", help=f"consumer paths, of {', '.join(MODES)}")
     args = parser.parse_args()
+    modes = [m for m in args.modes.split(",") if m]
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        parser.error(f"unknown modes {sorted(unknown)}")
     work = Path(tempfile.mkdtemp(prefix="email-bench-"))
     redis_port = free_port()
     redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
@@ -160,42 +192,37 @@ def main() -> None:
         bare = subprocess.Popen([PYTHON, str(HERE / "bare_server.py"), str(bare_port)], stdout=subprocess.DEVNULL)
         procs.append(bare)
         wait_for_port(bare_port)
-        baseline, bare_cpu = {}, {}
         asyncio.run(load(bare_port, 4, 200, 0))  # warm-up
-        for clients, total in runs:
-            cpu_before = cpu_seconds(bare.pid)
-            baseline[clients] = total / asyncio.run(load(bare_port, clients, total))
-            bare_cpu[clients] = (cpu_seconds(bare.pid) - cpu_before) / total * 1000
-        bare.terminate()
-        bare.wait()
 
-        port, health = free_port(), f"127.0.0.1:{free_port()}"
-        config = work / "bench.yaml"
-        config.write_text(
-            f"layer: {{url: 'redis://127.0.0.1:{redis_port}/0', prefix: bench, capacity: 100000}}\n"
-            f"email:\n  listen: 127.0.0.1:{port}\n  domains: [demo.local]\n  relay: 'console://'\n"
-            f"  spool: {work / 'spool'}\n  max_connections: 100\n  health: {{listen: '{health}'}}\n"
-        )
-        gateway = subprocess.Popen([PYTHON, "-m", "gateways", "email", "--config", str(config), "--log-level",
-                                    "WARNING"], cwd=REPO)
-        procs.append(gateway)
-        wait_for_port(port, timeout=30)
-        acks = Acks(health)
-        done = 0
+        def baseline(clients: int, total: int) -> tuple[float, float]:
+            """The bare server's rate and CPU per message (ms), measured now: the machine's
+            load changes during a run, so each gateway figure gets the baseline next to it."""
+            cpu_before = cpu_seconds(bare.pid)
+            rate = total / asyncio.run(load(bare_port, clients, total))
+            return rate, (cpu_seconds(bare.pid) - cpu_before) / total * 1000
+
         print(f"email bench: ~{len(message(0))} byte messages, connections reused, spool fsync on "
               f"(this disk: {fsync_ms(work / 'probe'):.2f} ms per fsynced write + directory fsync)")
+        for mode in modes:
+            print(f"  {mode}: {MODES[mode]}")
         print(f"{'consumer':>9} {'clients':>7} {'bare aiosmtpd':>14} {'gateway 250s':>13} {'gateway e2e':>12} "
-              f"{'ratio e2e':>10} {'target':>7} {'gw CPU/msg':>11} {'gw busy':>8}")
-        for clients, _ in runs:
-            print(f"{'(bare)':>9} {clients:>7} {baseline[clients]:>11.0f}/s {'':>13} {'':>12} {'':>10} {'':>7} "
-                  f"{bare_cpu[clients]:>8.2f} ms")
-        for stock in [True, False] if args.stock else [False]:
-            consumer = start_consumer(config, stock)
+              f"{'ratio e2e':>10} {'target':>7} {'CPU/msg bare':>13} {'gateway':>8} {'gw busy':>8}")
+        memory_line = ""
+        for mode in modes:
+            config, port, health = write_config(work, mode, redis_port)
+            gateway = subprocess.Popen([PYTHON, "-m", "gateways", "email", "--config", str(config), "--log-level",
+                                        "WARNING"], cwd=REPO)
+            procs.append(gateway)
+            wait_for_port(port, timeout=30)
+            consumer = start_consumer(config, mode)
             procs.append(consumer)
+            acks = Acks(health)
+            done = 0
             asyncio.run(load(port, 4, 200, done))  # warm-up
             done += 200
             acks.wait_for(done)
             for clients, total in runs:
+                bare_rate, bare_cpu = baseline(clients, total)
                 cpu_before = cpu_seconds(gateway.pid)
                 began = time.perf_counter()
                 seconds = asyncio.run(load(port, clients, total, done))
@@ -204,26 +231,27 @@ def main() -> None:
                 used = cpu_seconds(gateway.pid) - cpu_before
                 rate = total / (finished - began)
                 target = 0.6 if clients == 1 else 0.8
-                print(f"{'runworker' if stock else 'layer':>9} {clients:>7} {baseline[clients]:>11.0f}/s "
-                      f"{total / seconds:>10.0f}/s {rate:>9.0f}/s {rate / baseline[clients]:>9.2f}x {target:>6.1f}x "
-                      f"{used / total * 1000:>8.2f} ms {used / (finished - began) * 100:>6.0f}%")
-            if stock:
-                consumer.terminate()
-                consumer.wait(15)
-        if args.memory_messages:
-            total = args.memory_messages
-            first = 1000
-            asyncio.run(load(port, 20, first, done))
-            done += first
-            acks.wait_for(done)
-            at_first = rss_kib(gateway.pid)
-            asyncio.run(load(port, 20, total - first, done))
-            done += total - first
-            acks.wait_for(done)
-            at_last = rss_kib(gateway.pid)
-            print(f"memory: gateway RSS {at_first / 1024:.1f} MiB after message {first:,}, "
-                  f"{at_last / 1024:.1f} MiB after message {total:,} ({(at_last / at_first - 1) * 100:+.1f}%, "
-                  f"target within 10%)")
+                print(f"{mode:>9} {clients:>7} {bare_rate:>11.0f}/s {total / seconds:>10.0f}/s "
+                      f"{rate:>9.0f}/s {rate / bare_rate:>9.2f}x {target:>6.1f}x {bare_cpu:>10.2f} ms "
+                      f"{used / total * 1000:>5.2f} ms {used / (finished - began) * 100:>6.0f}%")
+            if args.memory_messages and mode == ("fast" if "fast" in modes else modes[-1]):
+                total, first = args.memory_messages, 1000
+                asyncio.run(load(port, 20, first, done))
+                done += first
+                acks.wait_for(done)
+                at_first = rss_kib(gateway.pid)
+                asyncio.run(load(port, 20, total - first, done))
+                done += total - first
+                acks.wait_for(done)
+                at_last = rss_kib(gateway.pid)
+                memory_line = (f"memory ({mode}): gateway RSS {at_first / 1024:.1f} MiB after message {first:,}, "
+                               f"{at_last / 1024:.1f} MiB after message {total:,} "
+                               f"({(at_last / at_first - 1) * 100:+.1f}%, target within 10%)")
+            for proc in (consumer, gateway):
+                proc.terminate()
+                proc.wait(30)
+        if memory_line:
+            print(memory_line)
     finally:
         for proc in reversed(procs):
             if proc.poll() is None:

@@ -3,4 +3,3 @@
 from demo.settings import *  # noqa: F401,F403
 
 ASGI_APPLICATION = "bench_email.asgi.application"
-LOGGING = {"version": 1, "disable_existing_loggers": False, "root": {"level": "WARNING"}}
