@@ -77,6 +77,13 @@ class EmailGateway(Gateway):
         return list(dict.fromkeys(channels))
 
     @classmethod
+    def conversation_key(cls, message: dict[str, Any]) -> Any:
+        """None: each message is its own conversation (protocol_specs/email.md), so
+        ``gateway worker`` handles them concurrently. Every email.receive carries the
+        same reply_channel, which as a key would serialise all mail."""
+        return None
+
+    @classmethod
     def stack_services(cls, section: EmailSection, config: Config) -> list:
         """Nothing to start: the relay is remote or a development relay."""
         return []

@@ -73,3 +73,11 @@ def test_spec_documents_every_message_type():
     spec = (REPO / "protocol_specs" / "email.md").read_text()
     for mtype in load_schema("email").message_types:
         assert f"## `{mtype}`" in spec
+
+
+def test_each_message_is_its_own_conversation():
+    from gateways.email.protocol import Delivery, Envelope, receive_message
+
+    message = receive_message(b"Subject: x\r\n\r\nx\r\n", Envelope("a@x.test", ["b@demo.local"]), id="1.0",
+                              reply_channel="specific.a!b", delivery=Delivery("email.receive", ["b@demo.local"]))
+    assert EmailGateway.conversation_key(message) is None  # not the reply_channel all mail shares
