@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urlencode, urljoin
 
 import aiohttp
 
@@ -50,6 +50,10 @@ def form_fields(params: dict[str, Any]) -> dict[str, str]:
     return fields
 
 
+#: The headers of a form body (what aiohttp's FormData sends for plain fields).
+FORM_HEADERS = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
 class WebApi:
     """A small Web API client on one aiohttp session.
 
@@ -74,6 +78,7 @@ class WebApi:
         self._session: aiohttp.ClientSession | None = None
         # method -> monotonic time before which no call of it is sent
         self._blocked_until: dict[str, float] = {}
+        self._urls: dict[str, str] = {}  # method -> its URL
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -96,7 +101,11 @@ class WebApi:
             params: the arguments.
             token: a token other than the bot token (``apps.connections.open``).
         """
-        url = urljoin(self.base_url, method)
+        url = self._urls.get(method)
+        if url is None:
+            url = urljoin(self.base_url, method)
+            if len(self._urls) < 256:  # consumers may name any method: keep the cache small
+                self._urls[method] = url
         headers = {"Authorization": f"Bearer {token or self.token}"}
         return await self._request(method, url, params or {}, headers)
 
@@ -151,7 +160,9 @@ class WebApi:
         if web_api:
             # Every Web API method takes a form (not all take JSON bodies); nested
             # values such as blocks travel JSON-encoded inside it, as Slack documents.
-            request = self._client().post(url, data=form_fields(body), headers=headers)
+            # Encoded here, as aiohttp's FormData would, without building one per call.
+            request = self._client().post(url, data=urlencode(form_fields(body)).encode(),
+                                          headers={**headers, **FORM_HEADERS})
         else:
             request = self._client().post(url, json=body, headers=headers)
         async with request as response:
