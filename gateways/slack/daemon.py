@@ -32,6 +32,9 @@ from gateways.slack.webapi import WebApi
 #: (ack, payload) — whether to acknowledge a delivery, and with what.
 Answer = tuple[bool, dict[str, Any] | None]
 
+#: Longest a Web API call waits for deliveries being handed off (seconds).
+OUTBOUND_YIELD = 0.05
+
 
 class Serializer:
     """Runs work for one key at a time, in the order :meth:`enter` was called.
@@ -96,6 +99,9 @@ class SlackGateway(Gateway):
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._handing_off = 0  # deliveries not yet handed off (their acks wait for it)
+        self._handed_off = asyncio.Event()
+        self._handed_off.set()
 
     # -- what `gateway up` asks ------------------------------------------
 
@@ -231,11 +237,16 @@ class SlackGateway(Gateway):
 
         self._inflight += 1
         self._idle.clear()
+        self._handing_off += 1
+        self._handed_off.clear()
         try:
             try:
                 handed = await self._hand_off(inbound, previous, leave)
             finally:
                 leave()
+                self._handing_off -= 1
+                if not self._handing_off:
+                    self._handed_off.set()
             if handed is None or not inbound.wants_ack_payload:
                 return handed is not None, None
             return True, await self._ack_payload(handed, deadline)
@@ -323,10 +334,22 @@ class SlackGateway(Gateway):
         previous, mine = self.outbound_order.enter(key) if key else (None, None)
         try:
             await self.outbound_order.wait(previous)
+            await self._after_handoffs()
             await self._send(message)
         finally:
             if mine is not None:
                 self.outbound_order.leave(key, mine, previous)
+
+    async def _after_handoffs(self) -> None:
+        """Let deliveries being handed off go first, for at most ``OUTBOUND_YIELD``:
+        their acks are due within Slack's 3 s and a Web API call is not, so in a
+        burst the acks do not queue behind the posts the burst itself causes."""
+        if self._handed_off.is_set():
+            return
+        try:
+            await asyncio.wait_for(self._handed_off.wait(), OUTBOUND_YIELD)
+        except asyncio.TimeoutError:
+            pass
 
     async def _consumer_ack(self, channel: str, message: dict[str, Any]) -> None:
         future = self.acks.get(channel)
