@@ -95,6 +95,8 @@ class _Outgoing:
     score: float
     member: bytes
     future: asyncio.Future
+    #: On the last item of a send_many: how many items (this one included) must share its round trip.
+    unit: int = 1
 
 
 @dataclass
@@ -167,8 +169,46 @@ class BatchedRedisChannelLayer(GatewayRedisChannelLayer):
         if not stored[0]:
             raise ChannelFull()
 
-    async def _enqueue(self, items: list[tuple[str, int, bytes]]) -> list[bool]:
-        """Queue (key, capacity, member) writes for the flusher; whether each was stored."""
+    async def send_many(self, channel: str, messages: list[dict[str, Any]]) -> int:
+        """Send ``messages`` on ``channel`` in order, in one round trip; how many were stored.
+
+        They are written by one script run, never split across round trips
+        (so at most :attr:`send_batch` of them; more raise ValueError), with
+        increasing scores: they land in this order, and in order after
+        anything sent earlier on this event loop. The script checks capacity
+        per message and one channel's count only grows within a run, so the
+        ones stored are always a prefix: ``n`` means the first ``n`` are in
+        the channel and every later one was refused (ChannelFull for it).
+        Retrying the refused ones in order, once this call returned, keeps
+        the order. A connection error raises for all of them, as for send.
+        """
+        assert self.require_valid_channel_name(channel), "Channel name not valid"
+        if len(messages) > self.send_batch:
+            raise ValueError(f"send_many takes at most send_batch ({self.send_batch}) messages")
+        key, capacity, serialize = self.prefix + channel, self.get_capacity(channel), self.serialize
+        if "!" in channel:
+            key = self.prefix + self.non_local_name(channel)
+        items = []
+        for message in messages:
+            assert isinstance(message, dict), "message is not a dict"
+            assert "__asgi_channel__" not in message
+            if "!" in channel:
+                message = {**message, "__asgi_channel__": channel}
+            items.append((key, capacity, serialize(message)))
+        stored = await self._enqueue(items, whole=True)
+        count = 0
+        for ok in stored:
+            if not ok:
+                break
+            count += 1
+        # A stored message after a refused one would break the order its caller relies on.
+        assert not any(stored[count:]), "send_many: a message stored after a refused one"
+        return count
+
+    async def _enqueue(self, items: list[tuple[str, int, bytes]], whole: bool = False) -> list[bool]:
+        """Queue (key, capacity, member) writes for the flusher; whether each was stored.
+
+        ``whole``: the items go in one round trip (the flusher never splits them)."""
         loop = asyncio.get_running_loop()
         state = self._state()
         futures = []
@@ -176,6 +216,8 @@ class BatchedRedisChannelLayer(GatewayRedisChannelLayer):
             future: asyncio.Future = loop.create_future()
             state.pending.append(_Outgoing(key, capacity, self._next_score(), member, future))
             futures.append(future)
+        if whole and len(items) > 1:
+            state.pending[-1].unit = len(items)
         if state.flusher is None:
             state.flusher = asyncio.ensure_future(self._flush(state))
         return [bool(await future) for future in futures]
@@ -205,8 +247,17 @@ class BatchedRedisChannelLayer(GatewayRedisChannelLayer):
         """Write queued sends, a batch per round trip, until none are left."""
         try:
             while state.pending:
-                batch = state.pending[: self.send_batch]
-                del state.pending[: self.send_batch]
+                size = min(self.send_batch, len(state.pending))
+                if size < len(state.pending):
+                    # Never split a send_many: end the batch before one that does not fit.
+                    end = size
+                    for index in range(size, min(len(state.pending), size + self.send_batch)):
+                        if state.pending[index].unit > 1 and index - state.pending[index].unit + 1 < size:
+                            end = index - state.pending[index].unit + 1
+                            break
+                    size = end
+                batch = state.pending[:size]
+                del state.pending[:size]
                 try:
                     stored = await self._write(state, batch)
                 except BaseException as exc:

@@ -23,6 +23,8 @@ from gateways.mqtt.protocol import (
 )
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+#: Most messages of one topic handed to the layer in one send.
+HANDOFF_BATCH = 100
 
 
 class MqttGateway(Gateway):
@@ -39,8 +41,12 @@ class MqttGateway(Gateway):
 
     def __init__(self, runtime: Runtime, section: MqttSection) -> None:
         super().__init__(runtime, section)
+        # A topic's waiting messages go to the layer together (one round trip with the
+        # batched layer), in order: a single topic is no longer capped at one send per round trip.
         self.pipeline = HandoffPipeline(runtime.send, self.log, runtime.metrics, section.inflight,
-                                        section.qos0_backlog, max(1, runtime.config.layer.max_connections // 2))
+                                        section.qos0_backlog, max(1, runtime.config.layer.max_connections // 2),
+                                        send_many=runtime.send_many,
+                                        batch=min(HANDOFF_BATCH, getattr(runtime.layer, "send_batch", HANDOFF_BATCH)))
         self.requests = RequestQueue(section.outage_queue)
         self.connection = BrokerConnection(section, self.pipeline, self.requests, self._report_pending, self.log,
                                            runtime.metrics)

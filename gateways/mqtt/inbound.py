@@ -6,7 +6,10 @@ becomes an entry that
 
 - waits in its topic's lane for the previous message of the same topic to
   be handed off (the spec promises order per topic, and the layer gives no
-  order between concurrent sends);
+  order between concurrent sends); with ``send_many`` (the batched layer),
+  the messages waiting at a lane's head go together in one ordered send, one
+  such hand-off in flight per topic, and the layer reports the prefix it
+  took, so the refused rest is retried in order behind it;
 - is sent to the layer, retried with backoff for as long as the layer
   refuses (a broker redelivers only on reconnect, so giving up would lose it);
 - is acknowledged once it and every message received before it are done.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -32,6 +36,8 @@ from gateways.core.metrics import Metrics
 from gateways.core.specs import InvalidMessage
 
 Send = Callable[[str, dict[str, Any]], Awaitable[None]]
+#: Sends messages in order in one go; returns how many the layer took (a prefix).
+SendMany = Callable[[str, list[dict[str, Any]]], Awaitable[int]]
 
 #: Seconds between log lines about dropped QoS 0 messages.
 DROP_LOG_INTERVAL = 5.0
@@ -61,11 +67,20 @@ class HandoffPipeline:
         qos0_backlog: QoS 0 messages waiting for the layer at most; more are dropped and counted.
         concurrency: layer sends at once (below the layer's connection pool, which fails past its size).
         retry_max: longest wait between attempts while the layer refuses, in seconds.
+        send_many: the layer's ordered many-message send (``Runtime.send_many``): when
+            given, a topic's waiting messages are handed off together, up to ``batch``
+            at a time, still one hand-off in flight per topic. It must take a prefix
+            of what it is given, in order (the rest refused); the rest is retried
+            in order, so the topic's order holds.
+        batch: most messages of one topic in one ``send_many``.
     """
 
     def __init__(self, send: Send, log: logging.Logger, metrics: Metrics, inflight: int = 100,
-                 qos0_backlog: int = 10000, concurrency: int = 32, retry_max: float = 5.0) -> None:
+                 qos0_backlog: int = 10000, concurrency: int = 32, retry_max: float = 5.0,
+                 send_many: SendMany | None = None, batch: int = 100) -> None:
         self._send = send
+        self._send_many = send_many
+        self.batch = max(1, batch)
         self.log = log
         self.metrics = metrics
         self.inflight = inflight
@@ -134,6 +149,9 @@ class HandoffPipeline:
         return True
 
     async def _run_lane(self, topic: str, lane: collections.deque[_Entry]) -> None:
+        if self._send_many is not None:
+            await self._run_lane_batched(topic, lane)
+            return
         try:
             while lane:
                 entry = lane[0]
@@ -152,6 +170,81 @@ class HandoffPipeline:
             if self._lanes.get(topic) is lane:
                 del self._lanes[topic]
 
+    async def _run_lane_batched(self, topic: str, lane: collections.deque[_Entry]) -> None:
+        """Like the one-at-a-time lane, but hands off every message waiting at the
+        lane's head (same channel, up to ``batch``) in one ordered send."""
+        try:
+            while lane:
+                head = lane[0]
+                entries = [head]
+                for entry in itertools.islice(lane, 1, self.batch):
+                    if entry.channel != head.channel:
+                        break
+                    entries.append(entry)
+                try:
+                    await self._handoff_many(entries)
+                finally:
+                    for entry in entries:
+                        lane.popleft()
+                        entry.finished = True
+                        if entry.qos == 0:
+                            self._qos0_waiting -= 1
+                        else:
+                            self._slots.release()
+                    self._flush()
+        finally:
+            if self._lanes.get(topic) is lane:
+                del self._lanes[topic]
+
+    async def _handoff_many(self, entries: list[_Entry]) -> None:
+        """Hand off ``entries`` (one topic's, in order, one channel) until all are
+        taken or abandoned; what the layer refused is retried, in order, after
+        what it took."""
+        assert self._send_many is not None
+        backoff = Backoff(0.05, self.retry_max)
+        channel = entries[0].channel
+        waiting = entries
+        while True:
+            waiting = [entry for entry in waiting if not entry.abandoned]
+            if not waiting:
+                return
+            try:
+                async with self._sending:
+                    taken = await self._send_many(channel, [entry.message for entry in waiting])
+            except HandoffError as exc:
+                self._refused(waiting[0], exc)
+                await backoff.wait()
+                continue
+            except InvalidMessage:
+                # Checked before anything was sent: find the invalid ones one at a time.
+                for entry in waiting:
+                    if not entry.abandoned:
+                        await self._handoff(entry)
+                return
+            for entry in waiting[:taken]:
+                entry.handed = True
+            waiting = waiting[taken:]
+            if not waiting:
+                self._accepted()
+                return
+            # The rest was refused (full): retried in order, after what was taken.
+            self._refused(waiting[0], HandoffError("full", f"channel {channel!r} is full"))
+            if taken:
+                backoff.reset()
+            await backoff.wait()
+
+    def _refused(self, entry: _Entry, exc: HandoffError) -> None:
+        self.metrics.inc("mqtt_handoff_retries_total", "hand-offs retried after the layer refused")
+        if not self._refusing:
+            self._refusing = True
+            self.log.warning("layer refused a message from %r (%s); holding it and retrying, "
+                             "PUBACK waits", entry.topic, exc)
+
+    def _accepted(self) -> None:
+        if self._refusing:
+            self._refusing = False
+            self.log.info("layer accepts messages again")
+
     async def _handoff(self, entry: _Entry) -> None:
         backoff = Backoff(0.05, self.retry_max)
         while not entry.abandoned:
@@ -159,11 +252,7 @@ class HandoffPipeline:
                 async with self._sending:
                     await self._send(entry.channel, entry.message)
             except HandoffError as exc:
-                self.metrics.inc("mqtt_handoff_retries_total", "hand-offs retried after the layer refused")
-                if not self._refusing:
-                    self._refusing = True
-                    self.log.warning("layer refused a message from %r (%s); holding it and retrying, "
-                                     "PUBACK waits", entry.topic, exc)
+                self._refused(entry, exc)
                 await backoff.wait()
                 continue
             except InvalidMessage as exc:
@@ -171,9 +260,7 @@ class HandoffPipeline:
                 self.metrics.inc("mqtt_handoff_invalid_total", "received messages the schema rejected")
                 self.log.error("message from %r does not match the spec, not handed off: %s", entry.topic, exc)
             entry.handed = True
-            if self._refusing:
-                self._refusing = False
-                self.log.info("layer accepts messages again")
+            self._accepted()
             return
 
     def _flush(self) -> None:

@@ -141,3 +141,106 @@ async def test_layer_sends_at_once_stay_below_the_bound_however_many_topics():
     await asyncio.wait_for(pipeline.drained(), 10)
     assert len(sent) == 40
     assert peak == 4
+
+
+class ManyLayer(Layer):
+    """A layer with an ordered ``send_many`` that holds at most ``room`` more messages."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[list[int]] = []
+        self.room: int | None = None
+
+    async def send_many(self, channel: str, messages: list[dict]) -> int:
+        gate = self.gates.get(messages[0]["topic"])
+        if gate is not None:
+            await gate.wait()
+        self.calls.append([m["n"] for m in messages])
+        if self.refusing:
+            self.refusing -= 1
+            raise HandoffError("unavailable", "down")
+        taken = len(messages) if self.room is None else min(self.room, len(messages))
+        if self.room is not None:
+            self.room -= taken
+        if not taken:
+            raise HandoffError("full", "full")
+        self.sent.extend((channel, m) for m in messages[:taken])
+        return taken
+
+
+async def test_batched_a_topics_waiting_messages_go_together_in_order_one_hand_off_at_a_time():
+    layer, acks = ManyLayer(), []
+    pipeline = HandoffPipeline(layer.send, log, Metrics(), inflight=100, send_many=layer.send_many, batch=8)
+    layer.gates["t"] = asyncio.Event()
+    for n in range(20):
+        await pipeline.put("t", "c", {"topic": "t", "n": n}, 1, acker(acks, n))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert layer.calls == [] and acks == []
+    layer.gates["t"].set()
+    await asyncio.wait_for(pipeline.drained(), 5)
+    # In batches of at most 8, each after the previous one was taken.
+    assert layer.calls == [list(range(0, 8)), list(range(8, 16)), list(range(16, 20))]
+    assert [m["n"] for _, m in layer.sent] == list(range(20))
+    assert acks == list(range(20))
+
+
+async def test_batched_what_the_layer_refused_is_retried_in_order_and_acked_only_once_taken():
+    layer, acks = ManyLayer(), []
+    metrics = Metrics()
+    pipeline = HandoffPipeline(layer.send, log, metrics, inflight=100, retry_max=0.05,
+                               send_many=layer.send_many, batch=100)
+    layer.gates["t"] = asyncio.Event()
+    layer.room = 3
+    for n in range(6):
+        await pipeline.put("t", "c", {"topic": "t", "n": n}, 1, acker(acks, n))
+    layer.gates["t"].set()
+    await asyncio.sleep(0.2)
+    assert [m["n"] for _, m in layer.sent] == [0, 1, 2]
+    assert acks == []  # 0..2 are taken, but they share a hand-off with 3..5, which wait
+    layer.room = None
+    await asyncio.wait_for(pipeline.drained(), 5)
+    assert [m["n"] for _, m in layer.sent] == list(range(6))
+    assert acks == list(range(6))
+    assert layer.calls[0] == [0, 1, 2, 3, 4, 5] and layer.calls[1:] == [[3, 4, 5]] * (len(layer.calls) - 1)
+    assert metrics.value("mqtt_handoff_retries_total") >= 1
+
+
+async def test_batched_an_unavailable_layer_is_retried_and_abandoned_messages_are_left_out():
+    layer, acks = ManyLayer(), []
+    pipeline = HandoffPipeline(layer.send, log, Metrics(), inflight=100, retry_max=0.05,
+                               send_many=layer.send_many)
+    layer.gates["t"] = asyncio.Event()
+    old, new = object(), object()
+    await pipeline.put("t", "c", {"topic": "t", "n": 1}, 1, acker(acks, 1), old)  # all three under way
+    await pipeline.put("t", "c", {"topic": "t", "n": 2}, 1, acker(acks, 2), old)
+    await pipeline.put("t", "c", {"topic": "t", "n": 3}, 0, acker(acks, 3), old)
+    await asyncio.sleep(0.01)
+    assert pipeline.abandon(old) == 2
+    await pipeline.put("t", "c", {"topic": "t", "n": 4}, 1, acker(acks, 4), new)
+    layer.refusing = 3
+    layer.gates["t"].set()
+    await asyncio.wait_for(pipeline.drained(), 5)
+    # 1 and 2 were under way but refused: abandoned, they are not retried (the broker redelivers
+    # them); QoS 0 carries on and is retried until taken; nothing acked on the old connection.
+    assert [m["n"] for _, m in layer.sent] == [3, 4]
+    assert layer.calls[0] == [1, 2, 3] and layer.calls[1] == [3]
+    assert acks == [4]
+
+
+async def test_batched_topics_still_go_side_by_side_and_acks_in_arrival_order():
+    layer, acks = ManyLayer(), []
+    pipeline = HandoffPipeline(layer.send, log, Metrics(), inflight=10, send_many=layer.send_many)
+    layer.gates["slow"] = asyncio.Event()
+    await pipeline.put("slow", "c", {"topic": "slow", "n": 1}, 1, acker(acks, "slow-1"))
+    await pipeline.put("fast", "c", {"topic": "fast", "n": 2}, 1, acker(acks, "fast-2"))
+    await pipeline.put("fast", "c", {"topic": "fast", "n": 3}, 0, acker(acks, "fast-3"))
+    await pipeline.put("fast", "other", {"topic": "fast", "n": 4}, 1, acker(acks, "fast-4"))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert [m["n"] for _, m in layer.sent] == [2, 3, 4]
+    assert [c for c, _ in layer.sent] == ["c", "c", "other"]  # one send per channel
+    assert acks == []
+    layer.gates["slow"].set()
+    await asyncio.wait_for(pipeline.drained(), 5)
+    assert acks == ["slow-1", "fast-2", "fast-4"]

@@ -300,3 +300,43 @@ async def test_group_send_skips_full_members_and_reaches_the_others(layers, send
     with pytest.raises(asyncio.TimeoutError):
         await asyncio.wait_for(side["stock"].receive("full.one"), 1.5)
     await close(*side.values())
+
+
+async def test_send_many_lands_in_order_after_earlier_sends_and_stores_a_prefix_when_full(layers):
+    stock, batched = layers("stock"), layers("batched", capacity=10, send_batch=8)
+    await batched.send("many", payload(0))
+    # Concurrent sends and send_many calls of one loop land in the order they were made.
+    results = await asyncio.gather(batched.send_many("many", [payload(i) for i in range(1, 5)]),
+                                   batched.send("many", payload(5)),
+                                   batched.send_many("many", [payload(i) for i in range(6, 14)]))
+    # 14 messages for a capacity of 10: the last send_many gets the first 4 in, the rest refused.
+    assert results == [4, None, 4]
+    got = [await asyncio.wait_for(stock.receive("many"), 10) for _ in range(10)]
+    assert got == [payload(i) for i in range(10)]
+    # The refused ones, sent again, follow in order.
+    assert await batched.send_many("many", [payload(i) for i in range(10, 14)]) == 4
+    assert [await asyncio.wait_for(stock.receive("many"), 10) for _ in range(4)] == [payload(i) for i in range(10, 14)]
+    with pytest.raises(ValueError):
+        await batched.send_many("many", [payload(0)] * 9)  # more than one round trip's worth
+    await close(stock, batched)
+
+
+async def test_send_many_is_never_split_across_round_trips(layers):
+    stock, batched = layers("stock"), layers("batched", capacity=10000, send_batch=10)
+    # 7 single sends then units of 6: batches end before a unit that would not fit whole.
+    calls = []
+    write = batched._write
+
+    async def recording_write(state, batch):
+        calls.append(len(batch))
+        return await write(state, batch)
+
+    batched._write = recording_write
+    sends = [batched.send("unit", payload(i)) for i in range(7)]
+    many = [batched.send_many("unit", [payload(100 + 6 * k + j) for j in range(6)]) for k in range(3)]
+    results = await asyncio.gather(*sends, *many)
+    assert results[7:] == [6, 6, 6]
+    assert calls == [7, 6, 6, 6]
+    got = [(await asyncio.wait_for(stock.receive("unit"), 10))["n"] for _ in range(25)]
+    assert got == list(range(7)) + list(range(100, 118))
+    await close(stock, batched)
