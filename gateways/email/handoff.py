@@ -30,6 +30,8 @@ log = logging.getLogger("gateway.email")
 
 #: Queued hand-offs that keep their raw bytes in memory; beyond, they are read back.
 MAX_QUEUED_RAW = 1000
+#: Seconds a done batch file waits to be removed with the others done meanwhile.
+REMOVE_DELAY = 0.05
 
 
 @dataclass
@@ -148,6 +150,7 @@ class Handoff:
         # An unlink waits for the journal while fsyncs run: off the event loop,
         # and every batch done meanwhile in the same trip to the thread.
         while self._done_batches:
+            await asyncio.sleep(REMOVE_DELAY)  # gather the batches done meanwhile: one trip for all
             batches, self._done_batches = self._done_batches, []
             await asyncio.to_thread(self._unlink, batches)
 
@@ -228,7 +231,8 @@ class Handoff:
     def _schedule(self, due: float, delivery_id: str) -> None:
         self._timer_seq += 1
         heapq.heappush(self._timers, (due, self._timer_seq, delivery_id))
-        self._timer_wake.set()
+        if self._timers[0][1] == self._timer_seq:  # the new earliest: the timer must wait less
+            self._timer_wake.set()
 
     async def _timer(self) -> None:
         while True:

@@ -29,8 +29,6 @@ MAX_HEADER_VALUE = 16 * 1024
 #: MIME nesting deeper than this is not walked further (the raw keeps it).
 MAX_DEPTH = 32
 
-_BARE_LF = re.compile(rb"(?<!\r)\n")
-_BARE_CR = re.compile(rb"\r(?!\n)")
 _UNFOLD = re.compile(r"\r?\n(?=[ \t])")
 
 
@@ -49,9 +47,12 @@ def line_ending_problem(data: bytes) -> str | None:
     (``\\n.\\r\\n``): servers disagree on where DATA ends. RFC 5321 allows
     only CRLF, so the gateway refuses any other line ending.
     """
-    if _BARE_LF.search(data):
+    # Every LF and every CR is part of a CRLF exactly when the three counts
+    # agree (a C scan each, several times cheaper than the regular expressions).
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") != crlf:
         return "bare LF in message data; lines must end with CRLF"
-    if _BARE_CR.search(data):
+    if data.count(b"\r") != crlf:
         return "bare CR in message data; lines must end with CRLF"
     return None
 
