@@ -144,7 +144,8 @@ class EmailGateway(Gateway):
                             for d in deliveries], raw)
         write = asyncio.ensure_future(self.spool_writer.write(entry))
         try:
-            # Parse while a thread fsyncs: the hand-off then needs no CPU of its own.
+            # Parse now (before the queued write reaches its thread), so that once the
+            # spool is durable the hand-off needs no CPU of its own.
             parsed: dict[str, Any] | None = parse_message(raw)
         except Exception:  # parse_message is lenient; should it ever fail, the hand-off retries it
             self.log.exception("parsing message %s failed", entry.id)
