@@ -4,8 +4,9 @@ aiomqtt 2.x acknowledges every QoS 1 PUBLISH as soon as paho decoded it and
 has no public way to wait. The gateway must send PUBACK only after the
 channel layer accepted the message, so this module turns on paho's
 ``manual_ack`` on the client aiomqtt wraps (``Client._client``) and takes
-over ``_on_message`` (to keep the ``dup`` flag aiomqtt drops) and
-``_on_connect`` (to learn whether the broker kept the session). Those are
+over ``_on_message`` (to keep the ``dup`` flag aiomqtt drops),
+``_on_connect`` (to learn whether the broker kept the session) and
+``_on_socket_open`` (to read a burst of packets per wake-up, not one). Those are
 aiomqtt internals: pyproject pins aiomqtt to 2.5.x and paho-mqtt to
 2.1-2.2, :func:`check_versions` refuses others, and tests/mqtt exercises
 this module against a real broker.
@@ -25,6 +26,9 @@ from paho.mqtt.properties import Properties
 SUPPORTED_AIOMQTT = ((2, 5),)
 #: The paho-mqtt minor versions whose ``manual_ack``/``ack`` this module uses.
 SUPPORTED_PAHO = ((2, 1), (2, 2))
+#: Most PUBLISH packets read per wake-up of the socket reader (paho reads one per
+#: ``loop_read``); then other tasks run and the reader is woken again if more wait.
+READ_BURST = 64
 
 
 def check_versions() -> None:
@@ -86,6 +90,9 @@ class ManualAckClient(aiomqtt.Client):
         check_versions()
         super().__init__(*args, **kwargs)
         self._client.manual_ack_set(True)
+        #: Deliveries taken from paho so far (one counter in a list: the reader callback
+        #: compares it to see whether a read produced one).
+        self._received = [0]
         #: Whether the broker resumed a session on connect (None before CONNACK).
         self.session_present: bool | None = None
 
@@ -126,6 +133,7 @@ class ManualAckClient(aiomqtt.Client):
         # Unbounded on purpose: a QoS 1 message dropped here would never be
         # acknowledged, and PUBACKs go in order, so the session would stall;
         # the broker's in-flight window (receive maximum) bounds QoS 1.
+        self._received[0] += 1
         self._queue.put_nowait(Delivery(
             topic=message.topic,
             payload=message.payload,
@@ -135,6 +143,38 @@ class ManualAckClient(aiomqtt.Client):
             mid=message.mid,
             properties=getattr(message, "properties", None),
         ))
+
+    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        # aiomqtt's reader callback reads one packet per wake-up of the event loop
+        # (paho's loop_read reads one unless QoS 2 or outgoing messages are pending),
+        # so under load every PUBLISH costs a trip through the loop and the hand-off
+        # gets one message at a time. This one keeps reading while packets turn into
+        # deliveries, up to READ_BURST, then lets other tasks run; like aiomqtt's, it
+        # drains what an SSL socket has decoded already (the socket need not be readable
+        # for it), and a read error ends the connection.
+        received = self._received
+
+        def callback() -> None:
+            try:
+                burst = 0
+                while True:
+                    before = received[0]
+                    client.loop_read()
+                    if hasattr(client._sock, "pending") and client._sock.pending() > 0:  # noqa: SLF001
+                        continue
+                    burst += 1
+                    if received[0] == before or burst >= READ_BURST or client._sock is None:  # noqa: SLF001
+                        break
+            except Exception as exc:  # noqa: BLE001 - as aiomqtt: a broken connection
+                if not self._disconnected.done():
+                    self._disconnected.set_exception(exc)
+
+        def create_misc_task() -> None:
+            self._misc_task = self._loop.create_task(self._misc_loop())
+
+        # Called on paho's connect thread, as in aiomqtt.
+        self._loop.call_soon_threadsafe(self._loop.add_reader, sock.fileno(), callback)
+        self._loop.call_soon_threadsafe(create_misc_task)
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any,
                     properties: Any = None) -> None:

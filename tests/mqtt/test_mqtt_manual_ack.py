@@ -67,3 +67,39 @@ async def test_ack_after_the_connection_is_gone_returns_false(mosquitto):
     await client.__aexit__(None, None, None)
     assert client.ack(delivery.mid, delivery.qos) is False
     assert client.ack(0, 0) is True  # QoS 0 needs no acknowledgement
+
+
+async def test_the_reader_takes_a_burst_per_wake_up_bounded_and_in_order(mosquitto):
+    client = ManualAckClient("127.0.0.1", mosquitto.port, identifier=f"burst-{uuid.uuid4().hex[:8]}")
+    await client.__aenter__()
+    try:
+        await client.subscribe("burst/#", 0)  # QoS 0: no in-flight window holds the broker back
+        ticks = 0
+        per_tick: dict[int, int] = {}
+        paho_client = client._client
+        read = paho_client.loop_read
+
+        def counting_read(*args, **kwargs):
+            before = client._received[0]
+            rc = read(*args, **kwargs)
+            per_tick[ticks] = per_tick.get(ticks, 0) + client._received[0] - before
+            return rc
+
+        paho_client.loop_read = counting_read
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        # The loop is blocked while mosquitto_pub runs: the broker's PUBLISHes pile up in the socket.
+        mosquitto_pub(mosquitto.port, "burst/1", qos=1, lines=[str(n) for n in range(300)])
+        deliveries = [await next_delivery(client) for _ in range(300)]
+        ticker.cancel()
+        assert [d.payload for d in deliveries] == [str(n).encode() for n in range(300)]
+        # Several deliveries per wake-up of the reader (aiomqtt's reads one), never more than READ_BURST.
+        assert 1 < max(per_tick.values()) <= manual_ack.READ_BURST
+    finally:
+        await client.__aexit__(None, None, None)
