@@ -134,8 +134,12 @@ async def test_broker_restart_reconnects_and_restores_every_subscription(tmp_pat
         mosquitto.start()
         (published,) = await reader.collect(reply, lambda ms: len(ms) >= 1, timeout=60)
         assert published["ok"] and published["id"] == "q"
-        (looped,) = await reader.collect("mqtt.restart", lambda ms: len(ms) >= 1)
-        assert looped["payload"] == b"queued"
+        looped = await reader.collect("mqtt.restart", lambda ms: any(m["payload"] == b"queued" for m in ms))
+        # The broker was stopped right after the gateway took "after-*": a PUBACK
+        # still on its way is lost, and the broker redelivers on the next session
+        # (at-least-once, marked dup). Anything else arriving here would be a bug.
+        redelivered = [m for m in looped if m["payload"] != b"queued"]
+        assert all(m["dup"] and m["payload"] in (b"after-cfg", b"after-rt") for m in redelivered), redelivered
     finally:
         await reader.close()
     assert {m["subscription"] for m in messages} == {"cfg/+", "rt/+"}
