@@ -149,40 +149,23 @@ class HandoffPipeline:
         return True
 
     async def _run_lane(self, topic: str, lane: collections.deque[_Entry]) -> None:
-        if self._send_many is not None:
-            await self._run_lane_batched(topic, lane)
-            return
-        try:
-            while lane:
-                entry = lane[0]
-                try:
-                    if not entry.abandoned:
-                        await self._handoff(entry)
-                finally:
-                    lane.popleft()
-                    entry.finished = True
-                    if entry.qos == 0:
-                        self._qos0_waiting -= 1
-                    else:
-                        self._slots.release()
-                    self._flush()
-        finally:
-            if self._lanes.get(topic) is lane:
-                del self._lanes[topic]
-
-    async def _run_lane_batched(self, topic: str, lane: collections.deque[_Entry]) -> None:
-        """Like the one-at-a-time lane, but hands off every message waiting at the
-        lane's head (same channel, up to ``batch``) in one ordered send."""
+        """Hand off one topic's messages in order: every message waiting at the
+        lane's head (same channel, up to ``batch``) in one ordered send when
+        the layer can, else one at a time."""
+        size = self.batch if self._send_many is not None else 1
         try:
             while lane:
                 head = lane[0]
                 entries = [head]
-                for entry in itertools.islice(lane, 1, self.batch):
+                for entry in itertools.islice(lane, 1, size):
                     if entry.channel != head.channel:
                         break
                     entries.append(entry)
                 try:
-                    await self._handoff_many(entries)
+                    if self._send_many is not None:
+                        await self._handoff_many(entries)
+                    elif not head.abandoned:
+                        await self._handoff(head)
                 finally:
                     for entry in entries:
                         lane.popleft()
