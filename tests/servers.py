@@ -207,3 +207,14 @@ def runworker(config: Path, channels: list[str], settings: str = "demo.settings"
         "PYTHONPATH": os.pathsep.join(paths + [os.environ.get("PYTHONPATH", "")]),
         **(env or {}),
     })
+
+
+def listening_gateway(protocol: str, config: Path, port: int, timeout: float = 30.0) -> Daemon:
+    """Start ``gateway <protocol>`` and wait until it listens on ``port``; fail with its log."""
+    daemon = gateway_daemon(protocol, config)
+    try:
+        wait_for_port(port, timeout=timeout)
+    except TimeoutError:
+        daemon.stop()
+        raise AssertionError(f"{protocol} gateway did not listen:\n{daemon.log()}")
+    return daemon

@@ -13,7 +13,7 @@ from aiosmtpd.controller import Controller
 
 from gateways.core.config import load_config
 from gateways.core.layer import build_layer, close_layer
-from servers import REPO, Daemon, free_port, gateway_daemon, wait_for_port
+from servers import REPO, Daemon, free_port, listening_gateway
 
 
 def write_config(directory: Path, redis_url: str, *, django: bool = False, layer: dict[str, Any] | None = None,
@@ -44,13 +44,7 @@ def write_config(directory: Path, redis_url: str, *, django: bool = False, layer
 
 def start_gateway(config: Path, port: int) -> Daemon:
     """Start ``python -m gateways email`` and wait until it listens."""
-    daemon = gateway_daemon("email", config)
-    try:
-        wait_for_port(port, timeout=30)
-    except TimeoutError:
-        daemon.stop()
-        raise AssertionError(f"email gateway did not listen:\n{daemon.log()}")
-    return daemon
+    return listening_gateway("email", config, port)
 
 
 class Layer:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from servers import REPO, Daemon, free_port, gateway_daemon, runworker, wait_for_port
+from servers import REPO, Daemon, free_port, runworker, listening_gateway
 
 PROJECT = Path(__file__).resolve().parent / "project"
 ORIGIN = "http://good.example"
@@ -47,13 +47,7 @@ def write_config(directory: Path, redis_url: str, prefix: str | None = None, **o
 
 def start_gateway(config: Path, port: int) -> Daemon:
     """Start a gateway and wait until it listens."""
-    daemon = gateway_daemon("websocket", config)
-    try:
-        wait_for_port(port, timeout=20)
-    except TimeoutError:
-        daemon.stop()
-        raise AssertionError(f"gateway did not listen:\n{daemon.log()}")
-    return daemon
+    return listening_gateway("websocket", config, port)
 
 
 def start_worker(config: Path) -> Daemon:
