@@ -14,6 +14,12 @@ gateway's figure is end to end: from the first MAIL to the last message
 acknowledged (counted through the gateway's /metrics). Then the gateway's RSS is sampled after the
 1,000th and the 10,000th message (memory flatness). Prints figures and ratios;
 asserts nothing.
+
+It also prints the machine's ceiling: the ratio a gateway would reach if it
+cost no more CPU per message than the bare server itself, given what the
+rest of the run needs per message (the SMTP client, the consumer, Redis; all
+measured in the same run) and the cores there are. A single-process server
+is bound by one core; everything together by all of them.
 """
 
 from __future__ import annotations
@@ -50,7 +56,10 @@ def message(n: int) -> bytes:
 
 
 async def load(port: int, clients: int, total: int, start: int = 0) -> float:
-    """Send ``total`` messages over ``clients`` reused connections; return seconds."""
+    """Send ``total`` messages over ``clients`` reused connections; return seconds.
+
+    Runs alone in this process, so this process's CPU time during it is the client's.
+    """
     counter = iter(range(start, start + total))
 
     async def client() -> None:
@@ -200,13 +209,16 @@ def main() -> None:
             cpu_before = cpu_seconds(bare.pid)
             rate = total / asyncio.run(load(bare_port, clients, total))
             return rate, (cpu_seconds(bare.pid) - cpu_before) / total * 1000
+        cores = os.cpu_count() or 1
 
         print(f"email bench: ~{len(message(0))} byte messages, connections reused, spool fsync on "
               f"(this disk: {fsync_ms(work / 'probe'):.2f} ms per fsynced write + directory fsync)")
         for mode in modes:
             print(f"  {mode}: {MODES[mode]}")
         print(f"{'consumer':>9} {'clients':>7} {'bare aiosmtpd':>14} {'gateway 250s':>13} {'gateway e2e':>12} "
-              f"{'ratio e2e':>10} {'target':>7} {'CPU/msg bare':>13} {'gateway':>8} {'gw busy':>8}")
+              f"{'ratio e2e':>10} {'target':>7} {'CPU/msg bare':>13} {'gateway':>8} {'gw busy':>8} "
+              f"{'client':>7} {'consumer':>9} {'redis':>6} {'ceiling':>8}")
+        ceilings: list[str] = []
         memory_line = ""
         for mode in modes:
             config, port, health = write_config(work, mode, redis_port)
@@ -224,16 +236,24 @@ def main() -> None:
             for clients, total in runs:
                 bare_rate, bare_cpu = baseline(clients, total)
                 cpu_before = cpu_seconds(gateway.pid)
+                others_before = cpu_seconds(consumer.pid), cpu_seconds(redis.pid), time.process_time()
                 began = time.perf_counter()
                 seconds = asyncio.run(load(port, clients, total, done))
+                client_ms = (time.process_time() - others_before[2]) / total * 1000
                 done += total
                 finished = acks.wait_for(done)
                 used = cpu_seconds(gateway.pid) - cpu_before
+                consumer_ms = (cpu_seconds(consumer.pid) - others_before[0]) / total * 1000
+                redis_ms = (cpu_seconds(redis.pid) - others_before[1]) / total * 1000
                 rate = total / (finished - began)
                 target = 0.6 if clients == 1 else 0.8
+                # A gateway as cheap as the bare server: one core for it, all cores for everyone.
+                ceiling = min(1000 / bare_cpu, cores * 1000 / (client_ms + bare_cpu + consumer_ms + redis_ms))
+                ceilings.append(f"{mode} {clients}: {ceiling / bare_rate:.2f}x")
                 print(f"{mode:>9} {clients:>7} {bare_rate:>11.0f}/s {total / seconds:>10.0f}/s "
                       f"{rate:>9.0f}/s {rate / bare_rate:>9.2f}x {target:>6.1f}x {bare_cpu:>10.2f} ms "
-                      f"{used / total * 1000:>5.2f} ms {used / (finished - began) * 100:>6.0f}%")
+                      f"{used / total * 1000:>5.2f} ms {used / (finished - began) * 100:>6.0f}% "
+                      f"{client_ms:>4.2f} ms {consumer_ms:>6.2f} ms {redis_ms:>4.2f} {ceiling / bare_rate:>7.2f}x")
             if args.memory_messages and mode == ("fast" if "fast" in modes else modes[-1]):
                 total, first = args.memory_messages, 1000
                 asyncio.run(load(port, 20, first, done))
@@ -250,6 +270,8 @@ def main() -> None:
             for proc in (consumer, gateway):
                 proc.terminate()
                 proc.wait(30)
+        print(f"ceiling ({cores} cores): the ratio of a gateway costing no more CPU per message than the bare "
+              f"server, with this run's client, consumer and Redis: {', '.join(ceilings)}")
         if memory_line:
             print(memory_line)
     finally:
