@@ -263,6 +263,7 @@ class EmailGateway(Gateway):
                 await asyncio.wait_for(server.wait_closed(), 2)
             except asyncio.TimeoutError:
                 pass
+        await asyncio.to_thread(self.spool.close)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         pending = self.handoff.pending if self.handoff else 0

@@ -30,14 +30,15 @@ log = logging.getLogger("gateway.email")
 
 #: Queued hand-offs that keep their raw bytes in memory; beyond, they are read back.
 MAX_QUEUED_RAW = 1000
-#: Seconds a done batch file waits to be removed with the others done meanwhile.
-REMOVE_DELAY = 0.05
+#: Seconds between spool sweeps (deleting released segments, noting releases).
+SWEEP_INTERVAL = 0.25
 
 
 @dataclass
 class _Entry:
     id: str
     batch: str
+    offset: int | None
     envelope: dict[str, Any]
     deliveries: list[dict[str, Any]]
     open: set[int] = field(default_factory=set)
@@ -79,9 +80,6 @@ class Handoff:
         self.max_attempts = max_attempts
         self.concurrency = concurrency
         self.entries: dict[str, _Entry] = {}
-        self._batch_open: dict[str, int] = {}
-        self._done_batches: list[str] = []
-        self._remover: asyncio.Task | None = None
         self.deliveries: dict[str, _Delivery] = {}
         self._ready: asyncio.Queue[tuple[_Delivery, bytes | None, dict[str, Any] | None]] = asyncio.Queue()
         self._timers: list[tuple[float, int, str]] = []
@@ -101,6 +99,7 @@ class Handoff:
         for n in range(self.concurrency):
             self.runtime.spawn(self._worker(), f"email hand-off {n}")
         self.runtime.spawn(self._timer(), "email redelivery timer")
+        self.runtime.spawn(self._sweep(), "email spool sweep")
 
     def add(self, entry: SpoolEntry, parsed: dict[str, Any] | None = None) -> None:
         """Track a spooled entry and queue its deliveries.
@@ -110,10 +109,9 @@ class Handoff:
             parsed: its :func:`~gateways.email.protocol.parse_message`, when already done.
         """
         assert entry.batch is not None, "add() takes entries the spool has written"
-        tracked = _Entry(entry.id, entry.batch, entry.envelope, entry.deliveries,
+        tracked = _Entry(entry.id, entry.batch, entry.offset, entry.envelope, entry.deliveries,
                          open=set(range(len(entry.deliveries))))
         self.entries[entry.id] = tracked
-        self._batch_open[entry.batch] = self._batch_open.get(entry.batch, 0) + 1
         # While the layer is down the queue grows: past a point, re-read from the spool instead.
         keep = self._ready.qsize() < MAX_QUEUED_RAW
         raw, parsed = (entry.raw, parsed) if keep else (None, None)
@@ -137,29 +135,18 @@ class Handoff:
         return True
 
     def _entry_done(self, entry: _Entry) -> None:
-        left = self._batch_open.get(entry.batch, 1) - 1
-        if left > 0:
-            self._batch_open[entry.batch] = left
-            return
-        self._batch_open.pop(entry.batch, None)
-        self._done_batches.append(entry.batch)
-        if self._remover is None or self._remover.done():
-            self._remover = self.runtime.spawn(self._remove(), "remove spool files")
+        self.spool.release(entry.id, entry.batch)
 
-    async def _remove(self) -> None:
-        # An unlink waits for the journal while fsyncs run: off the event loop,
-        # and every batch done meanwhile in the same trip to the thread.
-        while self._done_batches:
-            await asyncio.sleep(REMOVE_DELAY)  # gather the batches done meanwhile: one trip for all
-            batches, self._done_batches = self._done_batches, []
-            await asyncio.to_thread(self._unlink, batches)
-
-    def _unlink(self, batches: list[str]) -> None:
-        for batch in batches:
-            try:
-                self.spool.remove(batch)
-            except OSError as exc:
-                log.error("cannot remove spool file %s: %s", batch, exc)
+    async def _sweep(self) -> None:
+        # Deleting released segments and noting releases waits for the disk: off
+        # the event loop, a few times a second, one trip to the thread for all.
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            if self.spool.needs_sweep():
+                try:
+                    await asyncio.to_thread(self.spool.sweep)
+                except OSError as exc:
+                    log.error("cannot tidy spool %s: %s", self.spool.root, exc)
 
     # -- internals -----------------------------------------------------------
 
@@ -184,7 +171,7 @@ class Handoff:
                 return
             try:
                 if raw is None:
-                    raw = (await asyncio.to_thread(self.spool.read, entry.id, entry.batch)).raw
+                    raw = (await asyncio.to_thread(self.spool.read, entry.id, entry.batch, None, entry.offset)).raw
                 message = self._message(delivery, raw, delivery.attempts + 1, parsed)
             except (OSError, ValueError, KeyError) as exc:
                 log.error("spooled message %s cannot be read: %s", entry.id, exc)
@@ -260,9 +247,9 @@ class Handoff:
         for index in range(len(entry.deliveries)):
             self.deliveries.pop(f"{entry.id}.{index}", None)
         try:
-            path = await asyncio.to_thread(self.spool.bury, entry.id, entry.batch)
+            path = await asyncio.to_thread(self.spool.bury, entry.id, entry.batch, entry.offset)
         except (OSError, ValueError, KeyError) as exc:
-            # It stays in its batch file in new/ and is handed again after a restart.
+            # It stays in its segment in new/ and is handed again after a restart.
             log.error("cannot copy spooled message %s to dead/: %s", entry.id, exc)
             return
         self._entry_done(entry)

@@ -240,22 +240,33 @@ async def test_disallowed_sender_and_invalid_send_are_reported(stack, layer):
     assert stack["gateway"].proc.poll() is None
 
 
-async def test_unwritable_spool_gets_451(stack, layer):
-    spool_tmp = Path(stack["dir"]) / f"spool-{stack['port']}" / "tmp"
-    shutil.rmtree(spool_tmp)
-    spool_tmp.write_text("not a directory")  # root ignores permissions; a file in the way fails for anyone
+async def test_spool_that_cannot_grow_gets_451_and_loses_nothing(redis_server, tmp_path):
+    # The active spool segment is zero-filled ahead, so a disk that refuses new files
+    # (full, read-only) stops mail only when a new segment is needed: here, for a
+    # message larger than what is left of the segment (8 MiB).
+    config, port = write_config(tmp_path, redis_server.url, max_message_size=12 * 1024 * 1024)
+    gateway = start_gateway(config, port)
+    layer = Layer(config)
+    spool_tmp = tmp_path / f"spool-{port}" / "tmp"
     try:
-        with smtp(stack) as client:
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            client.sendmail("you@example.test", ["inbox@demo.local"], mail("keeps the segment open"))
+            shutil.rmtree(spool_tmp)
+            spool_tmp.write_text("not a directory")  # root ignores permissions; a file in the way fails for anyone
+            client.sendmail("you@example.test", ["inbox@demo.local"], mail("fits"))
+            big = mail("too big for the segment") + (b"x" * 998 + b"\r\n") * 9500  # ~9.5 MB
             with pytest.raises(smtplib.SMTPDataError) as refused:
-                client.sendmail("you@example.test", ["inbox@demo.local"], mail("no spool"))
-        assert refused.value.smtp_code == 451 and refused.value.smtp_error.startswith(b"4.3.0")
+                client.sendmail("you@example.test", ["inbox@demo.local"], big)
+            assert refused.value.smtp_code == 451 and refused.value.smtp_error.startswith(b"4.3.0")
+            spool_tmp.unlink()
+            spool_tmp.mkdir()
+            client.sendmail("you@example.test", ["inbox@demo.local"], mail("spool back"))
+        subjects = [(await receive_and_ack(layer, "email.receive"))["subject"] for _ in range(3)]
+        assert subjects == ["keeps the segment open", "fits", "spool back"]
+        assert "cannot be written" in gateway.log()
     finally:
-        spool_tmp.unlink()
-        spool_tmp.mkdir()
-    with smtp(stack) as client:
-        client.sendmail("you@example.test", ["inbox@demo.local"], mail("spool back"))
-    assert (await receive_and_ack(layer, "email.receive"))["subject"] == "spool back"
-    assert "spool" in stack["gateway"].log() and "cannot be written" in stack["gateway"].log()
+        await layer.close()
+        assert gateway.stop() == 0, gateway.log()
 
 
 def test_connections_over_the_limit_get_421(redis_server, tmp_path):
