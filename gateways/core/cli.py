@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from gateways.core import registry
+from gateways.core import eventloop, registry
 from gateways.core.config import ConfigError, check_host_port, check_url, load_config
 from gateways.core.logs import setup_logging
 
@@ -56,6 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.config}: OK ({', '.join(config.sections) or 'no gateway sections'})")
         return 0
     setup_logging(args.log_level or config.log.level, config.log.json if args.log_json is None else True)
+    try:
+        eventloop.loop_name()
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
     if args.command == "up":
         from gateways.core.supervisor import run_stack
 

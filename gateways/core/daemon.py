@@ -18,6 +18,7 @@ from typing import Any, Callable, ClassVar, Coroutine
 
 from channels.exceptions import ChannelFull
 
+from gateways.core import eventloop
 from gateways.core.backoff import Backoff
 from gateways.core.config import Config, GatewaySection, split_host_port
 from gateways.core.health import HealthServer
@@ -366,7 +367,7 @@ class Daemon:
             runtime.spawn(self._receive_loop(channel, process=False), f"receive {channel}")
         if self.gateway.uses_process_channel():
             runtime.spawn(self._receive_loop(runtime.layer.process_channel, process=True), "receive replies")
-        self.log.info("%s gateway started", self.gateway.protocol)
+        self.log.info("%s gateway started (event loop: %s)", self.gateway.protocol, eventloop.loop_name())
 
     def stop(self) -> None:
         """Ask the daemon to drain and exit."""
@@ -460,4 +461,4 @@ def run_gateway(gateway_class: type[Gateway], config: Config) -> int:
     async def main() -> int:
         return await Daemon(gateway_class, config).run()
 
-    return asyncio.run(main())
+    return eventloop.run(main())

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateways.core import registry
+from gateways.core import eventloop, registry
 from gateways.core.backoff import Backoff
 from gateways.core.config import Config
 from gateways.core.daemon import Service, StackUnavailable
@@ -206,7 +206,7 @@ def run_stack(config: Config) -> int:
         print("up | no gateway can run: nothing to do", file=sys.stderr)
         return 1
     try:
-        return asyncio.run(Supervisor(children).run())
+        return eventloop.run(Supervisor(children).run())
     finally:
         for child in children:
             if child.name == "layer" and "--dir" in child.argv:

@@ -26,7 +26,7 @@ from typing import Any, Hashable
 
 from channels.worker import Worker
 
-from gateways.core import registry
+from gateways.core import eventloop, registry
 from gateways.core.backoff import Backoff
 from gateways.core.config import Config
 from gateways.core.daemon import LAYER_ERRORS
@@ -72,7 +72,7 @@ def run_worker(config: Config, channels: list[str]) -> int:
     concurrency = config.django.concurrency if config.django else 64
     worker = ConcurrentWorker(get_default_application(), channels, get_channel_layer(), concurrency)
     log.info("Running worker for channels %s (%d at once per channel)", channels, concurrency)
-    return asyncio.run(worker.run())
+    return eventloop.run(worker.run())
 
 
 # --------------------------------------------------------------------------

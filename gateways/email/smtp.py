@@ -129,6 +129,12 @@ class _SessionMixin:
         self.limits.active.add(id(self))
         super().connection_made(transport)  # type: ignore[misc]
 
+    def eof_received(self) -> bool | None:
+        super().eof_received()  # type: ignore[misc]
+        # aiosmtpd stops the session at EOF but may keep the transport half-open;
+        # under uvloop it then never closes, and its connection slot leaks.
+        return False
+
     def connection_lost(self, error: Exception | None) -> None:
         if id(self) not in self.limits.active:
             return
