@@ -151,16 +151,31 @@ def fsync_ms(directory: Path, count: int = 200) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` so far."""
+    """User + system CPU time so far of process ``pid`` and its live children (the
+    gateway's parser process counts as the gateway's)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(cpu_seconds(child) for child in children(pid))
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid``."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found.extend(int(child) for child in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return found
 
 
 def rss_kib(pid: int) -> int:
+    """Resident memory of ``pid`` and its live children."""
+    own = 0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+            own = int(line.split()[1])
+    return own + sum(rss_kib(child) for child in children(pid))
 
 
 def write_config(work: Path, mode: str, redis_port: int) -> tuple[Path, int, str]:
@@ -264,7 +279,8 @@ def main() -> None:
                 done += total - first
                 acks.wait_for(done)
                 at_last = rss_kib(gateway.pid)
-                memory_line = (f"memory ({mode}): gateway RSS {at_first / 1024:.1f} MiB after message {first:,}, "
+                memory_line = (f"memory ({mode}): gateway RSS, parser process included, {at_first / 1024:.1f} MiB "
+                               f"after message {first:,}, "
                                f"{at_last / 1024:.1f} MiB after message {total:,} "
                                f"({(at_last / at_first - 1) * 100:+.1f}%, target within 10%)")
             for proc in (consumer, gateway):

@@ -19,6 +19,7 @@ from gateways.core.config import Config, split_host_port
 from gateways.core.daemon import Gateway, HandoffError, Runtime
 from gateways.email.config import EmailSection
 from gateways.email.handoff import Handoff
+from gateways.email.parsing import ParserProcess
 from gateways.email.protocol import (
     Envelope,
     OutboundError,
@@ -28,7 +29,6 @@ from gateways.email.protocol import (
     build_outbound,
     failed_message,
     header_subject,
-    parse_message,
     sender_allowed,
     sent_message,
 )
@@ -56,6 +56,7 @@ class EmailGateway(Gateway):
         config = runtime.config
         self.spool = Spool(config.resolve(section.spool))
         self.spool_writer = GroupCommit(self.spool)
+        self.parser = ParserProcess()
         self.router = Router([Route.compile(r.channel, r.address, r.domain, r.subject) for r in section.routes],
                              section.default_channel)
         self.policy = RecipientPolicy(section.domains, section.addresses)
@@ -97,6 +98,7 @@ class EmailGateway(Gateway):
     async def start(self) -> None:
         section = self.section
         await asyncio.to_thread(self.spool.open)
+        await self.parser.start()
         reply_channel = await self.runtime.new_channel()
         self.handoff = Handoff(self.runtime, self.spool, reply_channel, section.dead_letter_channel,
                                section.ack_timeout, section.max_attempts)
@@ -143,13 +145,7 @@ class EmailGateway(Gateway):
                            [{"channel": d.channel, "recipients": d.recipients, "kwargs": d.kwargs}
                             for d in deliveries], raw)
         write = asyncio.ensure_future(self.spool_writer.write(entry))
-        try:
-            # Parse now (before the queued write reaches its thread), so that once the
-            # spool is durable the hand-off needs no CPU of its own.
-            parsed: dict[str, Any] | None = parse_message(raw)
-        except Exception:  # parse_message is lenient; should it ever fail, the hand-off retries it
-            self.log.exception("parsing message %s failed", entry.id)
-            parsed = None
+        parsed = self.parser.parse(raw)  # in the child process, while the spool flushes
         try:
             await write
         except OSError as exc:
@@ -264,6 +260,7 @@ class EmailGateway(Gateway):
             except asyncio.TimeoutError:
                 pass
         await asyncio.to_thread(self.spool.close)
+        await self.parser.close()
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         pending = self.handoff.pending if self.handoff else 0

@@ -81,7 +81,8 @@ class Handoff:
         self.concurrency = concurrency
         self.entries: dict[str, _Entry] = {}
         self.deliveries: dict[str, _Delivery] = {}
-        self._ready: asyncio.Queue[tuple[_Delivery, bytes | None, dict[str, Any] | None]] = asyncio.Queue()
+        self._ready: asyncio.Queue[tuple[_Delivery, bytes | None, dict[str, Any] | asyncio.Future | None]] = (
+            asyncio.Queue())
         self._timers: list[tuple[float, int, str]] = []
         self._timer_seq = 0
         self._timer_wake = asyncio.Event()
@@ -101,12 +102,13 @@ class Handoff:
         self.runtime.spawn(self._timer(), "email redelivery timer")
         self.runtime.spawn(self._sweep(), "email spool sweep")
 
-    def add(self, entry: SpoolEntry, parsed: dict[str, Any] | None = None) -> None:
+    def add(self, entry: SpoolEntry, parsed: dict[str, Any] | asyncio.Future | None = None) -> None:
         """Track a spooled entry and queue its deliveries.
 
         Args:
             entry: written to the spool; its raw bytes are used when present.
-            parsed: its :func:`~gateways.email.protocol.parse_message`, when already done.
+            parsed: its :func:`~gateways.email.protocol.parse_message`, or a future of it
+                (``None`` when it must be parsed here), when one was asked for.
         """
         assert entry.batch is not None, "add() takes entries the spool has written"
         tracked = _Entry(entry.id, entry.batch, entry.offset, entry.envelope, entry.deliveries,
@@ -163,8 +165,11 @@ class Handoff:
                 self.runtime.metrics.inc("email_handoff_errors_total", "hand-offs that failed with an error")
                 log.exception("handing %s off failed; it stays in the spool for the next start", delivery.id)
 
-    async def _hand(self, delivery: _Delivery, raw: bytes | None, parsed: dict[str, Any] | None = None) -> None:
+    async def _hand(self, delivery: _Delivery, raw: bytes | None,
+                    parsed: dict[str, Any] | asyncio.Future | None = None) -> None:
         entry = delivery.entry
+        if isinstance(parsed, asyncio.Future):
+            parsed = await parsed
         while True:
             await self._layer_gate.wait()
             if delivery.acked:
