@@ -248,9 +248,80 @@ class EmailContext(MessageContext):
         return message
 
     async def ack(self) -> None:
-        """Tell the gateway this message is handled (the base class does it after the handler)."""
+        """Tell the gateway this message is handled (the base class does it after the handler).
+
+        Acks made in the same event-loop iteration for the same gateway go as one
+        ``email.ack`` (``ids``); this returns once that one was sent, and raises if
+        it could not be.
+        """
         if self.reply_channel and self.message.get("id"):
-            await self.send_to(self.reply_channel, {"type": "email.ack", "id": self.message["id"]})
+            await _acks.send(self.channel_layer, self.reply_channel, self.message["id"])
+
+
+class _AckBatcher:
+    """Gathers the acks of one event-loop iteration into one ``email.ack`` per reply channel.
+
+    Under ``gateway worker`` (or ``runworker``) many messages finish together;
+    one layer message for all of them spares the layer, Redis and the gateway
+    a message each.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[asyncio.AbstractEventLoop, dict[tuple[int, str], list[_AckBatch]]] = {}
+        self._sending: set[asyncio.Task] = set()
+
+    async def send(self, layer: Any, reply_channel: str, delivery_id: str) -> None:
+        """Acknowledge ``delivery_id`` to ``reply_channel`` through ``layer``."""
+        loop = asyncio.get_running_loop()
+        pending = self._pending.get(loop)
+        if pending is None:
+            pending = self._pending[loop] = {}
+            loop.call_soon(self._flush, loop)
+        batches = pending.setdefault((id(layer), reply_channel), [])
+        if not batches or len(batches[-1].ids) > MAX_ACK_IDS:
+            batches.append(_AckBatch(layer, reply_channel, loop.create_future()))
+        batch = batches[-1]
+        batch.ids.append(delivery_id)
+        await asyncio.shield(batch.sent)  # a cancelled handler must not cancel the others' ack
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        for batches in self._pending.pop(loop, {}).values():
+            for batch in batches:
+                task = loop.create_task(batch.send())
+                self._sending.add(task)
+                task.add_done_callback(self._sending.discard)
+
+
+@dataclass
+class _AckBatch:
+    layer: Any
+    reply_channel: str
+    sent: asyncio.Future
+    ids: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.sent.add_done_callback(_retrieve)
+
+    async def send(self) -> None:
+        message: dict[str, Any] = {"type": "email.ack", "id": self.ids[0]}
+        if len(self.ids) > 1:
+            message["ids"] = self.ids[1:]
+        try:
+            await self.layer.send(self.reply_channel, message)
+        except Exception as exc:  # every handler in the batch hears it (and logs it)
+            self.sent.set_exception(exc)
+            return
+        self.sent.set_result(None)
+
+
+def _retrieve(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()  # awaited by shield()s that may all be gone: not "never retrieved"
+
+
+#: ``ids`` in one ``email.ack`` at most (protocol_specs/email.md).
+MAX_ACK_IDS = 1000
+_acks = _AckBatcher()
 
 
 class EmailConsumer(GatewayConsumer):
@@ -383,7 +454,7 @@ async def run_consumer(application: Any, message: dict[str, Any], timeout: float
             except asyncio.TimeoutError:
                 break
             result.sent.append(out)
-            result.acked = out.get("type") == "email.ack" and out.get("id") == message["id"]
+            result.acked = out.get("type") == "email.ack" and message["id"] in [out.get("id"), *out.get("ids", [])]
     finally:
         communicator.stop()
         try:

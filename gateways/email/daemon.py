@@ -161,8 +161,9 @@ class EmailGateway(Gateway):
     async def handle(self, channel: str, message: dict[str, Any]) -> None:
         assert self.handoff is not None
         if message["type"] == "email.ack":
-            if not await self.handoff.ack(message["id"]):
-                self.log.debug("ack for %s, which is not waiting (already acknowledged?)", message["id"])
+            for delivery_id in [message["id"], *message.get("ids", ())]:
+                if not await self.handoff.ack(delivery_id):
+                    self.log.debug("ack for %s, which is not waiting (already acknowledged?)", delivery_id)
             return
         if message["type"] == "email.send":
             await self._send_slots.acquire()

@@ -123,3 +123,36 @@ async def test_unrouted_mail_is_logged_and_acked(consumer_module, caplog):
     message = consumer_module.receive_from_bytes(PLAIN, rcpt_to=["x@demo.local"])
     result = await consumer_module.run_consumer(Nothing.as_asgi(), message)
     assert result.acked and "no route for mail to x@demo.local" in caplog.text
+
+
+async def test_acks_of_one_loop_iteration_go_as_one_message(consumer_module):
+    import asyncio
+
+    from channels.layers import InMemoryChannelLayer
+
+    consumer = consumer_module.EmailConsumer()
+    consumer.channel_layer = InMemoryChannelLayer()
+    messages = [consumer_module.receive_from_bytes(PLAIN, id=f"m{n}.0", reply_channel="gw.acks!x") for n in range(5)]
+    await asyncio.gather(*(consumer_module.EmailContext(consumer, m).ack() for m in messages))
+    ack = await consumer.channel_layer.receive("gw.acks!x")
+    assert SCHEMA.problem(ack) is None
+    assert [ack["id"], *ack["ids"]] == [m["id"] for m in messages]
+    await consumer_module.EmailContext(consumer, messages[0]).ack()  # alone: no ids
+    assert await consumer.channel_layer.receive("gw.acks!x") == {"type": "email.ack", "id": "m0.0"}
+
+
+async def test_a_failed_batched_ack_reaches_every_handler(consumer_module):
+    import asyncio
+
+    from channels.layers import InMemoryChannelLayer
+
+    class Down(InMemoryChannelLayer):
+        async def send(self, channel, message):
+            raise ConnectionError("layer down")
+
+    consumer = consumer_module.EmailConsumer()
+    consumer.channel_layer = Down()
+    messages = [consumer_module.receive_from_bytes(PLAIN, id=f"m{n}.0", reply_channel="gw.acks!x") for n in range(3)]
+    results = await asyncio.gather(*(consumer_module.EmailContext(consumer, m).ack() for m in messages),
+                                   return_exceptions=True)
+    assert all(isinstance(r, ConnectionError) for r in results)

@@ -166,6 +166,16 @@ async def test_unacknowledged_message_is_handed_again_then_dead_lettered(stack, 
     assert await layer.nothing_on("email.redeliver", 2.5)
 
 
+async def test_one_ack_with_ids_acknowledges_each(stack, layer):
+    with smtp(stack) as client:
+        for n in range(3):
+            client.sendmail("you@example.test", ["redeliver@demo.local"], mail(f"batched ack {n}"))
+    seen = [await layer.receive("email.redeliver") for _ in range(3)]
+    ids = [m["id"] for m in seen]
+    await layer.send(seen[0]["reply_channel"], {"type": "email.ack", "id": ids[0], "ids": ids[1:]})
+    assert await layer.nothing_on("email.redeliver", 2.5), "an id in ids was handed again"
+
+
 async def test_lmtp_answers_per_recipient(stack, layer):
     client = smtplib.LMTP("127.0.0.1", stack["lmtp"], timeout=30)
     try:
