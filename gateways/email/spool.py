@@ -263,16 +263,10 @@ class Spool:
                 empty = [name for name, live in self._live.items() if live <= 0]
             for name in empty:
                 active = self._active
-                if active is not None and active.path.name == name:
-                    if time.monotonic() - active.last_write < IDLE_RETIRE:
-                        continue
-                    active.close()
-                    self._active = None
-                with self._count_lock:
-                    self._live.pop(name, None)
-                    self._released.pop(name, None)
-                (self.new / name).unlink(missing_ok=True)
-                (self.new / (name + DONE_SUFFIX)).unlink(missing_ok=True)
+                if active is not None and active.path.name == name and \
+                        time.monotonic() - active.last_write < IDLE_RETIRE:
+                    continue
+                self._delete(name)
                 deleted.append(name)
             self._note_released()
         if self._spare is None and time.monotonic() >= self._spare_retry_at:
@@ -298,14 +292,18 @@ class Spool:
     def remove(self, batch: str) -> None:
         """Forget a whole segment or batch file (every entry in it is done)."""
         with self._write_lock:
-            if self._active is not None and self._active.path.name == batch:
-                self._active.close()
-                self._active = None
-            with self._count_lock:
-                self._live.pop(batch, None)
-                self._released.pop(batch, None)
-            (self.new / batch).unlink(missing_ok=True)
-            (self.new / (batch + DONE_SUFFIX)).unlink(missing_ok=True)
+            self._delete(batch)
+
+    def _delete(self, name: str) -> None:
+        # Called with the write lock held: no append can be under way.
+        if self._active is not None and self._active.path.name == name:
+            self._active.close()
+            self._active = None
+        with self._count_lock:
+            self._live.pop(name, None)
+            self._released.pop(name, None)
+        (self.new / name).unlink(missing_ok=True)
+        (self.new / (name + DONE_SUFFIX)).unlink(missing_ok=True)
 
     # -- reading ---------------------------------------------------------------------
 
