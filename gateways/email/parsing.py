@@ -41,10 +41,13 @@ class ParserProcess:
 
     Args:
         python: the interpreter to run the child with.
+        timeout: seconds a batch may take; past that the child is taken for hung,
+            killed and started again, and its batches are parsed by the hand-off.
     """
 
-    def __init__(self, python: str = sys.executable) -> None:
+    def __init__(self, python: str = sys.executable, timeout: float = 30.0) -> None:
         self.python = python
+        self.timeout = timeout
         self._process: asyncio.subprocess.Process | None = None
         self._asked: list[tuple[bytes, asyncio.Future]] = []
         self._in_flight: collections.deque[list[asyncio.Future]] = collections.deque()
@@ -88,7 +91,15 @@ class ParserProcess:
         except (OSError, RuntimeError):  # the pipe is gone: the supervisor restarts the child
             _resolve([future for _, future in asked], None)
             return
-        self._in_flight.append([future for _, future in asked])
+        batch = [future for _, future in asked]
+        self._in_flight.append(batch)
+        asyncio.get_running_loop().call_later(self.timeout, self._check_hung, process, batch)
+
+    def _check_hung(self, process: asyncio.subprocess.Process, batch: list[asyncio.Future]) -> None:
+        if batch not in self._in_flight or process is not self._process:
+            return
+        log.warning("the parser process took over %ss for a batch; starting a new one", self.timeout)
+        process.kill()  # its reader sees the end and the supervisor starts another
 
     async def _supervise(self) -> None:
         backoff = Backoff(0.5, 30.0)

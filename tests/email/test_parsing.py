@@ -88,3 +88,23 @@ async def test_gateway_delivers_parsed_mail_without_its_parser_process(redis_ser
     finally:
         await layer.close()
         assert gateway.stop() == 0, gateway.log()
+
+
+async def test_a_hung_child_is_replaced_and_its_batch_parsed_elsewhere():
+    parser = ParserProcess(timeout=1.0)
+    await parser.start()
+    try:
+        hung = parser._process
+        os.kill(hung.pid, signal.SIGSTOP)  # alive, but parsing nothing
+        began = time.monotonic()
+        assert await asyncio.wait_for(parser.parse(CORPUS["nested_multiparts"]), 10) is None
+        assert time.monotonic() - began >= 0.9
+        deadline = time.monotonic() + 30
+        while parser._process is None or parser._process is hung or not parser._ready.is_set():
+            assert time.monotonic() < deadline, "no new parser process"
+            await asyncio.sleep(0.05)
+        assert await parser.parse(CORPUS["nested_multiparts"]) == as_layer_sees_it(
+            parse_message(CORPUS["nested_multiparts"]))
+        assert hung.returncode is not None, "the hung child was left running"
+    finally:
+        await parser.close()
