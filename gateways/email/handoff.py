@@ -32,6 +32,8 @@ log = logging.getLogger("gateway.email")
 MAX_QUEUED_RAW = 1000
 #: Seconds between spool sweeps (deleting released segments, noting releases).
 SWEEP_INTERVAL = 0.25
+#: Redelivery deadlines kept beyond twice the waiting deliveries before stale ones are dropped.
+TIMERS_SLACK = 1024
 
 
 @dataclass
@@ -223,7 +225,13 @@ class Handoff:
     def _schedule(self, due: float, delivery_id: str) -> None:
         self._timer_seq += 1
         heapq.heappush(self._timers, (due, self._timer_seq, delivery_id))
-        if self._timers[0][1] == self._timer_seq:  # the new earliest: the timer must wait less
+        if len(self._timers) > 2 * len(self.deliveries) + TIMERS_SLACK:
+            # Acknowledged deliveries leave their deadline behind until it is due
+            # (ack_timeout later): under a steady stream that is a minute of mail.
+            self._timers = [timer for timer in self._timers if timer[2] in self.deliveries]
+            heapq.heapify(self._timers)
+            self._timer_wake.set()
+        elif self._timers[0][1] == self._timer_seq:  # the new earliest: the timer must wait less
             self._timer_wake.set()
 
     async def _timer(self) -> None:

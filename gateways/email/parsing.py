@@ -22,6 +22,7 @@ import collections
 import logging
 import struct
 import sys
+import time
 from typing import Any
 
 import msgpack
@@ -55,10 +56,14 @@ class ParserProcess:
         self._supervisor: asyncio.Task | None = None
         self._ready = asyncio.Event()
         self._closing = False
+        self._sent_at: collections.deque[float] = collections.deque()
+        self._watchdog: asyncio.Task | None = None
 
     async def start(self, timeout: float = 30.0) -> None:
         """Start the child and wait until it is ready (then keep it running)."""
-        self._supervisor = asyncio.get_running_loop().create_task(self._supervise(), name="email parser")
+        loop = asyncio.get_running_loop()
+        self._supervisor = loop.create_task(self._supervise(), name="email parser")
+        self._watchdog = loop.create_task(self._watch(), name="email parser watchdog")
         try:
             await asyncio.wait_for(self._ready.wait(), timeout)
         except asyncio.TimeoutError:
@@ -91,15 +96,18 @@ class ParserProcess:
         except (OSError, RuntimeError):  # the pipe is gone: the supervisor restarts the child
             _resolve([future for _, future in asked], None)
             return
-        batch = [future for _, future in asked]
-        self._in_flight.append(batch)
-        asyncio.get_running_loop().call_later(self.timeout, self._check_hung, process, batch)
+        self._in_flight.append([future for _, future in asked])
+        self._sent_at.append(time.monotonic())
 
-    def _check_hung(self, process: asyncio.subprocess.Process, batch: list[asyncio.Future]) -> None:
-        if batch not in self._in_flight or process is not self._process:
-            return
-        log.warning("the parser process took over %ss for a batch; starting a new one", self.timeout)
-        process.kill()  # its reader sees the end and the supervisor starts another
+    async def _watch(self) -> None:
+        # One watchdog, not a timer per batch: batches come hundreds a second.
+        while True:
+            await asyncio.sleep(self.timeout / 4)
+            process = self._process
+            if process is None or not self._sent_at or time.monotonic() - self._sent_at[0] < self.timeout:
+                continue
+            log.warning("the parser process took over %ss for a batch; starting a new one", self.timeout)
+            process.kill()  # its reader sees the end and the supervisor starts another
 
     async def _supervise(self) -> None:
         backoff = Backoff(0.5, 30.0)
@@ -114,6 +122,7 @@ class ParserProcess:
                 self._ready.clear()
                 while self._in_flight:
                     _resolve(self._in_flight.popleft(), None)
+                self._sent_at.clear()
             if self._closing:
                 return
             await backoff.wait()
@@ -132,6 +141,7 @@ class ParserProcess:
                 length = _LENGTH.unpack(await process.stdout.readexactly(_LENGTH.size))[0]
                 results = msgpack.unpackb(await process.stdout.readexactly(length), raw=False)
                 futures = self._in_flight.popleft()
+                self._sent_at.popleft()
                 for future, result in zip(futures, results):
                     if not future.done():
                         future.set_result(result)
@@ -154,9 +164,10 @@ class ParserProcess:
                 await asyncio.wait_for(process.wait(), 5)
             except asyncio.TimeoutError:
                 process.kill()
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            await asyncio.gather(self._supervisor, return_exceptions=True)
+        tasks = [task for task in (self._supervisor, self._watchdog) if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _resolve(futures: list[asyncio.Future], value: Any) -> None:
