@@ -90,3 +90,77 @@ async def test_relay_attempts_spent_reports_transient_failure(redis_server, tmp_
     finally:
         await layer.close()
         assert gateway.stop() == 0, gateway.log()
+
+
+async def test_gateway_killed_mid_stream_loses_nothing_that_got_250(redis_server, tmp_path):
+    # SIGKILL: no drain, no closing of the spool. What got a 250 is in the journal
+    # and is handed off by the next gateway on the same spool.
+    import asyncio
+    import threading
+    import time
+
+    config, port = write_config(tmp_path, redis_server.url)
+    gateway = start_gateway(config, port)
+    layer = Layer(config)
+    accepted: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(number: int) -> None:
+        sequence = 0
+        while not stop.is_set():
+            try:
+                with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+                    while not stop.is_set():
+                        subject = f"c{number}-{sequence}"
+                        sequence += 1
+                        smtp.sendmail("you@example.test", ["inbox@demo.local"],
+                                      f"From: you@example.test\r\nSubject: {subject}\r\n\r\nbody\r\n".encode())
+                        with lock:
+                            accepted.append(subject)  # only after the 250
+            except (OSError, smtplib.SMTPException):
+                time.sleep(0.05)  # the gateway is down: try again, as a sending MTA would
+
+    received: dict[str, int] = {}
+
+    async def consume() -> None:
+        while True:
+            message = await layer.receive("email.receive", timeout=60)
+            assert SCHEMA.problem(message) is None
+            received[message["subject"]] = received.get(message["subject"], 0) + 1
+            await layer.send(message["reply_channel"], {"type": "email.ack", "id": message["id"]})
+
+    clients = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(4)]
+    consumer = asyncio.create_task(consume())
+    try:
+        for thread in clients:
+            thread.start()
+        deadline = time.monotonic() + 60
+        while len(accepted) < 150:
+            assert time.monotonic() < deadline, f"only {len(accepted)} messages accepted"
+            await asyncio.sleep(0.05)
+        gateway.proc.kill()
+        gateway.proc.wait()
+        before_kill = len(accepted)
+        gateway = start_gateway(config, port)
+        while len(accepted) < before_kill + 150:
+            assert time.monotonic() < deadline + 60, f"only {len(accepted)} messages accepted"
+            await asyncio.sleep(0.05)
+        stop.set()
+        for thread in clients:
+            thread.join(30)
+        with lock:
+            expected = set(accepted)
+        deadline = time.monotonic() + 60
+        while not expected <= set(received):
+            assert time.monotonic() < deadline, f"lost after a 250: {sorted(expected - set(received))[:10]}"
+            await asyncio.sleep(0.1)
+        duplicates = sum(count - 1 for count in received.values())
+        assert duplicates <= before_kill, "acknowledged mail handed again wholesale after the restart"
+        assert "from an earlier run" in gateway.log(), "the restarted gateway found nothing in the spool"
+    finally:
+        stop.set()
+        consumer.cancel()
+        await asyncio.gather(consumer, return_exceptions=True)
+        await layer.close()
+        assert gateway.stop() == 0, gateway.log()
