@@ -37,6 +37,17 @@ def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> 
             time.sleep(0.05)
 
 
+def child_pids(pid: int) -> list[int]:
+    """The live child processes of process ``pid`` (from /proc)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found.extend(int(child) for child in (task / "children").read_text().split())
+        except OSError:  # the thread ended meanwhile
+            continue
+    return found
+
+
 def require_binary(name: str, package: str) -> str:
     """Path of ``name``; fail in CI, skip locally, when it is not installed."""
     path = shutil.which(name)

@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from servers import free_port, wait_for_port  # noqa: E402
+from servers import child_pids, free_port, wait_for_port  # noqa: E402
 
 PYTHON = sys.executable
 _TEXT = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 36)[:1900]
@@ -155,18 +155,7 @@ def cpu_seconds(pid: int) -> float:
     gateway's parser process counts as the gateway's)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return own + sum(cpu_seconds(child) for child in children(pid))
-
-
-def children(pid: int) -> list[int]:
-    """The live child processes of ``pid``."""
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            found.extend(int(child) for child in (task / "children").read_text().split())
-        except OSError:
-            continue
-    return found
+    return own + sum(cpu_seconds(child) for child in child_pids(pid))
 
 
 def rss_kib(pid: int) -> int:
@@ -175,7 +164,7 @@ def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             own = int(line.split()[1])
-    return own + sum(rss_kib(child) for child in children(pid))
+    return own + sum(rss_kib(child) for child in child_pids(pid))
 
 
 def write_config(work: Path, mode: str, redis_port: int) -> tuple[Path, int, str]:

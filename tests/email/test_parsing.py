@@ -7,7 +7,6 @@ import os
 import signal
 import smtplib
 import time
-from pathlib import Path
 
 import msgpack
 
@@ -16,6 +15,7 @@ from email_stack import Layer, start_gateway, write_config
 from gateways.core.specs import load_schema
 from gateways.email.parsing import ParserProcess
 from gateways.email.protocol import parse_message
+from servers import child_pids
 
 SCHEMA = load_schema("email")
 
@@ -56,13 +56,6 @@ async def test_a_dead_child_means_parsing_in_place_then_a_new_child():
     finally:
         await parser.close()
     assert parser._process is None or parser._process.returncode is not None
-
-
-def child_pids(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found.extend(int(c) for c in (task / "children").read_text().split())
-    return found
 
 
 async def test_gateway_delivers_parsed_mail_without_its_parser_process(redis_server, tmp_path):
