@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from aiosmtpd.lmtp import LMTP
-from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword
 
+from gateways.email.data_section import read_data_section
 from gateways.email.protocol import Envelope, RecipientPolicy, line_ending_problem
 
 log = logging.getLogger("gateway.email")
@@ -113,6 +114,37 @@ class _SessionMixin:
         if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
             return None, None
         return address, rest
+
+    async def smtp_DATA(self, arg: str) -> None:
+        # aiosmtpd's DATA, with the section read in bulk (gateways/email/data_section.py).
+        if self._decode_data or "DATA" not in self._handle_hooks:  # type: ignore[attr-defined]
+            return await super().smtp_DATA(arg)  # type: ignore[misc]
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):  # type: ignore[attr-defined]
+            return
+        envelope = self.envelope  # type: ignore[attr-defined]
+        if not envelope.rcpt_tos:
+            return await self.push("503 Error: need RCPT command")
+        if arg:
+            return await self.push("501 Syntax: DATA")
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            section = await read_data_section(self._reader, self.data_size_limit,  # type: ignore[attr-defined]
+                                              self.line_length_limit)  # type: ignore[attr-defined]
+        except asyncio.CancelledError:
+            log.info("connection lost during DATA")
+            self._writer.close()  # type: ignore[attr-defined]
+            raise
+        except asyncio.IncompleteReadError:  # EOF before the end of the section
+            log.info("connection closed during DATA")
+            self._writer.close()  # type: ignore[attr-defined]
+            return
+        if section.refusal is not None:
+            self._set_post_data_state()  # type: ignore[attr-defined]
+            return await self.push(section.refusal)
+        envelope.content = envelope.original_content = section.content
+        status = await self._call_handler_hook("DATA")  # type: ignore[attr-defined]
+        self._set_post_data_state()  # type: ignore[attr-defined]
+        await self.push("250 OK" if status is MISSING else status)
 
     async def push(self, status: Any) -> None:
         text = status.decode("ascii", "replace") if isinstance(status, bytes) else status
