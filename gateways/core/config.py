@@ -109,6 +109,11 @@ def check_positive(value: float) -> str | None:
     return None if value > 0 else f"{value} must be greater than 0"
 
 
+def check_non_negative(value: float) -> str | None:
+    """A number of zero or more."""
+    return None if value >= 0 else f"{value} must not be negative"
+
+
 def check_channel_name(value: str) -> str | None:
     """A valid Channels channel name (no ``!``: those are process-specific)."""
     if not re.fullmatch(r"[a-zA-Z0-9_.\-]{1,99}", value):

@@ -10,6 +10,7 @@ from gateways.core.config import (
     GatewaySection,
     check_channel_name,
     check_host_port,
+    check_non_negative,
     check_positive,
     check_regex,
     check_url,
@@ -121,6 +122,12 @@ class EmailSection(GatewaySection):
         default=60.0,
         metadata={"doc": "seconds to wait for email.ack before handing a message again (doubles each time)",
                   "check": check_positive},
+    )
+    handoff_linger: float = field(
+        default=0.005,
+        metadata={"doc": "seconds a new message waits for others to be handed to the layer with it "
+                         "(fewer round trips for the layer and the consumers); 0: at once",
+                  "check": check_non_negative},
     )
     max_attempts: int = field(
         default=8,

@@ -101,7 +101,7 @@ class EmailGateway(Gateway):
         await self.parser.start()
         reply_channel = await self.runtime.new_channel()
         self.handoff = Handoff(self.runtime, self.spool, reply_channel, section.dead_letter_channel,
-                               section.ack_timeout, section.max_attempts)
+                               section.ack_timeout, section.max_attempts, linger=section.handoff_linger)
         recovered = 0
         for entry in await asyncio.to_thread(lambda: list(self.spool.pending())):
             entry.raw = None  # read again at hand-off time: keeps memory flat

@@ -59,6 +59,9 @@ class _Delivery:
         return f"{self.entry.id}.{self.index}"
 
 
+_Queued = tuple[_Delivery, bytes | None, dict[str, Any] | asyncio.Future | None]
+
+
 class Handoff:
     """Delivers spooled messages to their channels, at least once.
 
@@ -70,10 +73,13 @@ class Handoff:
         ack_timeout: seconds before the first redelivery.
         max_attempts: hand-offs before the dead-letter channel.
         concurrency: hand-offs at once.
+        linger: seconds a new delivery waits for others, so that the ones
+            arriving together are handed off in one round trip (and reach a
+            consumer as one fetch); 0 hands each off at once.
     """
 
     def __init__(self, runtime: Runtime, spool: Spool, reply_channel: str, dead_letter_channel: str,
-                 ack_timeout: float, max_attempts: int, concurrency: int = 16) -> None:
+                 ack_timeout: float, max_attempts: int, concurrency: int = 16, linger: float = 0.0) -> None:
         self.runtime = runtime
         self.spool = spool
         self.reply_channel = reply_channel
@@ -81,10 +87,12 @@ class Handoff:
         self.ack_timeout = ack_timeout
         self.max_attempts = max_attempts
         self.concurrency = concurrency
+        self.linger = linger
         self.entries: dict[str, _Entry] = {}
         self.deliveries: dict[str, _Delivery] = {}
-        self._ready: asyncio.Queue[tuple[_Delivery, bytes | None, dict[str, Any] | asyncio.Future | None]] = (
-            asyncio.Queue())
+        self._ready: asyncio.Queue[_Queued] = asyncio.Queue()
+        self._lingering: list[_Queued] = []
+        self._linger_wake = asyncio.Event()
         self._timers: list[tuple[float, int, str]] = []
         self._timer_seq = 0
         self._timer_wake = asyncio.Event()
@@ -101,6 +109,8 @@ class Handoff:
         """Start the hand-off workers and the redelivery timer."""
         for n in range(self.concurrency):
             self.runtime.spawn(self._worker(), f"email hand-off {n}")
+        if self.linger:
+            self.runtime.spawn(self._pace(), "email hand-off linger")
         self.runtime.spawn(self._timer(), "email redelivery timer")
         self.runtime.spawn(self._sweep(), "email spool sweep")
 
@@ -117,12 +127,17 @@ class Handoff:
                          open=set(range(len(entry.deliveries))))
         self.entries[entry.id] = tracked
         # While the layer is down the queue grows: past a point, re-read from the spool instead.
-        keep = self._ready.qsize() < MAX_QUEUED_RAW
+        keep = self._ready.qsize() + len(self._lingering) < MAX_QUEUED_RAW
         raw, parsed = (entry.raw, parsed) if keep else (None, None)
         for index in range(len(entry.deliveries)):
             delivery = _Delivery(tracked, index)
             self.deliveries[delivery.id] = delivery
-            self._ready.put_nowait((delivery, raw, parsed if raw is not None else None))
+            queued = (delivery, raw, parsed if raw is not None else None)
+            if self.linger:
+                self._lingering.append(queued)
+                self._linger_wake.set()
+            else:
+                self._ready.put_nowait(queued)
 
     async def ack(self, delivery_id: str) -> bool:
         """Mark a delivery done; forget the entry once all its deliveries are. False if unknown."""
@@ -153,6 +168,19 @@ class Handoff:
                     log.error("cannot tidy spool %s: %s", self.spool.root, exc)
 
     # -- internals -----------------------------------------------------------
+
+    async def _pace(self) -> None:
+        # Like a Nagle delay: the first delivery after a quiet spell waits
+        # ``linger`` for company, then all that came meanwhile go to the workers
+        # in one loop iteration, so their sends share a round trip to the layer.
+        # The workers never sleep, so the rate is not bounded by the window.
+        while True:
+            await self._linger_wake.wait()
+            await asyncio.sleep(self.linger)
+            self._linger_wake.clear()
+            batch, self._lingering = self._lingering, []
+            for queued in batch:
+                self._ready.put_nowait(queued)
 
     async def _worker(self) -> None:
         while True:

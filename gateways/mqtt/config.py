@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
 
-from gateways.core.config import GatewaySection, check_channel_name, check_positive, check_url
+from gateways.core.config import GatewaySection, check_channel_name, check_non_negative, check_positive, check_url
 from gateways.mqtt.protocol import PUBLISH, Subscription, filter_problem
 
 VERSIONS = ("3.1.1", "5", "5.0")
@@ -23,9 +23,6 @@ def _check_client_id(value: str) -> str | None:
         return f"{value!r}: a client id is 1-128 printable ASCII characters without spaces"
     return None
 
-
-def _check_non_negative(value: int) -> str | None:
-    return None if value >= 0 else f"{value} must not be negative"
 
 
 @dataclass
@@ -82,7 +79,7 @@ class MqttSection(GatewaySection):
     session_expiry: int = field(
         default=86400,
         metadata={"doc": "seconds the broker keeps the session (subscriptions, queued QoS 1 messages) while "
-                         "the gateway is away; 0: a clean session each time", "check": _check_non_negative},
+                         "the gateway is away; 0: a clean session each time", "check": check_non_negative},
     )
     subscriptions: list[MqttSubscription] = field(
         default_factory=list,

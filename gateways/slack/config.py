@@ -8,14 +8,12 @@ from gateways.core.config import (
     GatewaySection,
     check_channel_name,
     check_host_port,
+    check_non_negative,
     check_positive,
     check_regex,
     check_url,
 )
 
-
-def _check_non_negative(value: int) -> str | None:
-    return None if value >= 0 else f"{value} must be 0 or more"
 
 
 @dataclass
@@ -130,7 +128,7 @@ class SlackSection(GatewaySection):
     )
     api_retries: int = field(
         default=3,
-        metadata={"doc": "retries of a Web API call after 429 or a network error", "check": _check_non_negative},
+        metadata={"doc": "retries of a Web API call after 429 or a network error", "check": check_non_negative},
     )
     max_retry_after: float = field(
         default=60.0,

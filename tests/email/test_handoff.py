@@ -1,8 +1,10 @@
-"""The hand-off on a real spool and the in-memory layer: deadlines of acknowledged mail do not pile up."""
+"""The hand-off on a real spool and the in-memory layer: deadlines of acknowledged mail do not
+pile up; the linger hands deliveries that arrive together off together."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 from gateways.core.config import load_config
 from gateways.core.daemon import Runtime
@@ -10,7 +12,7 @@ from gateways.email.handoff import TIMERS_SLACK, Handoff
 from gateways.email.spool import Spool, SpoolEntry, new_id
 
 
-async def test_deadlines_of_acknowledged_deliveries_are_dropped(tmp_path):
+def _handoff(tmp_path, linger: float = 0.0) -> tuple[Runtime, Spool, Handoff]:
     path = tmp_path / "gateway.yaml"
     path.write_text("layer: {url: 'memory://local', capacity: 100000}\n"
                     "email: {listen: '127.0.0.1:0', domains: [demo.local], relay: 'console://'}\n")
@@ -18,22 +20,72 @@ async def test_deadlines_of_acknowledged_deliveries_are_dropped(tmp_path):
     runtime = Runtime(config, config.sections["email"], "email")
     spool = Spool(tmp_path / "spool", fsync=False)
     spool.open()
-    handoff = Handoff(runtime, spool, "email.gw!", "email.dead", ack_timeout=60, max_attempts=3, concurrency=4)
+    handoff = Handoff(runtime, spool, "email.gw!", "email.dead", ack_timeout=60, max_attempts=3, concurrency=4,
+                      linger=linger)
     handoff.start()
+    return runtime, spool, handoff
+
+
+def _add(spool: Spool, handoff: Handoff, n: int) -> None:
+    entry = SpoolEntry(new_id(), {"mail_from": "a@x.test", "rcpt_to": ["b@demo.local"]},
+                       [{"channel": "email.receive", "recipients": ["b@demo.local"], "kwargs": {}}],
+                       b"Subject: %d\r\n\r\nbody\r\n" % n)
+    spool.write(entry)
+    handoff.add(entry)
+
+
+async def _stop(runtime: Runtime) -> None:
+    for task in list(runtime._tasks):
+        task.cancel()
+    await asyncio.gather(*runtime._tasks, return_exceptions=True)
+
+
+async def test_deadlines_of_acknowledged_deliveries_are_dropped(tmp_path):
+    runtime, spool, handoff = _handoff(tmp_path)
     total = 3 * TIMERS_SLACK
     try:
         for n in range(total):
-            entry = SpoolEntry(new_id(), {"mail_from": "a@x.test", "rcpt_to": ["b@demo.local"]},
-                               [{"channel": "email.receive", "recipients": ["b@demo.local"], "kwargs": {}}],
-                               b"Subject: %d\r\n\r\nbody\r\n" % n)
-            spool.write(entry)
-            handoff.add(entry)
+            _add(spool, handoff, n)
         for _ in range(total):
             message = await asyncio.wait_for(runtime.layer.receive("email.receive"), 10)
             assert await handoff.ack(message["id"])
         assert handoff.pending == 0
         assert len(handoff._timers) <= TIMERS_SLACK + 1, "deadlines of acknowledged mail were kept"
     finally:
-        for task in list(runtime._tasks):
-            task.cancel()
-        await asyncio.gather(*runtime._tasks, return_exceptions=True)
+        await _stop(runtime)
+
+
+async def _send_times(tmp_path, linger: float, count: int, spacing: float) -> tuple[list[float], list[float]]:
+    """When each of ``count`` deliveries, added ``spacing`` apart, was added and was handed to the layer."""
+    runtime, spool, handoff = _handoff(tmp_path, linger)
+    sent: list[float] = []
+    send = runtime.send
+
+    async def timed_send(channel, message):
+        sent.append(time.monotonic())
+        await send(channel, message)
+
+    runtime.send = timed_send
+    added = []
+    try:
+        for n in range(count):
+            added.append(time.monotonic())
+            _add(spool, handoff, n)
+            await asyncio.sleep(spacing)
+        for _ in range(count):
+            await asyncio.wait_for(runtime.layer.receive("email.receive"), 10)
+        return added, sent
+    finally:
+        await _stop(runtime)
+
+
+async def test_linger_hands_deliveries_that_arrive_together_off_together(tmp_path):
+    added, sent = await _send_times(tmp_path, linger=0.2, count=4, spacing=0.02)
+    assert len(sent) == 4
+    assert min(sent) >= added[0] + 0.2, "a delivery left before the linger was over"
+    assert max(sent) - min(sent) < 0.05, "deliveries that arrived within the linger left apart"
+
+
+async def test_without_linger_each_delivery_leaves_at_once(tmp_path):
+    added, sent = await _send_times(tmp_path, linger=0.0, count=4, spacing=0.05)
+    assert all(s - a < 0.05 for a, s in zip(added, sent)), (added, sent)
