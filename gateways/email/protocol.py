@@ -236,7 +236,25 @@ def decode_header(value: Any) -> str:
     return decoded[:MAX_HEADER_VALUE]
 
 
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_ADDR_SPEC = rf"{_ATOM}(?:\.{_ATOM})*@{_ATOM}(?:\.{_ATOM})*"
+#: One ``addr-spec`` or ``Display Name <addr-spec>`` made of plain words: most From and To headers.
+_PLAIN_ADDRESS = re.compile(rf"[ \t]*(?:((?:{_ATOM}[ \t]+)*{_ATOM})?[ \t]*<({_ADDR_SPEC})>|({_ADDR_SPEC}))[ \t]*")
+
+
 def _addresses(values: list[str]) -> list[dict[str, str]]:
+    """The ``{"name", "address"}`` pairs of address headers, as ``email.utils.getaddresses`` reads them."""
+    if len(values) == 1:
+        # getaddresses' tokenizer is most of the parse's CPU; a plain address reads the
+        # same (tests/email/test_protocol.py compares the two on many forms).
+        plain = _PLAIN_ADDRESS.fullmatch(values[0])
+        if plain is not None:
+            name, address = plain.group(1), plain.group(2) or plain.group(3)
+            return [{"name": " ".join(name.split()) if name else "", "address": address}]
+    return _addresses_parsed(values)
+
+
+def _addresses_parsed(values: list[str]) -> list[dict[str, str]]:
     try:
         pairs = email.utils.getaddresses(values)
     except Exception:
@@ -273,6 +291,33 @@ def _param(part: Message, name: str, header: str = "content-type") -> str | None
     return decode_header(value)
 
 
+_TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`{|}~-]+"
+#: ``type/subtype`` with at most a plain ``charset``: most leaf parts.
+_PLAIN_CONTENT_TYPE = re.compile(rf"[ \t]*({_TOKEN}/{_TOKEN})[ \t]*(?:;[ \t]*charset=(\"?)({_TOKEN})\2[ \t]*)?",
+                                 re.IGNORECASE)
+
+
+def content_fields(part: Message) -> tuple[str, str | None, str | None, str | None]:
+    """A part's content type, disposition, filename and charset."""
+    value = part.get("content-type")
+    if isinstance(value, str) and part.get("content-disposition") is None:
+        # The stdlib's parameter parsing is a fifth of the parse; a plain Content-Type
+        # and no Content-Disposition read the same (compared in tests/email/test_protocol.py).
+        plain = _PLAIN_CONTENT_TYPE.fullmatch(value)
+        if plain is not None:
+            charset = plain.group(3)
+            return plain.group(1).lower(), None, None, charset.lower() if charset else None
+    return content_fields_parsed(part)
+
+
+def content_fields_parsed(part: Message) -> tuple[str, str | None, str | None, str | None]:
+    """:func:`content_fields` by the stdlib's full parse of the headers."""
+    return (part.get_content_type(),
+            (part.get_content_disposition() or "").lower() or None,
+            _param(part, "filename", "content-disposition") or _param(part, "name"),
+            part.get_content_charset())
+
+
 class _Walker:
     """Builds the part tree, the text/html conveniences and the attachments."""
 
@@ -281,17 +326,14 @@ class _Walker:
         self.html: str | None = None
         self.attachments: list[dict[str, Any]] = []
 
-    def part(self, part: Message, depth: int) -> dict[str, Any]:
-        content_type = part.get_content_type()
-        disposition = (part.get_content_disposition() or "").lower() or None
-        filename = _param(part, "filename", "content-disposition") or _param(part, "name")
-        charset = part.get_content_charset()
+    def part(self, part: Message, depth: int, headers: list[list[str]] | None = None) -> dict[str, Any]:
+        content_type, disposition, filename, charset = content_fields(part)
         node: dict[str, Any] = {
             "content_type": content_type,
             "charset": charset,
             "disposition": disposition,
             "filename": filename,
-            "headers": [[k, decode_header(v)] for k, v in part.raw_items()],
+            "headers": [[k, decode_header(v)] for k, v in part.raw_items()] if headers is None else headers,
             "body": None,
             "attachment": None,
             "parts": [],
@@ -338,18 +380,20 @@ def parse_message(raw: bytes) -> dict[str, Any]:
     msg = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(raw)
     # raw_items(): compat32 turns 8-bit values into Header objects that lose
     # the bytes; the raw strings keep them (surrogate-escaped) for _fix_8bit.
-    raw_headers = list(msg.raw_items())
-    headers = [[name, decode_header(value)] for name, value in raw_headers]
+    headers = [[name, decode_header(value)] for name, value in msg.raw_items()]
+    by_name: dict[str, list[str]] = {}
+    for key, value in headers:
+        by_name.setdefault(key.lower(), []).append(value)
 
     def all_of(name: str) -> list[str]:
-        return [value for key, value in headers if key.lower() == name]
+        return by_name.get(name, [])
 
     def first(name: str) -> str | None:
         found = all_of(name)
         return found[0].strip() if found else None
 
     walker = _Walker()
-    tree = walker.part(msg, 0)
+    tree = walker.part(msg, 0, [pair[:] for pair in headers])
     defects = sorted({type(d).__name__ for p in msg.walk() for d in getattr(p, "defects", [])})
     references = " ".join(all_of("references")).split()
     return {

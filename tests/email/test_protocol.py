@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import email
 import email.policy
+import random
 
 import pytest
 
 from corpus import CORPUS
 from gateways.core.specs import load_schema
 from gateways.email.protocol import (
+    _PLAIN_ADDRESS,
+    _PLAIN_CONTENT_TYPE,
     Delivery,
     Envelope,
     OutboundError,
@@ -17,12 +20,16 @@ from gateways.email.protocol import (
     Route,
     Router,
     build_outbound,
+    content_fields,
+    content_fields_parsed,
     failed_message,
     header_subject,
     line_ending_problem,
     receive_message,
     sender_allowed,
     sent_message,
+    _addresses,
+    _addresses_parsed,
 )
 
 SCHEMA = load_schema("email")
@@ -206,3 +213,57 @@ def test_outcome_messages_match_the_schema():
     assert SCHEMA.problem(failed) is None
     assert SCHEMA.problem({"type": "email.ack", "id": "x.0"}) is None
     assert SCHEMA.problem({"type": "email.send", "from": "a@b", "attachments": [{"content": "str"}]})
+
+
+def _address_forms() -> list[str]:
+    rng = random.Random(2822)
+    pieces = ["john", "Doe", "a.b", "x-y", "o'neil", " ", "  ", "\t", "<", ">", "@", ".", "..", ",", '"', "(c)",
+              "ex.test", "ö", ":", ";", "[1.2.3.4]", "\\", "_", "+tag"]
+    forms = ["a@example.test", "John Doe <jd@x.test>", "<bare@x.test>", "John  Q  Doe <q@x.test>", " spaced  <s@x.test> ",
+             "John Doe<jd@x.test>", "dot.name <d@x.test>", "Jane_Doe-1 <jd@x.test>", "a..b@x.test", "a@b, c@d",
+             '"Doe, John" <jd@x.test>', "Name (c) <n@x.test>", "@x.test", "a@", "<a@b> z", "a b@c", "a@b.", ".a@b",
+             "<a@b>>", "<<a@b>", "Jörg <j@x.test>", "John\tDoe\t<jd@x.test>", "", " ", "x"]
+    atoms = ["john", "Doe", "x-y", "o'neil", "_", "+tag", "A1", "é", "a.b", '"q"', "(c)", ""]
+    blanks = ["", " ", "  ", "\t", " \t"]
+
+    def words(n: int, joiner: list[str]) -> str:
+        return rng.choice(joiner).join(rng.choice(atoms) for _ in range(n))
+
+    for _ in range(3000):
+        forms.append("".join(rng.choice(pieces) for _ in range(rng.randint(1, 8))))
+        address = f"{words(rng.randint(1, 3), ['.', '..'])}@{words(rng.randint(1, 3), ['.'])}"
+        name = words(rng.randint(0, 3), [" ", "  ", "\t", ""])
+        forms.append(rng.choice([address, f"{name} <{address}>", f"{name}<{address}>", f"<{address}>"]).join(
+            [rng.choice(blanks), rng.choice(blanks)]))
+    return forms
+
+
+def test_plain_address_fast_path_reads_as_getaddresses_does():
+    fast = 0
+    for value in _address_forms():
+        assert _addresses([value]) == _addresses_parsed([value]), repr(value)
+        fast += _PLAIN_ADDRESS.fullmatch(value) is not None
+    assert fast > 300  # the comparison covers the fast path, not only the fallback
+
+
+def test_plain_content_type_fast_path_reads_as_the_stdlib_does():
+    rng = random.Random(2045)
+    types = ["text/plain", "TEXT/HTML", "application/pdf", "image/svg+xml", "text/x-c", "textplain", "text/plain/x",
+             "text/", "/plain", "multipart/mixed", "message/rfc822", ""]
+    params = ["", "; charset=utf-8", ";charset=UTF-8", "; CHARSET=\"ISO-8859-1\"", "; charset=\"\"", "; charset=",
+              "; charset=utf-8;", " ; charset = utf-8", "; charset=utf-8; format=flowed", "; name=\"a.pdf\"",
+              "; charset*=utf-8''%E2%82%AC", "; charset=\xe9", "; (c) charset=latin1", "; boundary=zz",
+              "; charset=\"utf-8", "; charset=x'y", "; charset=a/b"]
+    blanks = ["", " ", "\t", "  "]
+    dispositions = [None, None, "inline", "attachment", "attachment; filename=\"r.txt\"", "INLINE"]
+    fast = 0
+    for _ in range(3000):
+        value = rng.choice(blanks) + rng.choice(types) + rng.choice(blanks) + rng.choice(params) + rng.choice(blanks)
+        disposition = rng.choice(dispositions)
+        raw = ("Content-Type: " + value + "\r\n" if value.strip() or rng.random() < 0.5 else "")
+        raw += f"Content-Disposition: {disposition}\r\n" if disposition else ""
+        message = email.message_from_bytes((raw + "\r\nbody\r\n").encode("utf-8", "surrogateescape"),
+                                           policy=email.policy.compat32)
+        assert content_fields(message) == content_fields_parsed(message), repr(raw)
+        fast += disposition is None and _PLAIN_CONTENT_TYPE.fullmatch(value) is not None
+    assert fast > 100  # the comparison covers the fast path, not only the fallback
