@@ -93,12 +93,15 @@ class Acks:
                        if line.startswith("gateway_email_acked_total")))
 
     def wait_for(self, count: int, timeout: float = 300) -> float:
-        """Block until ``count`` messages were acknowledged; return when that was seen."""
+        """Block until ``count`` messages were acknowledged; return when that was seen.
+
+        Called once the load is over, so polling often only costs the tail: a 50 ms
+        step would add up to 10% to a half-second run."""
         deadline = time.monotonic() + timeout
         while self.count() < count:
             if time.monotonic() > deadline:
                 raise SystemExit(f"consumers acknowledged {self.count()} of {count} messages")
-            time.sleep(0.05)
+            time.sleep(0.002)
         return time.perf_counter()
 
 
