@@ -1,0 +1,93 @@
+"""Where the email gateway's ratio goes: its SMTP listener stage by stage vs bare aiosmtpd.
+
+    /work/venv/bin/python bench/email/stages.py [--messages 4000]
+
+The same load as bench/email/bench.py (aiosmtplib clients, ~2 KB messages,
+reused connections, 1 client then 20) against the bare aiosmtpd baseline
+and against the gateway's own listener (bench/email/stage_server.py)
+answering 250 after: nothing but the dialogue; a durable spool write; the
+spool write with the parse asked of the parser process meanwhile. There is
+no Redis and no consumer here: the full gateway is bench.py's figure. Each
+stage's ratio is against the baseline measured right before it; CPU per
+message is the server's (its parser process included). Asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench import PYTHON, REPO, cpu_seconds, disk_line, load  # noqa: E402
+from servers import free_port, wait_for_port  # noqa: E402
+
+STAGES = {
+    "dialogue": "the gateway's listener answering 250 at once (its MAIL/RCPT/DATA paths, uvloop)",
+    "spool": "250 once the message is in the durable spool (group commit, fdatasync)",
+    "parse": "the same, with the MIME parse asked of the parser process meanwhile",
+}
+
+
+def measure(pid: int, port: int, clients: int, total: int) -> tuple[float, float]:
+    """Messages/s and the server's CPU ms per message for one load."""
+    before = cpu_seconds(pid)
+    began = time.perf_counter()
+    asyncio.run(load(port, clients, total))
+    rate = total / (time.perf_counter() - began)
+    return rate, (cpu_seconds(pid) - before) / total * 1000
+
+
+def start(argv: list[str], port: int) -> subprocess.Popen:
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    wait_for_port(port, timeout=30)
+    asyncio.run(load(port, 4, 200))  # warm-up
+    return proc
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=4000, help="messages per 20-client run (1 client: a quarter)")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="email-stages-"))
+    procs: list[subprocess.Popen] = []
+    try:
+        bare_port = free_port()
+        bare = start([PYTHON, str(HERE / "bare_server.py"), str(bare_port)], bare_port)
+        procs.append(bare)
+        print("email stages: the gateway's listener alone, stage by stage, vs bare aiosmtpd (same run); "
+              + disk_line(work / "probe"))
+        for stage, what in STAGES.items():
+            print(f"  {stage}: {what}")
+        print(f"{'stage':>9} {'clients':>7} {'bare aiosmtpd':>14} {'stage':>9} {'ratio':>6} "
+              f"{'CPU/msg bare':>13} {'stage':>8}")
+        for stage in STAGES:
+            port = free_port()
+            server = start([PYTHON, str(HERE / "stage_server.py"), str(port), stage, str(work / stage)], port)
+            procs.append(server)
+            for clients, total in ((1, max(100, args.messages // 4)), (20, args.messages)):
+                bare_rate, bare_cpu = measure(bare.pid, bare_port, clients, total)
+                rate, cpu = measure(server.pid, port, clients, total)
+                print(f"{stage:>9} {clients:>7} {bare_rate:>11.0f}/s {rate:>6.0f}/s {rate / bare_rate:>5.2f}x "
+                      f"{bare_cpu:>10.2f} ms {cpu:>5.2f} ms")
+            server.terminate()
+            server.wait(30)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(15)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
