@@ -101,7 +101,8 @@ class EmailGateway(Gateway):
         await self.parser.start()
         reply_channel = await self.runtime.new_channel()
         self.handoff = Handoff(self.runtime, self.spool, reply_channel, section.dead_letter_channel,
-                               section.ack_timeout, section.max_attempts, linger=section.handoff_linger)
+                               section.ack_timeout, section.max_attempts, linger=section.handoff_linger,
+                               parse=self.parser.parse)
         recovered = 0
         for entry in await asyncio.to_thread(lambda: list(self.spool.pending())):
             entry.raw = None  # read again at hand-off time: keeps memory flat
@@ -144,16 +145,16 @@ class EmailGateway(Gateway):
         entry = SpoolEntry(new_id(), envelope.as_dict(),
                            [{"channel": d.channel, "recipients": d.recipients, "kwargs": d.kwargs}
                             for d in deliveries], raw)
-        write = asyncio.ensure_future(self.spool_writer.write(entry))
-        parsed = self.parser.parse(raw)  # in the child process, while the spool flushes
         try:
-            await write
+            await self.spool_writer.write(entry)
         except OSError as exc:
             self.runtime.metrics.inc("email_refused_total", "messages answered 4xx", reason="spool")
             self.log.error("spool %s cannot be written: %s", self.spool.root, exc)
             return "451 4.3.0 Mail spool unavailable, try again later"
         self.runtime.metrics.inc("email_accepted_total", "messages answered 250")
-        self.handoff.add(entry, parsed)
+        # The parse is asked by the hand-off, after the 250: out of this
+        # message's round trip, and for all of a linger's messages at once.
+        self.handoff.add(entry)
         return f"250 2.0.0 OK queued as {entry.id}"
 
     # -- consumers' messages -------------------------------------------------------

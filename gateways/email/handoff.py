@@ -19,7 +19,7 @@ import heapq
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from gateways.core.backoff import Backoff
 from gateways.core.daemon import HandoffError, Runtime
@@ -76,10 +76,14 @@ class Handoff:
         linger: seconds a new delivery waits for others, so that the ones
             arriving together are handed off in one round trip (and reach a
             consumer as one fetch); 0 hands each off at once.
+        parse: asks for :func:`~gateways.email.protocol.parse_message` of raw
+            bytes elsewhere (the parser process), as a future; asked for the
+            deliveries of a linger together. ``None``: parsed at hand-off.
     """
 
     def __init__(self, runtime: Runtime, spool: Spool, reply_channel: str, dead_letter_channel: str,
-                 ack_timeout: float, max_attempts: int, concurrency: int = 16, linger: float = 0.0) -> None:
+                 ack_timeout: float, max_attempts: int, concurrency: int = 16, linger: float = 0.0,
+                 parse: Callable[[bytes], asyncio.Future] | None = None) -> None:
         self.runtime = runtime
         self.spool = spool
         self.reply_channel = reply_channel
@@ -88,6 +92,7 @@ class Handoff:
         self.max_attempts = max_attempts
         self.concurrency = concurrency
         self.linger = linger
+        self.parse = parse
         self.entries: dict[str, _Entry] = {}
         self.deliveries: dict[str, _Delivery] = {}
         self._ready: asyncio.Queue[_Queued] = asyncio.Queue()
@@ -119,8 +124,8 @@ class Handoff:
 
         Args:
             entry: written to the spool; its raw bytes are used when present.
-            parsed: its :func:`~gateways.email.protocol.parse_message`, or a future of it
-                (``None`` when it must be parsed here), when one was asked for.
+            parsed: its :func:`~gateways.email.protocol.parse_message`, or a future of it,
+                when one was made already; else ``parse`` is asked (or the hand-off parses).
         """
         assert entry.batch is not None, "add() takes entries the spool has written"
         tracked = _Entry(entry.id, entry.batch, entry.offset, entry.envelope, entry.deliveries,
@@ -129,6 +134,8 @@ class Handoff:
         # While the layer is down the queue grows: past a point, re-read from the spool instead.
         keep = self._ready.qsize() + len(self._lingering) < MAX_QUEUED_RAW
         raw, parsed = (entry.raw, parsed) if keep else (None, None)
+        if parsed is None and raw is not None and self.parse is not None and not self.linger:
+            parsed = self.parse(raw)
         for index in range(len(entry.deliveries)):
             delivery = _Delivery(tracked, index)
             self.deliveries[delivery.id] = delivery
@@ -172,15 +179,21 @@ class Handoff:
     async def _pace(self) -> None:
         # Like a Nagle delay: the first delivery after a quiet spell waits
         # ``linger`` for company, then all that came meanwhile go to the workers
-        # in one loop iteration, so their sends share a round trip to the layer.
+        # in one loop iteration, so their sends share a round trip to the layer
+        # (and their parses one trip to the parser process).
         # The workers never sleep, so the rate is not bounded by the window.
         while True:
             await self._linger_wake.wait()
             await asyncio.sleep(self.linger)
             self._linger_wake.clear()
             batch, self._lingering = self._lingering, []
-            for queued in batch:
-                self._ready.put_nowait(queued)
+            asked: dict[str, asyncio.Future] = {}  # one parse per message, however many deliveries
+            for delivery, raw, parsed in batch:
+                if parsed is None and raw is not None and self.parse is not None:
+                    if delivery.entry.id not in asked:
+                        asked[delivery.entry.id] = self.parse(raw)
+                    parsed = asked[delivery.entry.id]
+                self._ready.put_nowait((delivery, raw, parsed))
 
     async def _worker(self) -> None:
         while True:

@@ -5,8 +5,9 @@ the gateway's CPU per message that is its own (the stdlib parser and the walk, ~
 for 2 KB). Done on the event loop it delays every other session; done in a
 thread it holds the GIL the loop needs. So, like Postfix's ``cleanup``
 beside ``smtpd``, a child process parses: the loop sends each batch of raw
-messages (all asked for in one loop iteration) down a pipe and gets the
-parsed fields back, and the child works while the spool flushes.
+messages (all asked for in one loop iteration: the hand-off asks for a
+linger's messages together, after their 250) down a pipe and gets the
+parsed fields back.
 
 The child is a plain blocking loop over :func:`~gateways.email.protocol.parse_message`
 (``python -m gateways.email.parsing``); frames are a 4-byte length and a

@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from gateways.core.config import load_config
 from gateways.core.daemon import Runtime
 from gateways.email.handoff import TIMERS_SLACK, Handoff
+from gateways.email.protocol import parse_message
 from gateways.email.spool import Spool, SpoolEntry, new_id
 
 
-def _handoff(tmp_path, linger: float = 0.0) -> tuple[Runtime, Spool, Handoff]:
+def _handoff(tmp_path, linger: float = 0.0, parse=None) -> tuple[Runtime, Spool, Handoff]:
     path = tmp_path / "gateway.yaml"
     path.write_text("layer: {url: 'memory://local', capacity: 100000}\n"
                     "email: {listen: '127.0.0.1:0', domains: [demo.local], relay: 'console://'}\n")
@@ -21,7 +24,7 @@ def _handoff(tmp_path, linger: float = 0.0) -> tuple[Runtime, Spool, Handoff]:
     spool = Spool(tmp_path / "spool", fsync=False)
     spool.open()
     handoff = Handoff(runtime, spool, "email.gw!", "email.dead", ack_timeout=60, max_attempts=3, concurrency=4,
-                      linger=linger)
+                      linger=linger, parse=parse)
     handoff.start()
     return runtime, spool, handoff
 
@@ -89,3 +92,32 @@ async def test_linger_hands_deliveries_that_arrive_together_off_together(tmp_pat
 async def test_without_linger_each_delivery_leaves_at_once(tmp_path):
     added, sent = await _send_times(tmp_path, linger=0.0, count=4, spacing=0.05)
     assert all(s - a < 0.05 for a, s in zip(added, sent)), (added, sent)
+
+
+
+@pytest.mark.parametrize("linger", [0.0, 0.1])
+async def test_parses_are_asked_once_per_message_and_together_after_the_linger(tmp_path, linger):
+    asked: list[tuple[float, bytes]] = []
+
+    def parse(raw: bytes) -> asyncio.Future:
+        asked.append((time.monotonic(), raw))
+        future = asyncio.get_running_loop().create_future()
+        future.set_result({**parse_message(raw), "subject": "parsed elsewhere"})
+        return future
+
+    runtime, spool, handoff = _handoff(tmp_path, linger, parse)
+    try:
+        began = time.monotonic()
+        for n in range(3):
+            _add(spool, handoff, n)
+            await asyncio.sleep(0.01)
+        messages = [await asyncio.wait_for(runtime.layer.receive("email.receive"), 10) for _ in range(3)]
+    finally:
+        await _stop(runtime)
+    assert sorted(raw for _, raw in asked) == sorted(message["raw"] for message in messages)
+    assert all(message["subject"] == "parsed elsewhere" for message in messages)
+    times = [when for when, _ in asked]
+    if linger:
+        assert min(times) >= began + linger and max(times) - min(times) < 0.005, "not asked together after the linger"
+    else:
+        assert max(times) - began < 0.05, "not asked as each message came"
