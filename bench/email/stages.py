@@ -6,7 +6,7 @@ The same load as bench/email/bench.py (aiosmtplib clients, ~2 KB messages,
 reused connections, 1 client then 20) against the bare aiosmtpd baseline
 and against the gateway's own listener (bench/email/stage_server.py)
 answering 250 after: nothing but the dialogue; a durable spool write; the
-spool write with the parse asked of the parser process meanwhile. There is
+spool write and then the parse asked of the parser process. There is
 no Redis and no consumer here: the full gateway is bench.py's figure. Each
 stage's ratio is against the baseline measured right before it; CPU per
 message is the server's (its parser process included). Asserts nothing.
@@ -33,7 +33,7 @@ from servers import free_port, wait_for_port  # noqa: E402
 STAGES = {
     "dialogue": "the gateway's listener answering 250 at once (its MAIL/RCPT/DATA paths, uvloop)",
     "spool": "250 once the message is in the durable spool (group commit, fdatasync)",
-    "parse": "the same, with the MIME parse asked of the parser process meanwhile",
+    "parse": "the same, then the MIME parse asked of the parser process",
 }
 
 
