@@ -9,7 +9,6 @@ asked of the parser process, one message at a time).
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 

@@ -24,7 +24,6 @@ def _check_client_id(value: str) -> str | None:
     return None
 
 
-
 @dataclass
 class MqttSubscription:
     """A topic filter the gateway subscribes to and the channel its messages go to."""

@@ -15,7 +15,6 @@ from gateways.core.config import (
 )
 
 
-
 @dataclass
 class SlackRoute:
     """One routing rule: inbound messages that match go to ``channel``.

@@ -219,8 +219,9 @@ def _address_forms() -> list[str]:
     rng = random.Random(2822)
     pieces = ["john", "Doe", "a.b", "x-y", "o'neil", " ", "  ", "\t", "<", ">", "@", ".", "..", ",", '"', "(c)",
               "ex.test", "ö", ":", ";", "[1.2.3.4]", "\\", "_", "+tag"]
-    forms = ["a@example.test", "John Doe <jd@x.test>", "<bare@x.test>", "John  Q  Doe <q@x.test>", " spaced  <s@x.test> ",
-             "John Doe<jd@x.test>", "dot.name <d@x.test>", "Jane_Doe-1 <jd@x.test>", "a..b@x.test", "a@b, c@d",
+    forms = ["a@example.test", "John Doe <jd@x.test>", "<bare@x.test>", "John  Q  Doe <q@x.test>",
+             " spaced  <s@x.test> ", "John Doe<jd@x.test>", "dot.name <d@x.test>", "Jane_Doe-1 <jd@x.test>",
+             "a..b@x.test", "a@b, c@d",
              '"Doe, John" <jd@x.test>', "Name (c) <n@x.test>", "@x.test", "a@", "<a@b> z", "a b@c", "a@b.", ".a@b",
              "<a@b>>", "<<a@b>", "Jörg <j@x.test>", "John\tDoe\t<jd@x.test>", "", " ", "x"]
     atoms = ["john", "Doe", "x-y", "o'neil", "_", "+tag", "A1", "é", "a.b", '"q"', "(c)", ""]
