@@ -59,7 +59,7 @@ class _Delivery:
         return f"{self.entry.id}.{self.index}"
 
 
-_Queued = tuple[_Delivery, bytes | None, dict[str, Any] | asyncio.Future | None]
+_Queued = tuple[_Delivery, bytes | None, asyncio.Future | None]
 
 
 class Handoff:
@@ -96,7 +96,7 @@ class Handoff:
         self.entries: dict[str, _Entry] = {}
         self.deliveries: dict[str, _Delivery] = {}
         self._ready: asyncio.Queue[_Queued] = asyncio.Queue()
-        self._lingering: list[_Queued] = []
+        self._lingering: list[tuple[_Delivery, bytes | None]] = []
         self._linger_wake = asyncio.Event()
         self._timers: list[tuple[float, int, str]] = []
         self._timer_seq = 0
@@ -119,13 +119,11 @@ class Handoff:
         self.runtime.spawn(self._timer(), "email redelivery timer")
         self.runtime.spawn(self._sweep(), "email spool sweep")
 
-    def add(self, entry: SpoolEntry, parsed: dict[str, Any] | asyncio.Future | None = None) -> None:
+    def add(self, entry: SpoolEntry) -> None:
         """Track a spooled entry and queue its deliveries.
 
         Args:
             entry: written to the spool; its raw bytes are used when present.
-            parsed: its :func:`~gateways.email.protocol.parse_message`, or a future of it,
-                when one was made already; else ``parse`` is asked (or the hand-off parses).
         """
         assert entry.batch is not None, "add() takes entries the spool has written"
         tracked = _Entry(entry.id, entry.batch, entry.offset, entry.envelope, entry.deliveries,
@@ -133,18 +131,17 @@ class Handoff:
         self.entries[entry.id] = tracked
         # While the layer is down the queue grows: past a point, re-read from the spool instead.
         keep = self._ready.qsize() + len(self._lingering) < MAX_QUEUED_RAW
-        raw, parsed = (entry.raw, parsed) if keep else (None, None)
-        if parsed is None and raw is not None and self.parse is not None and not self.linger:
-            parsed = self.parse(raw)
+        raw = entry.raw if keep else None
+        added = []
         for index in range(len(entry.deliveries)):
             delivery = _Delivery(tracked, index)
             self.deliveries[delivery.id] = delivery
-            queued = (delivery, raw, parsed if raw is not None else None)
-            if self.linger:
-                self._lingering.append(queued)
-                self._linger_wake.set()
-            else:
-                self._ready.put_nowait(queued)
+            added.append((delivery, raw))
+        if self.linger:
+            self._lingering.extend(added)
+            self._linger_wake.set()
+        else:
+            self._release(added)
 
     async def ack(self, delivery_id: str) -> bool:
         """Mark a delivery done; forget the entry once all its deliveries are. False if unknown."""
@@ -187,13 +184,18 @@ class Handoff:
             await asyncio.sleep(self.linger)
             self._linger_wake.clear()
             batch, self._lingering = self._lingering, []
-            asked: dict[str, asyncio.Future] = {}  # one parse per message, however many deliveries
-            for delivery, raw, parsed in batch:
-                if parsed is None and raw is not None and self.parse is not None:
-                    if delivery.entry.id not in asked:
-                        asked[delivery.entry.id] = self.parse(raw)
-                    parsed = asked[delivery.entry.id]
-                self._ready.put_nowait((delivery, raw, parsed))
+            self._release(batch)
+
+    def _release(self, batch: list[tuple[_Delivery, bytes | None]]) -> None:
+        """Queue ``batch`` for the workers, with the parse of each message asked for once."""
+        asked: dict[str, asyncio.Future] = {}  # one parse per message, however many deliveries
+        for delivery, raw in batch:
+            parsed = None
+            if raw is not None and self.parse is not None:
+                if delivery.entry.id not in asked:
+                    asked[delivery.entry.id] = self.parse(raw)
+                parsed = asked[delivery.entry.id]
+            self._ready.put_nowait((delivery, raw, parsed))
 
     async def _worker(self) -> None:
         while True:
