@@ -116,12 +116,27 @@ class Runtime:
         every later one (full): send those again, in order, to keep it. With
         a layer that has ``send_many`` (the batched one) that is one round
         trip; with another, the messages are sent one at a time, stopping at
-        the first refusal. Raises :class:`HandoffError` when the layer took
-        none of them.
+        the first refusal. More than the layer's ``send_batch`` go in several
+        round trips. Raises :class:`HandoffError` when the layer took none of them.
         """
         if not messages:
             return 0
         bulk = getattr(self.layer, "send_many", None)
+        limit = getattr(self.layer, "send_batch", len(messages))
+        if bulk is not None and len(messages) > limit:  # the layer's round trip holds so many
+            taken = 0
+            for start in range(0, len(messages), limit):
+                chunk = messages[start:start + limit]
+                try:
+                    took = await self.send_many(channel, chunk)
+                except HandoffError:
+                    if not taken:
+                        raise
+                    return taken
+                taken += took
+                if took < len(chunk):
+                    return taken
+            return taken
         if bulk is None or len(messages) == 1:
             taken = 0
             for message in messages:

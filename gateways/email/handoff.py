@@ -97,6 +97,7 @@ class Handoff:
         self.deliveries: dict[str, _Delivery] = {}
         self._ready: asyncio.Queue[_Queued] = asyncio.Queue()
         self._lingering: list[tuple[_Delivery, bytes | None]] = []
+        self._together = 0  # deliveries in batch hand-offs
         self._linger_wake = asyncio.Event()
         self._timers: list[tuple[float, int, str]] = []
         self._timer_seq = 0
@@ -130,7 +131,7 @@ class Handoff:
                          open=set(range(len(entry.deliveries))))
         self.entries[entry.id] = tracked
         # While the layer is down the queue grows: past a point, re-read from the spool instead.
-        keep = self._ready.qsize() + len(self._lingering) < MAX_QUEUED_RAW
+        keep = self._ready.qsize() + len(self._lingering) + self._together < MAX_QUEUED_RAW
         raw = entry.raw if keep else None
         added = []
         for index in range(len(entry.deliveries)):
@@ -187,15 +188,60 @@ class Handoff:
             self._release(batch)
 
     def _release(self, batch: list[tuple[_Delivery, bytes | None]]) -> None:
-        """Queue ``batch`` for the workers, with the parse of each message asked for once."""
+        """Hand ``batch`` off, with the parse of each message asked for once.
+
+        Several deliveries go to the layer together (:meth:`_hand_together`);
+        a single one goes to the workers."""
         asked: dict[str, asyncio.Future] = {}  # one parse per message, however many deliveries
+        queued: list[_Queued] = []
         for delivery, raw in batch:
             parsed = None
             if raw is not None and self.parse is not None:
                 if delivery.entry.id not in asked:
                     asked[delivery.entry.id] = self.parse(raw)
                 parsed = asked[delivery.entry.id]
-            self._ready.put_nowait((delivery, raw, parsed))
+            queued.append((delivery, raw, parsed))
+        if len(queued) > 1:
+            self._together += len(queued)
+            self.runtime.spawn(self._hand_together(queued), "email hand-off batch")
+        else:
+            for item in queued:
+                self._ready.put_nowait(item)
+
+    async def _hand_together(self, queued: list[_Queued]) -> None:
+        # The fast path: one send_many per channel for a linger's deliveries, so
+        # each costs no task switch of its own. Whatever it did not hand off (the
+        # layer full or down, a message that cannot be built, a delivery whose
+        # raw bytes are back in the spool) goes to the workers, which retry and
+        # report each delivery on its own.
+        handed: set[str] = set()
+        try:
+            if not self._layer_gate.is_set():
+                return
+            ready: dict[str, list[tuple[_Delivery, dict[str, Any]]]] = {}
+            for delivery, raw, parsed in queued:
+                if isinstance(parsed, asyncio.Future):
+                    parsed = await parsed
+                if raw is None or delivery.acked or delivery.entry.dead:
+                    continue
+                channel = delivery.entry.deliveries[delivery.index]["channel"]
+                ready.setdefault(channel, []).append(
+                    (delivery, self._message(delivery, raw, delivery.attempts + 1, parsed)))
+            for channel, items in ready.items():
+                taken = await self.runtime.send_many(channel, [message for _, message in items])
+                self._layer_up()
+                for delivery, _ in items[:taken]:
+                    self._handed(delivery)
+                    handed.add(delivery.id)
+        except HandoffError as exc:
+            log.debug("batch hand-off refused (%s); handing its deliveries one by one", exc)
+        except Exception:  # noqa: BLE001 - the workers hand each off and log what fails
+            log.exception("batch hand-off failed; handing its deliveries one by one")
+        finally:
+            self._together -= len(queued)
+            for item in queued:
+                if item[0].id not in handed:
+                    self._ready.put_nowait(item)
 
     async def _worker(self) -> None:
         while True:
@@ -232,14 +278,21 @@ class Handoff:
             except HandoffError as exc:
                 await self._layer_refused(exc)
                 continue
-            self._layer_backoff.reset()
-            self._layer_gate.set()
-            delivery.attempts += 1
-            if delivery.attempts > 1:
-                self.runtime.metrics.inc("email_redeliveries_total", "hand-offs after the first")
-            delay = self.ack_timeout * 2 ** (delivery.attempts - 1)
-            self._schedule(time.monotonic() + delay, delivery.id)
+            self._layer_up()
+            self._handed(delivery)
             return
+
+    def _layer_up(self) -> None:
+        self._layer_backoff.reset()
+        self._layer_gate.set()
+
+    def _handed(self, delivery: _Delivery) -> None:
+        """Count a hand-off of ``delivery`` the layer took and set its redelivery deadline."""
+        delivery.attempts += 1
+        if delivery.attempts > 1:
+            self.runtime.metrics.inc("email_redeliveries_total", "hand-offs after the first")
+        delay = self.ack_timeout * 2 ** (delivery.attempts - 1)
+        self._schedule(time.monotonic() + delay, delivery.id)
 
     async def _layer_refused(self, exc: HandoffError) -> None:
         # One worker waits out the backoff; the others wait at the gate

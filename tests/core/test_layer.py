@@ -7,7 +7,8 @@ import uuid
 
 import pytest
 
-from gateways.core.config import LayerConfig, parse_config
+from gateways.core.config import LayerConfig, load_config, parse_config
+from gateways.core.daemon import HandoffError, Runtime
 from gateways.core.layer import GatewayRedisChannelLayer, build_layer, channel_layers_setting, close_layer
 
 
@@ -46,6 +47,27 @@ async def test_more_concurrent_operations_than_connections_wait_instead_of_faili
     await asyncio.gather(*(layer.send(f"pool.{i % 7}", {"type": "p.p", "i": i}) for i in range(300)))
     counts = [await layer.receive(f"pool.{i % 7}") for i in range(300)]
     assert len(counts) == 300
+    await close_layer(layer)
+
+
+async def test_runtime_send_many_splits_at_the_layers_send_batch_and_keeps_a_prefix(redis_server, tmp_path):
+    """More messages than one round trip holds go in several, in order; once the
+    channel is full the rest are refused and what was taken is a prefix."""
+    path = tmp_path / "gateway.yaml"
+    path.write_text("email: {listen: '127.0.0.1:0', domains: [demo.local], relay: 'console://'}\n")
+    config = load_config(path)
+    layer = layer_for(redis_server.url, capacity=5)
+    layer.send_batch = 2
+    runtime = Runtime(config, config.sections["email"], "email", layer=layer)
+
+    def acks(ids: range) -> list[dict]:
+        return [{"type": "email.ack", "id": str(i)} for i in ids]
+
+    assert await runtime.send_many("many", acks(range(0, 3))) == 3
+    assert await runtime.send_many("many", acks(range(3, 8))) == 2
+    with pytest.raises(HandoffError):
+        await runtime.send_many("many", acks(range(8, 11)))
+    assert [(await layer.receive("many"))["id"] for _ in range(5)] == ["0", "1", "2", "3", "4"]
     await close_layer(layer)
 
 

@@ -1,5 +1,6 @@
 """The hand-off on a real spool and the in-memory layer: deadlines of acknowledged mail do not
-pile up; the linger hands deliveries that arrive together off together."""
+pile up; the linger hands deliveries that arrive together off together, in one send when the
+layer takes them all and one by one for what it does not."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 import pytest
 
 from gateways.core.config import load_config
-from gateways.core.daemon import Runtime
+from gateways.core.daemon import HandoffError, Runtime
 from gateways.email.handoff import TIMERS_SLACK, Handoff
 from gateways.email.protocol import parse_message
 from gateways.email.spool import Spool, SpoolEntry, new_id
@@ -93,6 +94,35 @@ async def test_without_linger_each_delivery_leaves_at_once(tmp_path):
     added, sent = await _send_times(tmp_path, linger=0.0, count=4, spacing=0.05)
     assert all(s - a < 0.05 for a, s in zip(added, sent)), (added, sent)
 
+
+@pytest.mark.parametrize("outcome", ["refused", "part taken"])
+async def test_a_lingers_deliveries_go_in_one_send_and_what_it_did_not_take_one_by_one(tmp_path, outcome):
+    runtime, spool, handoff = _handoff(tmp_path, linger=0.05)
+    calls: list[int] = []
+    send_many = runtime.send_many
+
+    async def first_fails(channel, messages):
+        calls.append(len(messages))
+        if len(calls) > 1:
+            return await send_many(channel, messages)
+        if outcome == "refused":
+            raise HandoffError("unavailable", "the test's layer is down")
+        return await send_many(channel, messages[:1])
+
+    runtime.send_many = first_fails
+    try:
+        for batch in (range(3), range(3, 7)):
+            for n in batch:
+                _add(spool, handoff, n)
+            got = [await asyncio.wait_for(runtime.layer.receive("email.receive"), 10) for _ in batch]
+            assert sorted(m["raw"] for m in got) == sorted(b"Subject: %d\r\n\r\nbody\r\n" % n for n in batch)
+        await asyncio.sleep(0.1)
+        leftover = runtime.layer.channels.get("email.receive")
+        assert leftover is None or leftover.empty(), "a delivery was handed off twice"
+        assert calls == [3, 4]
+        assert all(d.attempts == 1 for d in handoff.deliveries.values()), "a hand-off was counted twice"
+    finally:
+        await _stop(runtime)
 
 
 @pytest.mark.parametrize("linger", [0.0, 0.1])
