@@ -124,7 +124,7 @@ class EmailSection(GatewaySection):
                   "check": check_positive},
     )
     handoff_linger: float = field(
-        default=0.005,
+        default=0.01,
         metadata={"doc": "seconds a new message waits for others to be handed to the layer with it "
                          "(fewer round trips for the layer and the consumers); 0: at once",
                   "check": check_non_negative},
