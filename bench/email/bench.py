@@ -1,6 +1,6 @@
 """Messages/s through the email gateway vs a bare aiosmtpd server, in the same run.
 
-    /work/venv/bin/python bench/email/bench.py [--modes stock,fast,bare] [--messages 2000] [--memory-messages 10000]
+    python bench/email/bench.py [--modes stock,fast,bare] [--rounds 3] [--messages 2000] [--memory-messages 10000]
 
 Starts a private redis-server, the baseline (bare aiosmtpd answering 250),
 then the gateway (`python -m gateways email`, spool fsynced, relay console://)
@@ -8,7 +8,9 @@ with a consumer that acknowledges every email.receive, for each consumer path
 (see MODES): stock (runworker + channels_redis's layer), fast (gateway worker
 + the batched layer), bare (a layer consumer without Django). The baseline is
 measured again right before each gateway figure (the shared machine's load
-moves during a run) and the ratio is against that. SMTP clients
+moves during a run), ``--rounds`` times in turn; each figure printed is the
+median over the rounds, the ratio the median of the rounds' ratios, with
+their range beside it. SMTP clients
 reuse their connections and send ~2 KB messages: 1 client, then 20. The
 gateway's figure is end to end: from the first MAIL to the last message
 acknowledged (counted through the gateway's /metrics). Then the gateway's RSS is sampled after the
@@ -28,12 +30,14 @@ import argparse
 import asyncio
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import aiosmtplib
@@ -111,6 +115,26 @@ MODES = {
     "fast": "gateway worker, the batched layer on both sides",
     "bare": "a bare layer consumer (receive + ack, no Django), batched layer",
 }
+
+
+@dataclass
+class Round:
+    """One measurement of the baseline and then the gateway (rates per second, CPU in ms per message)."""
+
+    bare_rate: float
+    bare_cpu: float
+    rate_250: float
+    rate: float
+    gateway_ms: float
+    busy: float
+    client_ms: float
+    consumer_ms: float
+    redis_ms: float
+
+    @staticmethod
+    def median(rounds: list[Round]) -> Round:
+        """Each figure's median over ``rounds``."""
+        return Round(*(statistics.median(getattr(r, f.name) for r in rounds) for f in fields(Round)))
 
 
 def start_consumer(config: Path, mode: str) -> subprocess.Popen:
@@ -203,6 +227,8 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=2000, help="messages per 20-client run (1 client: a quarter)")
     parser.add_argument("--memory-messages", type=int, default=10000,
                         help="messages of the memory run, on the fast path (0: skip)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="baseline and gateway measured alternately this many times; medians are printed")
     parser.add_argument("--modes", default="stock,fast,bare", help=f"consumer paths, of {', '.join(MODES)}")
     args = parser.parse_args()
     modes = [m for m in args.modes.split(",") if m]
@@ -237,7 +263,7 @@ def main() -> None:
         for mode in modes:
             print(f"  {mode}: {MODES[mode]}")
         print(f"{'consumer':>9} {'clients':>7} {'bare aiosmtpd':>14} {'gateway 250s':>13} {'gateway e2e':>12} "
-              f"{'ratio e2e':>10} {'target':>7} {'CPU/msg bare':>13} {'gateway':>8} {'gw busy':>8} "
+              f"{'ratio e2e':>10} {'rounds':>11} {'target':>7} {'CPU/msg bare':>13} {'gateway':>8} {'gw busy':>8} "
               f"{'client':>7} {'consumer':>9} {'redis':>6} {'ceiling':>8}")
         ceilings: list[str] = []
         memory_line = ""
@@ -255,26 +281,36 @@ def main() -> None:
             done += 200
             acks.wait_for(done)
             for clients, total in runs:
-                bare_rate, bare_cpu = baseline(clients, total)
-                cpu_before = cpu_seconds(gateway.pid)
-                others_before = cpu_seconds(consumer.pid), cpu_seconds(redis.pid), time.process_time()
-                began = time.perf_counter()
-                seconds = asyncio.run(load(port, clients, total, done))
-                client_ms = (time.process_time() - others_before[2]) / total * 1000
-                done += total
-                finished = acks.wait_for(done)
-                used = cpu_seconds(gateway.pid) - cpu_before
-                consumer_ms = (cpu_seconds(consumer.pid) - others_before[0]) / total * 1000
-                redis_ms = (cpu_seconds(redis.pid) - others_before[1]) / total * 1000
-                rate = total / (finished - began)
+                rounds = []
+                for _ in range(args.rounds):  # the baseline next to each: the machine's load moves
+                    bare_rate, bare_cpu = baseline(clients, total)
+                    cpu_before = cpu_seconds(gateway.pid)
+                    others_before = cpu_seconds(consumer.pid), cpu_seconds(redis.pid), time.process_time()
+                    began = time.perf_counter()
+                    seconds = asyncio.run(load(port, clients, total, done))
+                    client_ms = (time.process_time() - others_before[2]) / total * 1000
+                    done += total
+                    finished = acks.wait_for(done)
+                    used = cpu_seconds(gateway.pid) - cpu_before
+                    rate = total / (finished - began)
+                    rounds.append(Round(
+                        bare_rate, bare_cpu, total / seconds, rate, used / total * 1000,
+                        used / (finished - began) * 100, client_ms,
+                        (cpu_seconds(consumer.pid) - others_before[0]) / total * 1000,
+                        (cpu_seconds(redis.pid) - others_before[1]) / total * 1000))
+                row = Round.median(rounds)
+                ratios = sorted(r.rate / r.bare_rate for r in rounds)
                 target = 0.6 if clients == 1 else 0.8
                 # A gateway as cheap as the bare server: one core for it, all cores for everyone.
-                ceiling = min(1000 / bare_cpu, cores * 1000 / (client_ms + bare_cpu + consumer_ms + redis_ms))
-                ceilings.append(f"{mode} {clients}: {ceiling / bare_rate:.2f}x")
-                print(f"{mode:>9} {clients:>7} {bare_rate:>11.0f}/s {total / seconds:>10.0f}/s "
-                      f"{rate:>9.0f}/s {rate / bare_rate:>9.2f}x {target:>6.1f}x {bare_cpu:>10.2f} ms "
-                      f"{used / total * 1000:>5.2f} ms {used / (finished - began) * 100:>6.0f}% "
-                      f"{client_ms:>4.2f} ms {consumer_ms:>6.2f} ms {redis_ms:>4.2f} {ceiling / bare_rate:>7.2f}x")
+                ceiling = min(1000 / row.bare_cpu, cores * 1000 / (row.client_ms + row.bare_cpu + row.consumer_ms
+                                                                  + row.redis_ms))
+                ceilings.append(f"{mode} {clients}: {ceiling / row.bare_rate:.2f}x")
+                print(f"{mode:>9} {clients:>7} {row.bare_rate:>11.0f}/s {row.rate_250:>10.0f}/s "
+                      f"{row.rate:>9.0f}/s {statistics.median(ratios):>9.2f}x {ratios[0]:>5.2f}-{ratios[-1]:.2f}x "
+                      f"{target:>6.1f}x {row.bare_cpu:>10.2f} ms "
+                      f"{row.gateway_ms:>5.2f} ms {row.busy:>6.0f}% "
+                      f"{row.client_ms:>4.2f} ms {row.consumer_ms:>6.2f} ms {row.redis_ms:>4.2f} "
+                      f"{ceiling / row.bare_rate:>7.2f}x")
             if args.memory_messages and mode == ("fast" if "fast" in modes else modes[-1]):
                 total, first = args.memory_messages, 1000
                 asyncio.run(load(port, 20, first, done))

@@ -1,6 +1,6 @@
 """Where the email gateway's ratio goes: its SMTP listener stage by stage vs bare aiosmtpd.
 
-    /work/venv/bin/python bench/email/stages.py [--messages 4000]
+    python bench/email/stages.py [--messages 4000]
 
 The same load as bench/email/bench.py (aiosmtplib clients, ~2 KB messages,
 reused connections, 1 client then 20) against the bare aiosmtpd baseline
