@@ -224,7 +224,7 @@ def write_config(work: Path, mode: str, redis_port: int) -> tuple[Path, int, str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=2000, help="messages per 20-client run (1 client: a quarter)")
+    parser.add_argument("--messages", type=int, default=2000, help="messages per run, with 1 client and with 20")
     parser.add_argument("--memory-messages", type=int, default=10000,
                         help="messages of the memory run, on the fast path (0: skip)")
     parser.add_argument("--rounds", type=int, default=3,
@@ -242,7 +242,7 @@ def main() -> None:
     procs: list[subprocess.Popen] = [redis]
     try:
         wait_for_port(redis_port)
-        runs = [(1, max(100, args.messages // 4)), (20, args.messages)]
+        runs = [(1, args.messages), (20, args.messages)]
 
         bare_port = free_port()
         bare = subprocess.Popen([PYTHON, str(HERE / "bare_server.py"), str(bare_port)], stdout=subprocess.DEVNULL)
