@@ -1,0 +1,104 @@
+"""The whole email gateway in several variants, measured in turn against one baseline.
+
+    python bench/email/compare.py VARIANTS [--clients 1] [--messages 1000] [--rounds 5]
+
+VARIANTS is JSON: ``{"name": {"yaml": "...", "checkout": "DIR", "env": {...}}}``;
+``yaml`` is appended to the ``email:`` section (indent it by two spaces),
+``checkout`` runs the gateway from another work tree (``git worktree add DIR
+COMMIT``) and ``env`` adds environment variables. Every variant gets its own
+gateway, spool, key prefix and ``gateway worker`` on one private Redis; the
+bare aiosmtpd baseline and each variant are loaded in turn, ``--rounds``
+times, so that all of them see the same moments of the machine's load.
+Prints each variant's rates, the median and its ratio to the baseline's
+median, and the gateway's CPU per message. Example: the hand-off linger::
+
+    python bench/email/compare.py '{"5ms": {"yaml": "  handoff_linger: 0.005\\n"},
+                                    "10ms": {"yaml": "  handoff_linger: 0.01\\n"}}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench import PYTHON, REPO, Acks, cpu_seconds, load, start_consumer, write_config  # noqa: E402
+from servers import free_port, wait_for_port  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("variants", help="JSON: name -> {yaml, checkout, env}")
+    parser.add_argument("--clients", type=int, default=1)
+    parser.add_argument("--messages", type=int, default=1000, help="messages per load")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    variants = json.loads(args.variants)
+    work = Path(tempfile.mkdtemp(prefix="email-compare-"))
+    redis_port, bare_port = free_port(), free_port()
+    procs = [subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                               "--appendonly", "no", "--dir", str(work)], stdout=subprocess.DEVNULL),
+             subprocess.Popen([PYTHON, str(HERE / "bare_server.py"), str(bare_port)], stdout=subprocess.DEVNULL)]
+    try:
+        wait_for_port(redis_port)
+        wait_for_port(bare_port)
+        asyncio.run(load(bare_port, 4, 200))  # warm-up
+        gateways = {}
+        for name, variant in variants.items():
+            directory = work / name
+            directory.mkdir()
+            config, port, health = write_config(directory, "fast", redis_port)
+            config.write_text(config.read_text().replace("prefix: bench-fast", f"prefix: compare-{name}")
+                              + variant.get("yaml", ""))
+            gateway = subprocess.Popen(
+                [PYTHON, "-m", "gateways", "email", "--config", str(config), "--log-level", "WARNING"],
+                cwd=variant.get("checkout", REPO), env={**os.environ, **variant.get("env", {})})
+            procs.append(gateway)
+            wait_for_port(port, timeout=30)
+            procs.append(start_consumer(config, "fast"))
+            acks = Acks(health)
+            asyncio.run(load(port, 4, 200))  # warm-up
+            acks.wait_for(200)
+            gateways[name] = {"pid": gateway.pid, "port": port, "acks": acks, "done": 200, "rates": [], "cpu": []}
+        bare_rates = []
+        for _ in range(args.rounds):
+            began = time.perf_counter()
+            asyncio.run(load(bare_port, args.clients, args.messages))
+            bare_rates.append(args.messages / (time.perf_counter() - began))
+            for state in gateways.values():
+                cpu_before, began = cpu_seconds(state["pid"]), time.perf_counter()
+                asyncio.run(load(state["port"], args.clients, args.messages, state["done"]))
+                state["done"] += args.messages
+                seconds = state["acks"].wait_for(state["done"]) - began
+                state["rates"].append(args.messages / seconds)
+                state["cpu"].append((cpu_seconds(state["pid"]) - cpu_before) / args.messages * 1000)
+        bare = statistics.median(bare_rates)
+        print(f"{args.clients} client(s), {args.messages} messages per load, {args.rounds} rounds")
+        print(f"{'bare':>10}  {' '.join(f'{r:.0f}' for r in bare_rates)}  median {bare:.0f}/s")
+        for name, state in gateways.items():
+            median = statistics.median(state["rates"])
+            print(f"{name:>10}  {' '.join(f'{r:.0f}' for r in state['rates'])}  median {median:.0f}/s "
+                  f"({median / bare:.2f}x), gateway CPU {statistics.median(state['cpu']):.3f} ms/msg")
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
