@@ -160,6 +160,17 @@ def start_consumer(config: Path, mode: str) -> subprocess.Popen:
     return proc
 
 
+def stop(procs: list[subprocess.Popen]) -> None:
+    """Terminate ``procs``, the last started first; kill any that has not exited 15 s later."""
+    for proc in reversed(procs):
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 def fdatasync_ms(directory: Path, gap: float = 0.0, count: int = 200) -> float:
     """The disk's price of one spool write, median ms: ~15 KB (a batch) written into a
     zero-filled segment and ``fdatasync``-ed, the writes ``gap`` seconds apart. On this
@@ -333,13 +344,7 @@ def main() -> None:
         if memory_line:
             print(memory_line)
     finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        stop(procs)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench import PYTHON, REPO, Acks, cpu_seconds, load, start_consumer, write_config  # noqa: E402
+from bench import PYTHON, REPO, Acks, cpu_seconds, load, start_consumer, stop, write_config  # noqa: E402
 from servers import free_port, wait_for_port  # noqa: E402
 
 
@@ -91,12 +91,7 @@ def main() -> None:
             print(f"{name:>10}  {' '.join(f'{r:.0f}' for r in state['rates'])}  median {median:.0f}/s "
                   f"({median / bare:.2f}x), gateway CPU {statistics.median(state['cpu']):.3f} ms/msg")
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(procs)
         shutil.rmtree(work, ignore_errors=True)
 
 

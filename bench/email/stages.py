@@ -27,7 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench import PYTHON, REPO, cpu_seconds, disk_line, load  # noqa: E402
+from bench import PYTHON, REPO, cpu_seconds, disk_line, load, stop  # noqa: E402
 from servers import free_port, wait_for_port  # noqa: E402
 
 STAGES = {
@@ -82,10 +82,7 @@ def main() -> None:
             server.terminate()
             server.wait(30)
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(15)
+        stop(procs)
         shutil.rmtree(work, ignore_errors=True)
 
 
