@@ -160,6 +160,32 @@ def start_consumer(config: Path, mode: str) -> subprocess.Popen:
     return proc
 
 
+def start_redis(work: Path) -> tuple[subprocess.Popen, int]:
+    """A private redis-server keeping nothing on disk, and its port, once it answers."""
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(work)], stdout=subprocess.DEVNULL)
+    wait_for_port(port)
+    return proc, port
+
+
+def start_bare() -> tuple[subprocess.Popen, int]:
+    """The baseline (a bare aiosmtpd server answering 250) and its port, warmed up."""
+    port = free_port()
+    proc = subprocess.Popen([PYTHON, str(HERE / "bare_server.py"), str(port)], stdout=subprocess.DEVNULL)
+    wait_for_port(port)
+    asyncio.run(load(port, 4, 200))
+    return proc, port
+
+
+def start_gateway(config: Path, port: int, cwd: Path = REPO, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``gateway email`` with ``config``, run from the checkout ``cwd``, once it listens on ``port``."""
+    proc = subprocess.Popen([PYTHON, "-m", "gateways", "email", "--config", str(config), "--log-level", "WARNING"],
+                            cwd=cwd, env={**os.environ, **(env or {})})
+    wait_for_port(port, timeout=30)
+    return proc
+
+
 def stop(procs: list[subprocess.Popen]) -> None:
     """Terminate ``procs``, the last started first; kill any that has not exited 15 s later."""
     for proc in reversed(procs):
@@ -247,19 +273,13 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown modes {sorted(unknown)}")
     work = Path(tempfile.mkdtemp(prefix="email-bench-"))
-    redis_port = free_port()
-    redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                              "--appendonly", "no", "--dir", str(work)], stdout=subprocess.DEVNULL)
-    procs: list[subprocess.Popen] = [redis]
+    procs: list[subprocess.Popen] = []
     try:
-        wait_for_port(redis_port)
+        redis, redis_port = start_redis(work)
+        procs.append(redis)
         runs = [(1, args.messages), (20, args.messages)]
-
-        bare_port = free_port()
-        bare = subprocess.Popen([PYTHON, str(HERE / "bare_server.py"), str(bare_port)], stdout=subprocess.DEVNULL)
+        bare, bare_port = start_bare()
         procs.append(bare)
-        wait_for_port(bare_port)
-        asyncio.run(load(bare_port, 4, 200, 0))  # warm-up
 
         def baseline(clients: int, total: int) -> tuple[float, float]:
             """The bare server's rate and CPU per message (ms), measured now: the machine's
@@ -280,10 +300,8 @@ def main() -> None:
         memory_line = ""
         for mode in modes:
             config, port, health = write_config(work, mode, redis_port)
-            gateway = subprocess.Popen([PYTHON, "-m", "gateways", "email", "--config", str(config), "--log-level",
-                                        "WARNING"], cwd=REPO)
+            gateway = start_gateway(config, port)
             procs.append(gateway)
-            wait_for_port(port, timeout=30)
             consumer = start_consumer(config, mode)
             procs.append(consumer)
             acks = Acks(health)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -33,8 +32,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench import PYTHON, REPO, Acks, cpu_seconds, load, start_consumer, stop, write_config  # noqa: E402
-from servers import free_port, wait_for_port  # noqa: E402
+from bench import (REPO, Acks, cpu_seconds, load, start_bare, start_consumer, start_gateway,  # noqa: E402
+                   start_redis, stop, write_config)
 
 
 def main() -> None:
@@ -46,14 +45,12 @@ def main() -> None:
     args = parser.parse_args()
     variants = json.loads(args.variants)
     work = Path(tempfile.mkdtemp(prefix="email-compare-"))
-    redis_port, bare_port = free_port(), free_port()
-    procs = [subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                               "--appendonly", "no", "--dir", str(work)], stdout=subprocess.DEVNULL),
-             subprocess.Popen([PYTHON, str(HERE / "bare_server.py"), str(bare_port)], stdout=subprocess.DEVNULL)]
+    procs: list[subprocess.Popen] = []
     try:
-        wait_for_port(redis_port)
-        wait_for_port(bare_port)
-        asyncio.run(load(bare_port, 4, 200))  # warm-up
+        redis, redis_port = start_redis(work)
+        procs.append(redis)
+        bare, bare_port = start_bare()
+        procs.append(bare)
         gateways = {}
         for name, variant in variants.items():
             directory = work / name
@@ -61,11 +58,8 @@ def main() -> None:
             config, port, health = write_config(directory, "fast", redis_port)
             config.write_text(config.read_text().replace("prefix: bench-fast", f"prefix: compare-{name}")
                               + variant.get("yaml", ""))
-            gateway = subprocess.Popen(
-                [PYTHON, "-m", "gateways", "email", "--config", str(config), "--log-level", "WARNING"],
-                cwd=variant.get("checkout", REPO), env={**os.environ, **variant.get("env", {})})
+            gateway = start_gateway(config, port, Path(variant.get("checkout", REPO)), variant.get("env"))
             procs.append(gateway)
-            wait_for_port(port, timeout=30)
             procs.append(start_consumer(config, "fast"))
             acks = Acks(health)
             asyncio.run(load(port, 4, 200))  # warm-up
