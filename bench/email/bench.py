@@ -17,6 +17,11 @@ acknowledged (counted through the gateway's /metrics). Then the gateway's RSS is
 1,000th and the 10,000th message (memory flatness). Prints figures and ratios;
 asserts nothing.
 
+"loop waits" is the share of each run during which the server's event-loop
+thread was ready to run but waited for a core (the kernel's schedstat run-queue
+wait): near 0 when a server has a core to itself, large when the processes of
+the gateway's pipeline outnumber the cores.
+
 It also prints the machine's ceiling: the ratio a gateway would reach if it
 cost no more CPU per message than the bare server itself, given what the
 rest of the run needs per message (the SMTP client, the consumer, Redis; all
@@ -127,6 +132,8 @@ class Round:
     rate: float
     gateway_ms: float
     busy: float
+    bare_waits: float
+    gateway_waits: float
     client_ms: float
     consumer_ms: float
     redis_ms: float
@@ -236,6 +243,15 @@ def cpu_seconds(pid: int) -> float:
     return own + sum(cpu_seconds(child) for child in child_pids(pid))
 
 
+def core_wait_seconds(pid: int) -> float:
+    """Time the main thread of ``pid`` (a server's event loop) has spent runnable but
+    waiting for a core (the scheduler's run-queue wait); NaN where the kernel keeps no schedstat."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 def rss_kib(pid: int) -> int:
     """Resident memory of ``pid`` and its live children."""
     own = 0
@@ -281,12 +297,14 @@ def main() -> None:
         bare, bare_port = start_bare()
         procs.append(bare)
 
-        def baseline(clients: int, total: int) -> tuple[float, float]:
-            """The bare server's rate and CPU per message (ms), measured now: the machine's
-            load changes during a run, so each gateway figure gets the baseline next to it."""
-            cpu_before = cpu_seconds(bare.pid)
-            rate = total / asyncio.run(load(bare_port, clients, total))
-            return rate, (cpu_seconds(bare.pid) - cpu_before) / total * 1000
+        def baseline(clients: int, total: int) -> tuple[float, float, float]:
+            """The bare server's rate, CPU per message (ms) and the % of the run its loop
+            waited for a core, measured now: the machine's load changes during a run, so
+            each gateway figure gets the baseline next to it."""
+            cpu_before, wait_before = cpu_seconds(bare.pid), core_wait_seconds(bare.pid)
+            seconds = asyncio.run(load(bare_port, clients, total))
+            return (total / seconds, (cpu_seconds(bare.pid) - cpu_before) / total * 1000,
+                    (core_wait_seconds(bare.pid) - wait_before) / seconds * 100)
         cores = os.cpu_count() or 1
 
         print(f"email bench: ~{len(message(0))} byte messages, connections reused, spool fsync on "
@@ -295,7 +313,7 @@ def main() -> None:
             print(f"  {mode}: {MODES[mode]}")
         print(f"{'consumer':>9} {'clients':>7} {'bare aiosmtpd':>14} {'gateway 250s':>13} {'gateway e2e':>12} "
               f"{'ratio e2e':>10} {'rounds':>11} {'target':>7} {'CPU/msg bare':>13} {'gateway':>8} {'gw busy':>8} "
-              f"{'client':>7} {'consumer':>9} {'redis':>6} {'ceiling':>8}")
+              f"{'loop waits: bare':>17} {'gw':>4} {'client':>7} {'consumer':>9} {'redis':>6} {'ceiling':>8}")
         ceilings: list[str] = []
         memory_line = ""
         for mode in modes:
@@ -312,8 +330,8 @@ def main() -> None:
             for clients, total in runs:
                 rounds = []
                 for _ in range(args.rounds):  # the baseline next to each: the machine's load moves
-                    bare_rate, bare_cpu = baseline(clients, total)
-                    cpu_before = cpu_seconds(gateway.pid)
+                    bare_rate, bare_cpu, bare_waits = baseline(clients, total)
+                    cpu_before, wait_before = cpu_seconds(gateway.pid), core_wait_seconds(gateway.pid)
                     others_before = cpu_seconds(consumer.pid), cpu_seconds(redis.pid), time.process_time()
                     began = time.perf_counter()
                     seconds = asyncio.run(load(port, clients, total, done))
@@ -324,7 +342,8 @@ def main() -> None:
                     rate = total / (finished - began)
                     rounds.append(Round(
                         bare_rate, bare_cpu, total / seconds, rate, used / total * 1000,
-                        used / (finished - began) * 100, client_ms,
+                        used / (finished - began) * 100, bare_waits,
+                        (core_wait_seconds(gateway.pid) - wait_before) / (finished - began) * 100, client_ms,
                         (cpu_seconds(consumer.pid) - others_before[0]) / total * 1000,
                         (cpu_seconds(redis.pid) - others_before[1]) / total * 1000))
                 row = Round.median(rounds)
@@ -338,7 +357,7 @@ def main() -> None:
                       f"{row.rate:>9.0f}/s {statistics.median(ratios):>9.2f}x {ratios[0]:>5.2f}-{ratios[-1]:.2f}x "
                       f"{target:>6.1f}x {row.bare_cpu:>10.2f} ms "
                       f"{row.gateway_ms:>5.2f} ms {row.busy:>6.0f}% "
-                      f"{row.client_ms:>4.2f} ms {row.consumer_ms:>6.2f} ms {row.redis_ms:>4.2f} "
+                      f"{row.bare_waits:>16.0f}% {row.gateway_waits:>3.0f}% {row.client_ms:>4.2f} ms {row.consumer_ms:>6.2f} ms {row.redis_ms:>4.2f} "
                       f"{ceiling / row.bare_rate:>7.2f}x")
             if args.memory_messages and mode == ("fast" if "fast" in modes else modes[-1]):
                 total, first = args.memory_messages, 1000
