@@ -9,7 +9,8 @@ answering 250 after: nothing but the dialogue; a durable spool write; the
 spool write and then the parse asked of the parser process. There is
 no Redis and no consumer here: the full gateway is bench.py's figure. Each
 stage's ratio is against the baseline measured right before it; CPU per
-message is the server's (its parser process included). Asserts nothing.
+message is the server's (its parser process included); "loop waits" is the share
+of the run its event loop waited for a core (as in bench.py). Asserts nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench import PYTHON, REPO, cpu_seconds, disk_line, load, stop  # noqa: E402
+from bench import PYTHON, REPO, core_wait_seconds, cpu_seconds, disk_line, load, stop  # noqa: E402
 from servers import free_port, wait_for_port  # noqa: E402
 
 STAGES = {
@@ -37,13 +38,14 @@ STAGES = {
 }
 
 
-def measure(pid: int, port: int, clients: int, total: int) -> tuple[float, float]:
-    """Messages/s and the server's CPU ms per message for one load."""
-    before = cpu_seconds(pid)
+def measure(pid: int, port: int, clients: int, total: int) -> tuple[float, float, float]:
+    """Messages/s, the server's CPU ms per message and the % of the load its loop waited for a core."""
+    before, wait_before = cpu_seconds(pid), core_wait_seconds(pid)
     began = time.perf_counter()
     asyncio.run(load(port, clients, total))
-    rate = total / (time.perf_counter() - began)
-    return rate, (cpu_seconds(pid) - before) / total * 1000
+    seconds = time.perf_counter() - began
+    return (total / seconds, (cpu_seconds(pid) - before) / total * 1000,
+            (core_wait_seconds(pid) - wait_before) / seconds * 100)
 
 
 def start(argv: list[str], port: int) -> subprocess.Popen:
@@ -69,16 +71,16 @@ def main() -> None:
         for stage, what in STAGES.items():
             print(f"  {stage}: {what}")
         print(f"{'stage':>9} {'clients':>7} {'bare aiosmtpd':>14} {'stage':>9} {'ratio':>6} "
-              f"{'CPU/msg bare':>13} {'stage':>8}")
+              f"{'CPU/msg bare':>13} {'stage':>8} {'loop waits: bare':>17} {'stage':>6}")
         for stage in STAGES:
             port = free_port()
             server = start([PYTHON, str(HERE / "stage_server.py"), str(port), stage, str(work / stage)], port)
             procs.append(server)
             for clients, total in ((1, max(100, args.messages // 4)), (20, args.messages)):
-                bare_rate, bare_cpu = measure(bare.pid, bare_port, clients, total)
-                rate, cpu = measure(server.pid, port, clients, total)
+                bare_rate, bare_cpu, bare_waits = measure(bare.pid, bare_port, clients, total)
+                rate, cpu, waits = measure(server.pid, port, clients, total)
                 print(f"{stage:>9} {clients:>7} {bare_rate:>11.0f}/s {rate:>6.0f}/s {rate / bare_rate:>5.2f}x "
-                      f"{bare_cpu:>10.2f} ms {cpu:>5.2f} ms")
+                      f"{bare_cpu:>10.2f} ms {cpu:>5.2f} ms {bare_waits:>16.0f}% {waits:>5.0f}%")
             server.terminate()
             server.wait(30)
     finally:
