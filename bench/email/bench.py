@@ -357,7 +357,8 @@ def main() -> None:
                       f"{row.rate:>9.0f}/s {statistics.median(ratios):>9.2f}x {ratios[0]:>5.2f}-{ratios[-1]:.2f}x "
                       f"{target:>6.1f}x {row.bare_cpu:>10.2f} ms "
                       f"{row.gateway_ms:>5.2f} ms {row.busy:>6.0f}% "
-                      f"{row.bare_waits:>16.0f}% {row.gateway_waits:>3.0f}% {row.client_ms:>4.2f} ms {row.consumer_ms:>6.2f} ms {row.redis_ms:>4.2f} "
+                      f"{row.bare_waits:>16.0f}% {row.gateway_waits:>3.0f}% "
+                      f"{row.client_ms:>4.2f} ms {row.consumer_ms:>6.2f} ms {row.redis_ms:>4.2f} "
                       f"{ceiling / row.bare_rate:>7.2f}x")
             if args.memory_messages and mode == ("fast" if "fast" in modes else modes[-1]):
                 total, first = args.memory_messages, 1000
