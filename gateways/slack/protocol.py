@@ -474,10 +474,14 @@ def result_message(request: dict[str, Any], ok: bool, response: dict[str, Any] |
         response: Slack's JSON body (None when there was none).
         error: Slack's ``error`` field or the gateway's reason.
     """
+    def text_field(key: str) -> str | None:
+        value = request.get(key) if isinstance(request, dict) else None
+        return value if isinstance(value, str) else None
+
     return {
         "type": "slack.result",
-        "id": request.get("id") if isinstance(request, dict) and isinstance(request.get("id"), str) else None,
-        "action": request.get("action") if isinstance(request, dict) and isinstance(request.get("action"), str) else None,
+        "id": text_field("id"),
+        "action": text_field("action"),
         "ok": ok,
         "error": error,
         "response": response,
