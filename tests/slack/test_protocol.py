@@ -223,6 +223,14 @@ def test_result_message_is_valid():
     assert (result["id"], result["ok"], result["error"]) == ("r1", False, "channel_not_found")
 
 
+@pytest.mark.parametrize("request_", [{"type": "slack.send", "id": 7, "action": ["post"]}, {"type": "slack.send"},
+                                      "not a mapping", None])
+def test_result_message_of_a_malformed_request_leaves_out_what_is_not_text(request_):
+    result = protocol.result_message(request_, False, None, "invalid slack.send")
+    SCHEMA.validate(result)
+    assert (result["id"], result["action"]) == (None, None)
+
+
 def test_odd_interactive_payloads_still_translate_to_valid_messages():
     odd = {"type": "shortcut", "team": "T1", "user": None, "channel": ["x"], "callback_id": 5,
            "message": "not a dict", "actions": "none"}
