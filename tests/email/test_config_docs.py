@@ -15,8 +15,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def parse(section: str) -> None:
-    parse_config("layer: {url: 'redis://127.0.0.1:6379/0'}\nemail:\n" + section, section_classes={"email": EmailSection},
-                 environ={"PW": "secret"})
+    parse_config("layer: {url: 'redis://127.0.0.1:6379/0'}\nemail:\n" + section,
+                 section_classes={"email": EmailSection}, environ={"PW": "secret"})
 
 
 def problems(section: str) -> str:

@@ -51,7 +51,8 @@ def test_swaks_to_echo_is_answered_at_the_relay(demo_stack):
     # RFC 3834: none of these may be answered
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
         base = "From: you@example.test\r\nTo: echo@demo.local\r\nSubject: {}\r\n{}\r\nplease no reply\r\n"
-        client.sendmail("you@example.test", ["echo@demo.local"], base.format("auto", "Auto-Submitted: auto-replied\r\n"))
+        client.sendmail("you@example.test", ["echo@demo.local"],
+                        base.format("auto", "Auto-Submitted: auto-replied\r\n"))
         client.sendmail("you@example.test", ["echo@demo.local"], base.format("bulk", "Precedence: bulk\r\n"))
         client.sendmail("you@example.test", ["echo@demo.local"], base.format("list", "List-Id: <l.example.test>\r\n"))
         client.sendmail("", ["echo@demo.local"], base.format("bounce", ""))

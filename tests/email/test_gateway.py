@@ -19,7 +19,8 @@ from gateways.core.specs import load_schema
 from servers import gateway_daemon, require_binary, wait_for_port
 
 SCHEMA = load_schema("email")
-MESSAGE = b"From: you@example.test\r\nTo: inbox@demo.local\r\nSubject: %s\r\nMessage-ID: <%s@example.test>\r\n\r\nbody\r\n"
+MESSAGE = (b"From: you@example.test\r\nTo: inbox@demo.local\r\nSubject: %s\r\n"
+           b"Message-ID: <%s@example.test>\r\n\r\nbody\r\n")
 
 
 def mail(subject: str) -> bytes:
