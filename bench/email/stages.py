@@ -1,16 +1,16 @@
 """Where the email gateway's ratio goes: its SMTP listener stage by stage vs bare aiosmtpd.
 
-    python bench/email/stages.py [--messages 4000]
+    python -m bench.email.stages [--messages 4000]
 
-The same load as bench/email/bench.py (aiosmtplib clients, ~2 KB messages,
+The same load as ``python -m bench.email`` (aiosmtplib clients, ~2 KB messages,
 reused connections, 1 client then 20) against the bare aiosmtpd baseline
 and against the gateway's own listener (bench/email/stage_server.py)
 answering 250 after: nothing but the dialogue; a durable spool write; the
 spool write and then the parse asked of the parser process. There is
-no Redis and no consumer here: the full gateway is bench.py's figure. Each
+no Redis and no consumer here: the full gateway is ``bench.email``'s figure. Each
 stage's ratio is against the baseline measured right before it; CPU per
 message is the server's (its parser process included); "loop waits" is the share
-of the run its event loop waited for a core (as in bench.py). Asserts nothing.
+of the run its event loop waited for a core (as in ``bench.email``). Asserts nothing.
 """
 
 from __future__ import annotations
@@ -20,16 +20,12 @@ import asyncio
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from bench import PYTHON, REPO, core_wait_seconds, cpu_seconds, disk_line, load, stop  # noqa: E402
-from servers import free_port, wait_for_port  # noqa: E402
+from bench.common import PYTHON, REPO, free_port, stop_all, wait_for_port
+from bench.email.harness import HERE, core_wait_seconds, cpu_seconds, disk_line, load, start_bare
 
 STAGES = {
     "dialogue": "the gateway's listener answering 250 at once (its MAIL/RCPT/DATA paths, uvloop)",
@@ -48,12 +44,14 @@ def measure(pid: int, port: int, clients: int, total: int) -> tuple[float, float
             (core_wait_seconds(pid) - wait_before) / seconds * 100)
 
 
-def start(argv: list[str], port: int) -> subprocess.Popen:
-    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+def start_stage(stage: str, spool: Path) -> tuple[subprocess.Popen, int]:
+    """bench/email/stage_server.py doing ``stage``, and its port, warmed up."""
+    port = free_port()
+    proc = subprocess.Popen([PYTHON, str(HERE / "stage_server.py"), str(port), stage, str(spool)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(REPO)})
     wait_for_port(port, timeout=30)
     asyncio.run(load(port, 4, 200))  # warm-up
-    return proc
+    return proc, port
 
 
 def main() -> None:
@@ -63,8 +61,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="email-stages-"))
     procs: list[subprocess.Popen] = []
     try:
-        bare_port = free_port()
-        bare = start([PYTHON, str(HERE / "bare_server.py"), str(bare_port)], bare_port)
+        bare, bare_port = start_bare()
         procs.append(bare)
         print("email stages: the gateway's listener alone, stage by stage, vs bare aiosmtpd (same run); "
               + disk_line(work / "probe"))
@@ -73,8 +70,7 @@ def main() -> None:
         print(f"{'stage':>9} {'clients':>7} {'bare aiosmtpd':>14} {'stage':>9} {'ratio':>6} "
               f"{'CPU/msg bare':>13} {'stage':>8} {'loop waits: bare':>17} {'stage':>6}")
         for stage in STAGES:
-            port = free_port()
-            server = start([PYTHON, str(HERE / "stage_server.py"), str(port), stage, str(work / stage)], port)
+            server, port = start_stage(stage, work / stage)
             procs.append(server)
             for clients, total in ((1, max(100, args.messages // 4)), (20, args.messages)):
                 bare_rate, bare_cpu, bare_waits = measure(bare.pid, bare_port, clients, total)
@@ -84,7 +80,7 @@ def main() -> None:
             server.terminate()
             server.wait(30)
     finally:
-        stop(procs)
+        stop_all(procs)
         shutil.rmtree(work, ignore_errors=True)
 
 
