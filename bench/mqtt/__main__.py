@@ -309,7 +309,7 @@ async def main() -> None:
           f"(python {sys.version.split()[0]}, {os.cpu_count()} cores)")
     for qos, rows in results.items():
         print_rows(f"QoS {qos}: broker -> consumer", list(rows.values()))
-        print(f"  lost: " + ", ".join(f"{key}={r['lost']}" for key, r in rows.items()))
+        print("  lost: " + ", ".join(f"{key}={r['lost']}" for key, r in rows.items()))
         plain, asgi = rows["plain"]["rate"], rows["mqttasgi"]["rate"]
         for key, label in (("layer", "gateway->layer"), ("worker", "gateway->runworker"),
                            ("fast", "gateway->gateway worker")):

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.common import PYTHON, REPO, describe, print_rows, redis_server, start, stop
+from bench.common import PYTHON, describe, print_rows, redis_server, start, stop
 from gateways.core.config import LayerConfig
 from gateways.core.layer import build_layer
 
