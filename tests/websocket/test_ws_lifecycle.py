@@ -102,7 +102,7 @@ async def test_redis_stopped_and_restarted_under_live_connections(private_redis,
 async def test_max_connections_refuses_with_503_and_json_logs(redis_server, tmp_path):
     import json
 
-    from servers import gateway_daemon, wait_for_port
+    from servers import wait_for_port
 
     config, port = write_config(tmp_path, redis_server.url, max_connections=2,
                                 routes=[{"path": "^/auto/$", "channel": "websocket.nobody", "auto_accept": True}])
