@@ -30,6 +30,7 @@ BODY = "\r\n".join(_TEXT[i:i + 76] for i in range(0, len(_TEXT), 76))
 
 
 def message(n: int) -> bytes:
+    """The ``n``-th bench message: ~2 KB of plain text with its own Subject and Message-ID."""
     return (f"From: bench@example.test\r\nTo: inbox@demo.local\r\nSubject: bench {n}\r\n"
             f"Message-ID: <bench-{n}@example.test>\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
             f"{BODY}\r\n").encode()
