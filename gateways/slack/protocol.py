@@ -474,14 +474,11 @@ def result_message(request: dict[str, Any], ok: bool, response: dict[str, Any] |
         response: Slack's JSON body (None when there was none).
         error: Slack's ``error`` field or the gateway's reason.
     """
-    def text_field(key: str) -> str | None:
-        value = request.get(key) if isinstance(request, dict) else None
-        return value if isinstance(value, str) else None
-
+    fields = _dict(request)
     return {
         "type": "slack.result",
-        "id": text_field("id"),
-        "action": text_field("action"),
+        "id": _str(fields.get("id")),
+        "action": _str(fields.get("action")),
         "ok": ok,
         "error": error,
         "response": response,
