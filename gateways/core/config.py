@@ -456,6 +456,24 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _line_of(node: _Node, path: str) -> int | None:
+    """The line of ``path`` (``key``, ``routes[1].channel``) below ``node``; None when absent."""
+    line = None
+    for part in re.findall(r"\[\d+\]|[^.\[\]]+", path):
+        if part.startswith("["):
+            index = int(part[1:-1])
+            if not isinstance(node.value, list) or index >= len(node.value):
+                return None
+            node = node.value[index]
+            line = node.line
+        else:
+            if not isinstance(node.value, dict) or part not in node.value:
+                return None
+            node = node.value[part]
+            line = node.key_line
+    return line
+
+
 def section_problems(section: Any) -> list[tuple[str, str]]:
     """Cross-field problems a section reports through ``problems()``."""
     problems = getattr(section, "problems", None)
@@ -502,8 +520,7 @@ def parse_config(
             section = builder.build(cls, items[name], name)
             if section is not None:
                 for key, message in section_problems(section):
-                    keys = items[name].value if isinstance(items[name].value, dict) else {}
-                    line = keys[key].key_line if key in keys else items[name].key_line
+                    line = _line_of(items[name], key) or items[name].key_line
                     reader.problem(line, f"{name}.{key}" if key else name, message)
                 sections[name] = section
     _check_layer(layer, items.get("layer", empty), reader)

@@ -202,8 +202,14 @@ class EmailSection(GatewaySection):
             found.append(("auth_users", "AUTH is offered only after STARTTLS: set tls_cert and tls_key"))
         if self.relay.startswith(("smtp:", "smtps:")) and not urlsplit(self.relay).hostname:
             found.append(("relay", f"{self.relay!r} names no host"))
-        if self.send_channel in {r.channel for r in self.routes} | {self.default_channel}:
-            found.append(("send_channel", "inbound and outbound channels must differ"))
+        # Name the inbound key that collides (a route's channel, default_channel),
+        # so the error points at the line to change, not at the section.
+        clash = f"is email.send_channel ({self.send_channel!r}): inbound and outbound channels must differ"
+        for index, route in enumerate(self.routes):
+            if route.channel == self.send_channel:
+                found.append((f"routes[{index}].channel", clash))
+        if self.default_channel == self.send_channel:
+            found.append(("default_channel", clash))
         return found
 
     def allowed_senders(self) -> list[str]:

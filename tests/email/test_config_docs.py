@@ -81,3 +81,25 @@ def test_each_message_is_its_own_conversation():
     message = receive_message(b"Subject: x\r\n\r\nx\r\n", Envelope("a@x.test", ["b@demo.local"]), id="1.0",
                               reply_channel="specific.a!b", delivery=Delivery("email.receive", ["b@demo.local"]))
     assert EmailGateway.conversation_key(message) is None  # not the reply_channel all mail shares
+
+
+def test_an_inbound_channel_equal_to_send_channel_is_reported_on_its_own_line():
+    text = ("layer: {url: 'redis://127.0.0.1:6379/0'}\n"     # 1
+            "email:\n"                                        # 2
+            "  listen: 127.0.0.1:2525\n"                      # 3
+            "  domains: [example.com]\n"                      # 4
+            "  relay: console://\n"                           # 5
+            "  routes:\n"                                     # 6
+            "    - address: 'help@example\\.com'\n"           # 7
+            "      channel: email.help\n"                     # 8
+            "    - address: 'out@example\\.com'\n"            # 9
+            "      channel: email.send\n"                     # 10
+            "  default_channel: email.send\n")                # 11
+    with pytest.raises(ConfigError) as error:
+        parse_config(text, "g.yaml", section_classes={"email": EmailSection}, environ={})
+    lines = str(error.value).splitlines()
+    assert any(line.startswith("g.yaml:10: email.routes[1].channel: is email.send_channel")
+               for line in lines), lines
+    assert any(line.startswith("g.yaml:11: email.default_channel: is email.send_channel")
+               for line in lines), lines
+    assert not any(line.startswith("g.yaml:2:") for line in lines), lines
