@@ -151,6 +151,7 @@ async def test_the_tutorial_runs(tmp_path):
         check = subprocess.run([sys.executable, "-m", "gateways", "check", "--config", "gateway.yaml"],
                                cwd=project, capture_output=True, text=True)
         assert check.returncode == 0, check.stderr
+        assert check.stdout.strip() == "gateway.yaml: OK (email, mqtt, slack, websocket)"  # as the tutorial shows
         up = Daemon("tutorial-up", [sys.executable, "-m", "gateways", "up", "--config", "gateway.yaml"],
                     cwd=project, env={"SLACK_APP_TOKEN": standin.app_token, "SLACK_BOT_TOKEN": standin.bot_token,
                                       "SLACK_API_URL": standin.api_url})
