@@ -1,2 +1,2 @@
 """The email gateway's benchmarks: ``python -m bench.email`` (against bare aiosmtpd),
-``python -m bench.email.stages`` and ``python -m bench.email.compare`` (docs/email.md, Speed)."""
+``python -m bench.email.stages`` and ``python -m bench.email.compare`` (bench/RESULTS.md, Email)."""

@@ -86,7 +86,7 @@ class Acks:
         return time.perf_counter()
 
 
-#: The consumer paths measured: DESIGN.md asks for stock and fast side by side.
+#: The consumer paths measured: stock and fast are measured side by side.
 MODES = {
     "stock": "runworker, channels_redis's layer (layer.batched: false) on both sides",
     "fast": "gateway worker, the batched layer on both sides",
@@ -137,7 +137,7 @@ def start_gateway(config: Path, port: int, cwd: Path = REPO, env: dict[str, str]
 def fdatasync_ms(directory: Path, gap: float = 0.0, count: int = 200) -> float:
     """The disk's price of one spool write, median ms: ~15 KB (a batch) written into a
     zero-filled segment and ``fdatasync``-ed, the writes ``gap`` seconds apart. On this
-    machine's virtual disk it depends on the spacing (see docs/email.md)."""
+    machine's virtual disk it depends on the spacing (see bench/RESULTS.md, Email)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "probe-segment"
     record = message(0) * 7
