@@ -394,6 +394,15 @@ class ConsumerHarness:
         self.check()
         return self.layer.pending(channel) == 0
 
+    # The names of the harness before the kit (kept for existing tests).
+    async def sent(self, channel: str, timeout: float | None = None) -> dict[str, Any]:
+        """Same as :meth:`receive`."""
+        return await self.receive(channel, timeout=timeout)
+
+    async def nothing_sent(self, channel: str, wait: float | None = None) -> bool:
+        """Same as :meth:`receive_nothing`."""
+        return await self.receive_nothing(channel, wait)
+
     # -- hooks for communicators -----------------------------------------------------------
 
     def add_absorber(self, absorber: Callable[[str, dict[str, Any]], Any]) -> None:
