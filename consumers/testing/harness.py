@@ -28,6 +28,7 @@ import sys
 import uuid
 from typing import Any, Callable
 
+import channels.db
 from asgiref.testing import ApplicationCommunicator
 from channels.layers import InMemoryChannelLayer, channel_layers
 
@@ -65,6 +66,31 @@ def check_message(message: Any, where: str = "message") -> None:
     problem = load_schema(protocol).problem(message)
     if problem is not None:
         raise InvalidMessage(f"{where}: {problem}")
+
+
+class _ConnectionsKept:
+    """Keeps ``channels.db.close_old_connections`` from closing database connections
+    while a harness runs, as Channels' own ``ApplicationCommunicator`` does: under
+    Django's ``TestCase`` the connection is inside the test's transaction, and
+    closing it would break the test (and lose what the handler wrote)."""
+
+    def __init__(self) -> None:
+        self.users = 0
+        self.original: Any = None
+
+    def acquire(self) -> None:
+        if self.users == 0:
+            self.original = channels.db.close_old_connections
+            channels.db.close_old_connections = lambda: None
+        self.users += 1
+
+    def release(self) -> None:
+        self.users -= 1
+        if self.users == 0:
+            channels.db.close_old_connections = self.original
+
+
+_connections = _ConnectionsKept()
 
 
 class _Signal:
@@ -186,6 +212,7 @@ class ConsumerHarness:
         self.alias = f"consumer-harness-{uuid.uuid4().hex}"
         channel_layers.set(self.alias, self.layer)
         self.consumer_class = self._harnessed(consumer_class)
+        _connections.acquire()
         self.communicator = ApplicationCommunicator(self.consumer_class.as_asgi(),
                                                     {"type": "channel", "channel": channel})
 
@@ -268,6 +295,7 @@ class ConsumerHarness:
             except (asyncio.CancelledError, Exception):
                 pass
             channel_layers.backends.pop(self.alias, None)
+            _connections.release()
 
     # -- state ------------------------------------------------------------------------
 
