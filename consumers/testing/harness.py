@@ -330,6 +330,11 @@ class ConsumerHarness:
             if exc is not None:
                 raise exc
 
+    def _start(self) -> None:
+        """Start the instance (once), and hear of it if it ever stops."""
+        if self.communicator._future is None:
+            self.communicator.future.add_done_callback(lambda _: self._changed.notify())
+
     # -- input ---------------------------------------------------------------------------
 
     async def new_reply_channel(self) -> str:
@@ -349,6 +354,7 @@ class ConsumerHarness:
         message = {**message}  # its own object: the harness knows it by identity until dispatched
         done = asyncio.get_running_loop().create_future()
         self._delivered[id(message)] = done
+        self._start()
         await self.communicator.send_input(message)
         return done
 
@@ -375,8 +381,7 @@ class ConsumerHarness:
         loop = asyncio.get_running_loop()
         timeout = self.timeout if timeout is None else timeout
         deadline = loop.time() + timeout
-        # Start the instance now, so that a message sent to it is not waited for in vain.
-        self.communicator.future  # noqa: B018
+        self._start()
         while True:
             self.check()
             value = condition()
@@ -386,9 +391,9 @@ class ConsumerHarness:
             if left <= 0:
                 raise TimeoutError(f"waited {timeout}s for {what}")
             try:
-                await self._changed.wait(min(left, 0.5))
+                await self._changed.wait(left)
             except asyncio.TimeoutError:
-                pass  # check the instance's future again (it may have crashed)
+                pass  # the deadline: checked at the top
 
     async def idle(self) -> None:
         """Wait until the consumer has handled every message it was given."""

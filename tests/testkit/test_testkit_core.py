@@ -167,3 +167,16 @@ async def test_delivering_an_invalid_message_fails_unless_asked():
         await harness.deliver({"type": "websocket.nonsense"}, validate=False)
         await harness.idle()
     assert harness.stats["unhandled"] == 1
+
+
+async def test_a_stock_channels_consumer_raising_fails_the_test_too():
+    from channels.consumer import AsyncConsumer
+
+    class Stock(AsyncConsumer):
+        async def mqtt_publish(self, message):
+            raise KeyError("stock handler")
+
+    async with MqttCommunicator(Stock) as mqtt:
+        await mqtt.publish("t", b"")
+        with pytest.raises(KeyError, match="stock handler"):
+            await mqtt.idle()
