@@ -1,4 +1,4 @@
-"""The Django side of the email gateway: consumers, routing, replies, test helpers.
+"""The Django side of the email gateway: consumers, routing, replies (tested with consumers.testing).
 
 A consumer subclasses :class:`EmailConsumer` and either lists ``routes``
 (by recipient address or domain and by subject, named groups passed on) or
@@ -28,13 +28,9 @@ import logging
 import re
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
-
-from channels.layers import DEFAULT_CHANNEL_LAYER, InMemoryChannelLayer, channel_layers
-from asgiref.testing import ApplicationCommunicator  # channels.testing needs daphne
+from typing import Any, Callable
 
 from consumers.base import GatewayConsumer, MessageContext
-from gateways.email.protocol import Delivery, Envelope, receive_message
 
 logger = logging.getLogger("consumers.email")
 
@@ -386,83 +382,3 @@ class EmailConsumer(GatewayConsumer):
             self.stats["ack_failed"] += 1
             logger.exception("%s: could not acknowledge %s", type(self).__name__, context.message.get("id"))
 
-
-# --------------------------------------------------------------------------
-# Test helpers.
-
-
-def receive_from_bytes(raw: bytes, *, mail_from: str = "sender@example.test",
-                       rcpt_to: Iterable[str] = ("user@example.test",), channel: str = "email.receive",
-                       reply_channel: str = "email.test-gateway", id: str | None = None,
-                       route_kwargs: dict[str, str] | None = None) -> dict[str, Any]:
-    """The ``email.receive`` the gateway would send for ``raw`` (RFC 5322 bytes).
-
-    Args:
-        raw: the message; LF line endings are turned into CRLF as SMTP would.
-        mail_from: the envelope sender (``''`` for ``<>``).
-        rcpt_to: the envelope recipients.
-        channel: the channel it is routed to.
-        reply_channel: where the consumer's acks and sends go.
-        id: the delivery id (random by default).
-        route_kwargs: groups a gateway-side route captured.
-    """
-    raw = re.sub(rb"\r?\n", b"\r\n", raw)
-    recipients = list(rcpt_to)
-    return receive_message(raw, Envelope(mail_from, recipients, peer="127.0.0.1:0", helo="test"),
-                           id=id or uuid.uuid4().hex, reply_channel=reply_channel,
-                           delivery=Delivery(channel, recipients, dict(route_kwargs or {})))
-
-
-@dataclass
-class ConsumerResult:
-    """What a consumer sent back while handling one message.
-
-    Args:
-        sent: every message it sent to the reply channel, in order.
-        acked: whether it acknowledged the message.
-    """
-
-    sent: list[dict[str, Any]] = field(default_factory=list)
-    acked: bool = False
-
-    @property
-    def emails(self) -> list[dict[str, Any]]:
-        """The ``email.send`` messages among :attr:`sent`."""
-        return [m for m in self.sent if m.get("type") == "email.send"]
-
-
-async def run_consumer(application: Any, message: dict[str, Any], timeout: float = 5.0) -> ConsumerResult:
-    """Run ``application`` (``Consumer.as_asgi()``) on ``message`` with an in-memory layer.
-
-    Returns once the consumer acknowledged the message, or after ``timeout``
-    (a handler that raised never acknowledges: ``acked`` is then False).
-    """
-    layer = InMemoryChannelLayer()
-    previous = channel_layers.set(DEFAULT_CHANNEL_LAYER, layer)
-    communicator = ApplicationCommunicator(application, {"type": "channel", "channel": message["channel"]})
-    result = ConsumerResult()
-    try:
-        await communicator.send_input(message)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not result.acked:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                out = await asyncio.wait_for(layer.receive(message["reply_channel"]), remaining)
-            except asyncio.TimeoutError:
-                break
-            result.sent.append(out)
-            result.acked = out.get("type") == "email.ack" and message["id"] in [out.get("id"), *out.get("ids", [])]
-    finally:
-        communicator.stop()
-        try:
-            await communicator.wait(0.5)
-        except (asyncio.TimeoutError, asyncio.CancelledError, Exception):
-            pass
-        if previous is not None:
-            channel_layers.set(DEFAULT_CHANNEL_LAYER, previous)
-        else:
-            channel_layers.backends.pop(DEFAULT_CHANNEL_LAYER, None)
-    return result

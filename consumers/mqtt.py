@@ -27,11 +27,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
-from asgiref.testing import ApplicationCommunicator
 from channels.db import database_sync_to_async
 
 from consumers.base import GatewayConsumer, MessageContext
-from consumers.testing import ConsumerHarness
 
 logger = logging.getLogger("consumers.mqtt")
 
@@ -358,69 +356,3 @@ class MqttConsumer(GatewayConsumer):
             message["reply_channel"] = reply_channel
         await self.channel_layer.send(self.send_channel, message)
 
-
-# --------------------------------------------------------------------------
-# Testing a consumer without a gateway.
-
-
-def received_message(topic: str, payload: Any = b"", qos: int = 1, retain: bool = False,
-                     properties: dict[str, Any] | None = None, subscription: str | None = "#",
-                     reply_channel: str = SEND_CHANNEL) -> dict[str, Any]:
-    """An inbound ``mqtt.publish`` as the gateway would send it (for tests).
-
-    Args:
-        topic: the topic.
-        payload: bytes, or whatever the subscription's decoding would give.
-        qos: 0 or 1.
-        retain: the retain flag.
-        properties: MQTT 5 properties.
-        subscription: the filter it matched.
-        reply_channel: the gateway's outbound channel.
-    """
-    return {
-        "type": "mqtt.publish", "id": uuid.uuid4().hex, "topic": topic, "payload": payload, "qos": qos,
-        "retain": retain, "dup": False, "subscription": subscription, "properties": dict(properties or {}),
-        "reply_channel": reply_channel,
-    }
-
-
-class MqttHarness(ConsumerHarness):
-    """Drive an :class:`MqttConsumer` with MQTT messages and read what it asks the gateway.
-
-    ::
-
-        async with MqttHarness(MqttEchoConsumer, "mqtt.publish") as mqtt:
-            await mqtt.receive("echo/x", b"hi", qos=1)
-            assert (await mqtt.next_request())["topic"] == "echo-reply/x"
-
-    Args:
-        consumer_class: the consumer.
-        channel: the channel it serves.
-        send_channel: the gateway's outbound channel it sends to.
-    """
-
-    def __init__(self, consumer_class: Any, channel: str = "mqtt.publish",
-                 send_channel: str = SEND_CHANNEL) -> None:
-        super().__init__(consumer_class, channel)
-        self.send_channel = send_channel
-        # as_asgi(channel_layer_alias=...) reaches object.__init__ and fails in
-        # channels 4.3, so the alias is put on a subclass that shares the
-        # consumer's stats instead.
-        tested = type(consumer_class.__name__, (consumer_class,), {"channel_layer_alias": self.alias})
-        tested.stats = consumer_class.stats
-        self.communicator.future.cancel()
-        self.communicator = ApplicationCommunicator(tested.as_asgi(), {"type": "channel", "channel": channel})
-
-    async def receive(self, topic: str, payload: Any = b"", **kwargs: Any) -> dict[str, Any]:
-        """Deliver a received message (keywords as in :func:`received_message`); return it."""
-        message = received_message(topic, payload, reply_channel=self.send_channel, **kwargs)
-        await self.deliver(message)
-        return message
-
-    async def next_request(self, timeout: float = 2.0) -> dict[str, Any]:
-        """The next message the consumer sent to the gateway's outbound channel."""
-        return await self.sent(self.send_channel, timeout)
-
-    async def no_request(self, wait: float = 0.2) -> bool:
-        """True when the consumer sends the gateway nothing within ``wait`` seconds."""
-        return await self.nothing_sent(self.send_channel, wait)

@@ -1,4 +1,4 @@
-"""Django side of the Slack gateway: a base consumer, routing, test helpers.
+"""Django side of the Slack gateway: a base consumer and routing (tested with consumers.testing).
 
 Subclass :class:`SlackConsumer` and define any of ``on_message``,
 ``on_mention``, ``on_join``, ``on_leave``, ``on_reaction``, ``on_command``,
@@ -21,9 +21,7 @@ The message format is ``protocol_specs/slack.md``.
 from __future__ import annotations
 
 import asyncio
-import collections
 import re
-import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -233,94 +231,3 @@ async def _ack_if_waiting(context: MessageContext) -> None:
     if isinstance(context, SlackContext) and not context.acked and context.message.get("ack_channel"):
         await context.ack(None)
 
-
-# --------------------------------------------------------------------------
-# Test helpers: run a consumer on one message without a gateway.
-
-
-def make_message(mtype: str = "slack.message", **fields: Any) -> dict[str, Any]:
-    """A valid inbound message of ``mtype`` with test defaults; ``fields`` override.
-
-    Commands, view submissions and options requests get an ``ack_channel``.
-    """
-    message: dict[str, Any] = {
-        "type": mtype, "id": uuid.uuid4().hex, "reply_channel": "slack.send", "team": "T0TEST",
-        "channel": "C0TEST", "user": "U0TEST", "text": None, "ts": "1700000000.000100", "thread_ts": None,
-        "event": {}, "retry_attempt": 0,
-    }
-    extra = {
-        "slack.message": {"subtype": None, "bot_id": None, "channel_type": "channel"},
-        "slack.join": {"inviter": None, "channel_type": "C"},
-        "slack.leave": {"inviter": None, "channel_type": "C"},
-        "slack.reaction_added": {"reaction": "thumbsup", "item_user": "U0TEST",
-                                 "item": {"type": "message", "channel": "C0TEST", "ts": "1700000000.000100"}},
-        "slack.reaction_removed": {"reaction": "thumbsup", "item_user": "U0TEST",
-                                   "item": {"type": "message", "channel": "C0TEST", "ts": "1700000000.000100"}},
-        "slack.command": {"command": "/test", "response_url": "https://hooks.slack.com/commands/x",
-                          "trigger_id": "1.2.3", "text": ""},
-        "slack.action": {"kind": "block_actions", "response_url": "https://hooks.slack.com/actions/x",
-                         "trigger_id": "1.2.3", "actions": []},
-        "slack.view_submission": {"kind": "view_submission", "response_url": None, "trigger_id": "1.2.3",
-                                  "view": {}, "callback_id": None, "values": {}},
-        "slack.options": {"kind": "block_suggestion", "response_url": None, "trigger_id": None,
-                          "action_id": None, "block_id": None},
-        "slack.event": {"event_type": "unknown"},
-    }.get(mtype, {})
-    message.update(extra)
-    if mtype in ("slack.command", "slack.view_submission", "slack.options"):
-        message["ack_channel"] = "slack-test-ack"
-    message.update(fields)
-    return message
-
-
-class Sent(list):
-    """The messages a consumer sent, in order; ``stats`` counts handled,
-    failed and unhandled messages of this run."""
-
-    stats: collections.Counter
-
-
-async def run_consumer(consumer_class: type[SlackConsumer], *messages: dict[str, Any],
-                       timeout: float = 5.0) -> Sent:
-    """Feed ``messages`` to a ``consumer_class`` instance on an in-memory layer
-    and return everything it sent (``slack.send`` and ``slack.ack``), in order.
-
-    Each returned message has ``"__channel__"`` naming where it was sent.
-
-    Args:
-        consumer_class: the consumer to test.
-        *messages: inbound messages (see :func:`make_message`).
-        timeout: seconds each message may take.
-    """
-    from asgiref.testing import ApplicationCommunicator
-    from channels.layers import InMemoryChannelLayer, channel_layers
-
-    alias = f"slack-test-{uuid.uuid4().hex}"
-    layer = InMemoryChannelLayer()
-    channel_layers.set(alias, layer)
-    tested = type(consumer_class.__name__, (consumer_class,), {"channel_layer_alias": alias})
-    sent = Sent()
-    sent.stats = tested.stats
-    original_send = layer.send
-
-    async def record(channel: str, message: dict[str, Any]) -> None:
-        sent.append({**message, "__channel__": channel})
-        await original_send(channel, message)
-
-    layer.send = record  # type: ignore[method-assign]
-    communicator = ApplicationCommunicator(tested.as_asgi(), {"type": "channel", "channel": "slack.receive"})
-    try:
-        for message in messages:
-            before = tested.stats["handled"] + tested.stats["failed"] + tested.stats["unhandled"]
-            await communicator.send_input(message)
-            deadline = asyncio.get_running_loop().time() + timeout
-            while tested.stats["handled"] + tested.stats["failed"] + tested.stats["unhandled"] == before:
-                if asyncio.get_running_loop().time() > deadline:
-                    raise TimeoutError(f"{consumer_class.__name__} did not finish {message['type']}")
-                await asyncio.sleep(0.01)
-    finally:
-        stopped = communicator.stop()
-        if asyncio.iscoroutine(stopped):  # async in some asgiref versions
-            await stopped
-        del channel_layers.backends[alias]
-    return sent

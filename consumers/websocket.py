@@ -12,14 +12,10 @@ One instance serves every connection routed to its channel; ``ws`` (a
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import uuid
 from http.cookies import SimpleCookie
 from typing import Any
 
 from consumers.base import GatewayConsumer, MessageContext
-from consumers.testing import ConsumerHarness
 
 
 class WebSocketContext(MessageContext):
@@ -199,86 +195,3 @@ async def get_user(ws: WebSocketContext) -> Any:
 
     return await database_sync_to_async(load)()
 
-
-# -- testing ----------------------------------------------------------------------
-
-
-class WebSocketTestClient:
-    """A fake connection that talks to a consumer through a :class:`ConsumerHarness`.
-
-    Args:
-        harness: the harness running the consumer.
-        path: the connection's path.
-        kwargs: the route's named groups.
-        headers: request headers as ``(name, value)`` strings.
-    """
-
-    def __init__(self, harness: ConsumerHarness, path: str = "/", kwargs: dict[str, str] | None = None,
-                 headers: list[tuple[str, str]] | None = None) -> None:
-        self.harness = harness
-        self.path = path
-        self.kwargs = kwargs or {}
-        self.headers = [[k.lower().encode(), v.encode()] for k, v in (headers or [])]
-        self.reply_channel = ""
-        self.order = 0
-        self.state: dict[str, Any] = {}
-        self._pending: collections.deque = collections.deque()
-
-    def _message(self, mtype: str, **extra: Any) -> dict[str, Any]:
-        message = {"type": mtype, "id": uuid.uuid4().hex, "reply_channel": self.reply_channel,
-                   "path": self.path, "kwargs": self.kwargs, "order": self.order, **extra}
-        if self.state:
-            message["state"] = self.state
-        return message
-
-    async def connect(self) -> dict[str, Any]:
-        """Send ``websocket.connect``; return the consumer's answer (accept or close)."""
-        self.reply_channel = await self.harness.new_reply_channel()
-        await self.harness.deliver(self._message(
-            "websocket.connect", query_string=b"", headers=self.headers, client=["127.0.0.1", 50000],
-            server=["127.0.0.1", 8765], subprotocols=[], scheme="ws"))
-        answer = await self.receive()
-        if answer["type"] == "websocket.accept":
-            self.state = answer.get("state", {})
-            await self._settle()
-        return answer
-
-    async def _settle(self, quiet: float = 0.1) -> None:
-        """Carry out what the consumer sent right after accepting (joining
-        groups, say) before the test goes on, as a gateway would."""
-        while True:
-            try:
-                self._pending.append(await self._next(quiet))
-            except asyncio.TimeoutError:
-                return
-
-    async def send(self, text: str | None = None, bytes: bytes | None = None) -> None:
-        """Send a ``websocket.receive`` with ``text`` or ``bytes``."""
-        self.order += 1
-        payload = {"text": text} if text is not None else {"bytes": bytes}
-        await self.harness.deliver(self._message("websocket.receive", **payload))
-
-    async def receive(self, timeout: float = 2.0) -> dict[str, Any]:
-        """The next message the consumer sent to this connection.
-
-        Group changes are carried out on the harness's layer, as the gateway
-        would, and not returned.
-        """
-        if self._pending:
-            return self._pending.popleft()
-        return await self._next(timeout)
-
-    async def _next(self, timeout: float) -> dict[str, Any]:
-        while True:
-            message = await self.harness.sent(self.reply_channel, timeout)
-            if message["type"] == "websocket.group_add":
-                await self.harness.layer.group_add(message["group"], self.reply_channel)
-            elif message["type"] == "websocket.group_discard":
-                await self.harness.layer.group_discard(message["group"], self.reply_channel)
-            else:
-                return message
-
-    async def disconnect(self, code: int = 1000) -> None:
-        """Send ``websocket.disconnect``."""
-        self.order += 1
-        await self.harness.deliver(self._message("websocket.disconnect", code=code))

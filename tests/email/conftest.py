@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 @pytest.fixture(scope="session")
 def django_demo():
-    """The demo project's settings, with an in-memory layer (run_consumer swaps its own in)."""
+    """The demo project's settings, with an in-memory layer (the test kit runs consumers on a layer of its own)."""
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "demo.settings")
     ours = "GATEWAY_LAYER_URL" not in os.environ
     if ours:

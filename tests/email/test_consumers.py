@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from consumers.testing import EmailCommunicator, email_receive
 from gateways.core.specs import load_schema
 
 SCHEMA = load_schema("email")
@@ -19,8 +20,8 @@ def consumer_module(django_demo):
     return module
 
 
-def test_receive_from_bytes_matches_the_schema(consumer_module):
-    message = consumer_module.receive_from_bytes(PLAIN, mail_from="you@example.test", rcpt_to=["echo@demo.local"])
+def test_email_receive_matches_the_schema(consumer_module):
+    message = email_receive(PLAIN, mail_from="you@example.test", rcpt_to=["echo@demo.local"])
     assert SCHEMA.problem(message) is None
     assert message["raw"].count(b"\r\n") == PLAIN.count(b"\n")
     mail = consumer_module.Mail(message)
@@ -29,7 +30,7 @@ def test_receive_from_bytes_matches_the_schema(consumer_module):
 
 
 def test_build_reply_is_threaded(consumer_module):
-    mail = consumer_module.Mail(consumer_module.receive_from_bytes(
+    mail = consumer_module.Mail(email_receive(
         PLAIN, mail_from="bounce+x@example.test", rcpt_to=["echo@demo.local"]))
     reply = consumer_module.build_reply(mail, text="hi", auto=True)
     assert SCHEMA.problem(reply) is None
@@ -58,14 +59,14 @@ def test_build_reply_is_threaded(consumer_module):
 ])
 def test_rfc3834_auto_reply_rules(consumer_module, headers, mail_from, allowed):
     raw = b"From: x@example.test\nSubject: s\n" + headers + b"\nbody\n"
-    mail = consumer_module.Mail(consumer_module.receive_from_bytes(raw, mail_from=mail_from,
+    mail = consumer_module.Mail(email_receive(raw, mail_from=mail_from,
                                                                    rcpt_to=["echo@demo.local"]))
     assert mail.auto_reply_allowed() is allowed
 
 
 def test_routes_capture_groups(consumer_module):
     route = consumer_module.route
-    mail = consumer_module.Mail(consumer_module.receive_from_bytes(
+    mail = consumer_module.Mail(email_receive(
         b"Subject: Ticket #77 broken\n\nx\n", rcpt_to=["support+eu@demo.local", "x@demo.local"]))
     assert route("h", address=r"support\+(?P<region>\w+)@demo\.local").match(mail) == {"region": "eu"}
     assert route("h", domain=r"(?P<d>demo)\.local", subject=r"#(?P<n>\d+)").match(mail) == {"d": "demo", "n": "77"}
@@ -76,23 +77,22 @@ def test_routes_capture_groups(consumer_module):
 async def test_demo_echo_consumer_replies_and_acks(consumer_module):
     from demo.email_consumers import DemoMailConsumer
 
-    message = consumer_module.receive_from_bytes(PLAIN, mail_from="you@example.test", rcpt_to=["echo@demo.local"])
-    result = await consumer_module.run_consumer(DemoMailConsumer.as_asgi(), message)
-    assert result.acked
-    (reply,) = result.emails
+    async with EmailCommunicator(DemoMailConsumer) as mail:
+        message = await mail.deliver(PLAIN, mail_from="you@example.test", rcpt_to=["echo@demo.local"])
+        reply = await mail.receive_email()
+        assert await mail.acked(message) and mail.acks == [message["id"]]
     assert SCHEMA.problem(reply) is None
     assert reply["to"] == ["you@example.test"] and reply["subject"] == "Re: hello there"
     assert reply["text"] == "line one\nline two\n"
-    assert result.sent[-1] == {"type": "email.ack", "id": message["id"]}
 
 
 async def test_demo_echo_consumer_never_answers_automatic_mail(consumer_module):
     from demo.email_consumers import DemoMailConsumer
 
-    for raw, sender in ((b"Auto-Submitted: auto-replied\n" + PLAIN, "you@example.test"), (PLAIN, "")):
-        message = consumer_module.receive_from_bytes(raw, mail_from=sender, rcpt_to=["echo@demo.local"])
-        result = await consumer_module.run_consumer(DemoMailConsumer.as_asgi(), message)
-        assert result.acked and result.emails == []
+    async with EmailCommunicator(DemoMailConsumer) as mail:
+        for raw, sender in ((b"Auto-Submitted: auto-replied\n" + PLAIN, "you@example.test"), (PLAIN, "")):
+            message = await mail.deliver(raw, mail_from=sender, rcpt_to=["echo@demo.local"])
+            assert await mail.acked(message) and await mail.receive_nothing()
 
 
 async def test_failing_handler_is_not_acked_and_duplicates_are_skipped(consumer_module):
@@ -106,13 +106,16 @@ async def test_failing_handler_is_not_acked_and_duplicates_are_skipped(consumer_
             if len(calls) == 1:
                 raise RuntimeError("first try fails")
 
-    message = consumer_module.receive_from_bytes(PLAIN)
-    first = await consumer_module.run_consumer(Flaky.as_asgi(), message, timeout=1.0)
-    assert not first.acked and Flaky.stats["failed"] == 1
-    second = await consumer_module.run_consumer(Flaky.as_asgi(), message)
-    assert second.acked and Flaky.stats["handled"] == 1
-    third = await consumer_module.run_consumer(Flaky.as_asgi(), message)  # a redelivery after a lost ack
-    assert third.acked and Flaky.stats["duplicates"] == 1
+    async with EmailCommunicator(Flaky) as mail:
+        message = await mail.deliver(PLAIN)
+        with pytest.raises(RuntimeError, match="first try fails"):
+            await mail.acked(message)
+        assert not await mail.acked(message) and mail.stats["failed"] == 1
+        await mail.redeliver(message)
+        assert await mail.acked(message) and mail.stats["handled"] == 1
+        mail.acks.clear()
+        await mail.redeliver(message)  # a redelivery after a lost ack
+        assert await mail.acked(message) and mail.stats["duplicates"] == 1
     assert calls == [message["id"], message["id"]]
 
 
@@ -120,9 +123,10 @@ async def test_unrouted_mail_is_logged_and_acked(consumer_module, caplog):
     class Nothing(consumer_module.EmailConsumer):
         routes = [consumer_module.route("never", address="nobody@demo.local")]
 
-    message = consumer_module.receive_from_bytes(PLAIN, rcpt_to=["x@demo.local"])
-    result = await consumer_module.run_consumer(Nothing.as_asgi(), message)
-    assert result.acked and "no route for mail to x@demo.local" in caplog.text
+    async with EmailCommunicator(Nothing) as mail:
+        message = await mail.deliver(PLAIN, rcpt_to=["x@demo.local"])
+        assert await mail.acked(message)
+    assert "no route for mail to x@demo.local" in caplog.text
 
 
 async def test_acks_of_one_loop_iteration_go_as_one_message(consumer_module):
@@ -132,7 +136,7 @@ async def test_acks_of_one_loop_iteration_go_as_one_message(consumer_module):
 
     consumer = consumer_module.EmailConsumer()
     consumer.channel_layer = InMemoryChannelLayer()
-    messages = [consumer_module.receive_from_bytes(PLAIN, id=f"m{n}.0", reply_channel="gw.acks!x") for n in range(5)]
+    messages = [email_receive(PLAIN, id=f"m{n}.0", reply_channel="gw.acks!x") for n in range(5)]
     await asyncio.gather(*(consumer_module.EmailContext(consumer, m).ack() for m in messages))
     ack = await consumer.channel_layer.receive("gw.acks!x")
     assert SCHEMA.problem(ack) is None
@@ -152,7 +156,7 @@ async def test_a_failed_batched_ack_reaches_every_handler(consumer_module):
 
     consumer = consumer_module.EmailConsumer()
     consumer.channel_layer = Down()
-    messages = [consumer_module.receive_from_bytes(PLAIN, id=f"m{n}.0", reply_channel="gw.acks!x") for n in range(3)]
+    messages = [email_receive(PLAIN, id=f"m{n}.0", reply_channel="gw.acks!x") for n in range(3)]
     results = await asyncio.gather(*(consumer_module.EmailContext(consumer, m).ack() for m in messages),
                                    return_exceptions=True)
     assert all(isinstance(r, ConnectionError) for r in results)

@@ -7,10 +7,8 @@ import django
 import pytest
 from django.conf import settings
 
-from consumers.slack import SlackConsumer, SlackContext, make_message, on, run_consumer
-from gateways.core.specs import load_schema
-
-SCHEMA = load_schema("slack")
+from consumers.slack import SlackConsumer, SlackContext, on
+from consumers.testing import SlackCommunicator
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -18,16 +16,6 @@ def django_settings():
     if not settings.configured:
         settings.configure(INSTALLED_APPS=[], DATABASES={})
         django.setup()
-
-
-def sends(sent: list[dict]) -> list[dict]:
-    """What was sent, without the helper's channel key, each checked against the schema."""
-    out = []
-    for message in sent:
-        message = {k: v for k, v in message.items() if k != "__channel__"}
-        SCHEMA.validate(message)
-        out.append(message)
-    return out
 
 
 class Bot(SlackConsumer):
@@ -54,50 +42,63 @@ class Bot(SlackConsumer):
 
 
 async def test_routes_come_before_type_handlers_and_reply_in_thread():
-    sent = sends(await run_consumer(Bot, make_message(text="deploy web", ts="5.5"),
-                                    make_message(text="hello", channel="C9")))
-    assert sent == [
-        {"type": "slack.send", "action": "post", "channel": "C0TEST", "text": "deploying web", "thread_ts": "5.5"},
-        {"type": "slack.send", "action": "post", "channel": "C9", "text": "heard hello"},
-    ]
+    async with SlackCommunicator(Bot) as slack:
+        await slack.message("deploy web", ts="5.5")
+        await slack.message("hello", channel="C9")
+        assert await slack.receive_send() == {"type": "slack.send", "action": "post", "channel": "C0TEST",
+                                              "text": "deploying web", "thread_ts": "5.5"}
+        assert await slack.receive_send() == {"type": "slack.send", "action": "post", "channel": "C9",
+                                              "text": "heard hello"}
+        assert await slack.receive_nothing()
 
 
 async def test_sync_handlers_react():
-    sent = sends(await run_consumer(Bot, make_message("slack.reaction_added", ts="7.7")))
-    assert sent == [{"type": "slack.send", "action": "react", "channel": "C0TEST", "ts": "7.7", "name": "eyes"}]
+    async with SlackCommunicator(Bot) as slack:
+        await slack.reaction("thumbsup", ts="7.7")
+        assert await slack.receive_send() == {"type": "slack.send", "action": "react", "channel": "C0TEST",
+                                              "ts": "7.7", "name": "eyes"}
 
 
 async def test_command_acks_once_with_payload_or_empty_when_the_handler_does_not():
-    sent = await run_consumer(Bot, make_message("slack.command", text="answer"),
-                              make_message("slack.command", text="other"))
-    assert [(m["__channel__"], m.get("payload")) for m in sent] == [
-        ("slack-test-ack", {"text": "answered"}), ("slack-test-ack", None)]
-    sends(sent)
+    async with SlackCommunicator(Bot) as slack:
+        answered = await slack.command("/test", "answer")
+        other = await slack.command("/test", "other")
+        assert await slack.receive_ack(answered) == {"type": "slack.ack", "payload": {"text": "answered"}}
+        assert await slack.receive_ack(other) == {"type": "slack.ack", "payload": None}
+        assert await slack.harness.receive_nothing(answered["ack_channel"])  # not twice
 
 
-async def test_a_failing_handler_is_counted_and_still_acked():
-    sent = await run_consumer(Bot, make_message("slack.command", command="/fail"),
-                              make_message(text="still alive"))
-    assert [m["type"] for m in sent] == ["slack.ack", "slack.send"]
-    assert (sent.stats["failed"], sent.stats["handled"]) == (1, 1)
+async def test_a_failing_handler_fails_the_test_and_is_still_acked():
+    async with SlackCommunicator(Bot) as slack:
+        failing = await slack.command("/fail")
+        with pytest.raises(RuntimeError, match="boom"):
+            await slack.receive_ack(failing)
+        assert await slack.receive_ack(failing) == {"type": "slack.ack", "payload": None}
+        await slack.message("still alive")
+        assert (await slack.receive_send())["text"] == "heard still alive"
+    assert (slack.stats["failed"], slack.stats["handled"]) == (1, 1)
 
 
 async def test_messages_without_a_handler_do_nothing():
-    assert await run_consumer(Bot, make_message("slack.leave"), make_message("slack.event")) == []
+    async with SlackCommunicator(Bot) as slack:
+        await slack.leave()
+        await slack.event("slack.event")
+        assert await slack.receive_nothing()
 
 
 async def test_demo_bot():
     from demo.slack_consumers import DemoSlackConsumer
 
-    sent = sends(await run_consumer(
-        DemoSlackConsumer,
-        make_message(text="echo hi there", channel="C1"),
-        make_message(text="echo edited", subtype="message_changed"),
-        make_message("slack.view_submission", values={"note": {"input": {"value": ""}}}),
-        make_message("slack.action", actions=[{"action_id": "a", "value": "blue"}]),
-    ))
-    assert sent[0] == {"type": "slack.send", "action": "post", "channel": "C1", "text": "hi there"}
-    assert sent[1] == {"type": "slack.ack", "payload": {"response_action": "errors",
-                                                        "errors": {"note": "write something"}}}
-    assert sent[2]["action"] == "respond" and sent[2]["text"] == "you clicked blue"
-    assert len(sent) == 3
+    async with SlackCommunicator(DemoSlackConsumer) as slack:
+        await slack.message("echo hi there", channel="C1")
+        assert await slack.receive_send() == {"type": "slack.send", "action": "post", "channel": "C1",
+                                              "text": "hi there"}
+        await slack.message("echo edited", subtype="message_changed")
+        assert await slack.receive_nothing()
+        submission = await slack.event("slack.view_submission", values={"note": {"input": {"value": ""}}})
+        assert (await slack.receive_ack(submission))["payload"] == {"response_action": "errors",
+                                                                    "errors": {"note": "write something"}}
+        await slack.event("slack.action", actions=[{"action_id": "a", "value": "blue"}])
+        click = await slack.receive_send()
+        assert click["action"] == "respond" and click["text"] == "you clicked blue"
+        assert await slack.receive_nothing()

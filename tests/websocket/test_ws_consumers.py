@@ -1,12 +1,12 @@
 """The Django side without a gateway: the demo consumers and the session helpers
-driven through consumers.testing on an in-memory layer."""
+driven through the consumers.testing kit on an in-memory layer."""
 
 from __future__ import annotations
 
 import pytest
 
-from consumers.testing import ConsumerHarness
-from consumers.websocket import WebSocketConsumer, WebSocketTestClient, get_user, session_state
+from consumers.testing import ConsumerHarness, WebSocketCommunicator
+from consumers.websocket import WebSocketConsumer, get_user, session_state
 
 
 @pytest.fixture(scope="module")
@@ -20,28 +20,27 @@ def django_settings():
 async def test_echo_consumer_echoes_text_and_bytes(django_settings):
     from demo.websocket_consumers import EchoConsumer
 
-    async with ConsumerHarness(EchoConsumer, "websocket.echo") as harness:
-        client = WebSocketTestClient(harness, "/echo/")
-        assert (await client.connect())["type"] == "websocket.accept"
-        await client.send(text="hi")
-        assert await client.receive() == {"type": "websocket.send", "text": "hi"}
-        await client.send(bytes=b"\x00")
-        assert await client.receive() == {"type": "websocket.send", "bytes": b"\x00"}
+    async with WebSocketCommunicator(EchoConsumer, "/echo/", channel="websocket.echo") as client:
+        assert await client.connect() == (True, None)
+        await client.send_to(text_data="hi")
+        assert await client.receive_output() == {"type": "websocket.send", "text": "hi"}
+        await client.send_to(bytes_data=b"\x00")
+        assert await client.receive_from() == b"\x00"
 
 
 async def test_chat_consumer_reaches_the_room_only(django_settings):
     from demo.websocket_consumers import ChatConsumer
 
     async with ConsumerHarness(ChatConsumer, "websocket.chat") as harness:
-        alice = WebSocketTestClient(harness, "/chat/a/", kwargs={"room": "a"})
-        bob = WebSocketTestClient(harness, "/chat/a/", kwargs={"room": "a"})
-        carol = WebSocketTestClient(harness, "/chat/b/", kwargs={"room": "b"})
+        alice = WebSocketCommunicator(harness, "/chat/a/", kwargs={"room": "a"})
+        bob = WebSocketCommunicator(harness, "/chat/a/", kwargs={"room": "a"})
+        carol = WebSocketCommunicator(harness, "/chat/b/", kwargs={"room": "b"})
         for client in (alice, bob, carol):
             await client.connect()
-        await alice.send(text="hello a")
-        assert (await alice.receive())["text"] == "hello a"
-        assert (await bob.receive())["text"] == "hello a"
-        assert await harness.nothing_sent(carol.reply_channel)
+        await alice.send_to(text_data="hello a")
+        assert await alice.receive_from() == "hello a"
+        assert await bob.receive_from() == "hello a"
+        assert await carol.receive_nothing()
 
 
 class Fragile(WebSocketConsumer):
@@ -52,16 +51,17 @@ class Fragile(WebSocketConsumer):
 
 
 async def test_a_raising_handler_is_counted_and_the_instance_goes_on(django_settings):
-    async with ConsumerHarness(Fragile, "fragile") as harness:
-        client = WebSocketTestClient(harness, "/f/")
+    async with WebSocketCommunicator(Fragile, "/f/", raise_errors=False) as client:
         await client.connect()
-        await client.send(text="boom")
-        await client.send(text="next")
-        assert (await client.receive())["text"] == "2:next"
-        await harness.deliver({"type": "websocket.unknown_thing"})
-        await client.send(text="still")
-        assert (await client.receive())["text"] == "3:still"
-    assert Fragile.stats["failed"] == 1 and Fragile.stats["unhandled"] == 1
+        await client.send_to(text_data="boom")
+        await client.send_to(text_data="next")
+        assert await client.receive_from() == "2:next"
+        await client.harness.deliver({"type": "websocket.unknown_thing"}, validate=False)
+        await client.send_to(text_data="still")
+        assert await client.receive_from() == "3:still"
+    assert [str(e) for e in client.errors] == ["on purpose"]
+    assert client.stats["failed"] == 1 and client.stats["unhandled"] == 1
+    assert Fragile.stats["failed"] == 0  # the class's own counters are not the test's
 
 
 class WhoAmI(WebSocketConsumer):
@@ -89,13 +89,12 @@ async def test_session_and_user_come_from_the_connect_cookie_and_stay_in_state(d
         return session.session_key
 
     key = await sync_to_async(login)()
-    async with ConsumerHarness(WhoAmI, "whoami") as harness:
-        known = WebSocketTestClient(harness, "/me/", headers=[("Cookie", f"sessionid={key}")])
-        accept = await known.connect()
-        assert accept["state"]["session_key"] == key and "user_id" in accept["state"]
-        await known.send(text="?")
-        assert (await known.receive())["text"] == "alice"
-        stranger = WebSocketTestClient(harness, "/me/")
+    async with WebSocketCommunicator(WhoAmI, "/me/", cookies={"sessionid": key}) as known:
+        assert (await known.connect())[0]
+        assert known.state["session_key"] == key and "user_id" in known.state
+        await known.send_to(text_data="?")
+        assert await known.receive_from() == "alice"
+        stranger = WebSocketCommunicator(known, "/me/")
         await stranger.connect()
-        await stranger.send(text="?")
-        assert (await stranger.receive())["text"] == "anonymous"
+        await stranger.send_to(text_data="?")
+        assert await stranger.receive_from() == "anonymous"

@@ -1,0 +1,259 @@
+"""Test an ``email.*`` consumer: deliver mail, read its ``email.send`` and acks.
+
+::
+
+    async with EmailCommunicator(SupportConsumer, "email.support") as mail:
+        received = await mail.deliver(from_="you@example.test", to="support@example.com",
+                                      subject="help", body="it broke")
+        reply = await mail.receive_email()               # an email.send
+        assert reply["subject"] == "Re: help"
+        assert await mail.acked(received)
+
+:func:`email_receive` builds the ``email.receive`` a gateway would hand to
+the consumer, from a short description or from raw RFC 5322 bytes.
+"""
+
+from __future__ import annotations
+
+import email.header
+import email.parser
+import email.policy
+import email.utils
+import re
+import time
+import uuid
+from email.message import EmailMessage, Message
+from typing import Any, Iterable
+
+from consumers.testing.harness import TIMEOUT, Communicator
+
+__all__ = ["EmailCommunicator", "email_receive"]
+
+#: Where the test gateway wants acks and sends.
+REPLY_CHANNEL = "email.test-gateway"
+
+
+def _compose(from_: str, to: str | list[str], subject: str, body: str, html: str | None,
+             headers: dict[str, str] | None, message_id: str | None) -> bytes:
+    message = EmailMessage(policy=email.policy.SMTP)
+    message["From"] = from_
+    message["To"] = ", ".join([to] if isinstance(to, str) else to)
+    message["Subject"] = subject
+    message["Date"] = email.utils.formatdate(localtime=False)
+    message["Message-ID"] = message_id or email.utils.make_msgid(domain="example.test")
+    for name, value in (headers or {}).items():
+        message[name] = value
+    message.set_content(body)
+    if html is not None:
+        message.add_alternative(html, subtype="html")
+    return message.as_bytes()
+
+
+def _decode(value: Any) -> str:
+    """A header value as text: folded lines joined, RFC 2047 words decoded."""
+    text = re.sub(r"\r?\n(?=[ \t])", "", str(value))
+    if "=?" not in text:
+        return text
+    try:
+        return str(email.header.make_header(email.header.decode_header(text)))
+    except Exception:  # a broken encoded word: keep it as it is
+        return text
+
+
+def _addresses(values: list[str]) -> list[dict[str, str]]:
+    return [{"name": name, "address": address} for name, address in email.utils.getaddresses(values)
+            if address or name]
+
+
+def _text(data: bytes, charset: str | None) -> str:
+    for candidate in (charset, "utf-8"):
+        if candidate:
+            try:
+                return data.decode(candidate)
+            except (LookupError, UnicodeDecodeError):
+                continue
+    return data.decode("cp1252", "replace")
+
+
+def _parse(raw: bytes) -> dict[str, Any]:
+    """The parsed keys of an ``email.receive`` (``protocol_specs/email.md``)."""
+    msg = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(raw)
+    headers = [[name, _decode(value)] for name, value in msg.raw_items()]
+    found: dict[str, Any] = {"text": None, "html": None, "attachments": []}
+
+    def first(name: str) -> str | None:
+        values = [v for k, v in headers if k.lower() == name]
+        return values[0].strip() if values else None
+
+    def every(name: str) -> list[str]:
+        return [v for k, v in headers if k.lower() == name]
+
+    def part(node: Message, own_headers: list[list[str]] | None = None) -> dict[str, Any]:
+        filename = node.get_filename()
+        out: dict[str, Any] = {
+            "content_type": node.get_content_type(), "charset": node.get_content_charset(),
+            "disposition": node.get_content_disposition(), "filename": _decode(filename) if filename else None,
+            "headers": own_headers if own_headers is not None else [[k, _decode(v)] for k, v in node.raw_items()],
+            "body": None, "attachment": None, "parts": [],
+        }
+        if node.is_multipart():
+            out["parts"] = [part(child) for child in node.get_payload() if isinstance(child, Message)]
+            return out
+        body = node.get_payload(decode=True) or b""
+        if out["disposition"] == "attachment" or filename or out["content_type"] not in ("text/plain", "text/html"):
+            out["attachment"] = len(found["attachments"])
+            found["attachments"].append({
+                "filename": out["filename"], "content_type": out["content_type"],
+                "content_id": _decode(node["content-id"]) if node["content-id"] else None,
+                "disposition": out["disposition"], "size": len(body), "content": body})
+            return out
+        out["body"] = body
+        key = "text" if out["content_type"] == "text/plain" else "html"
+        if found[key] is None:
+            found[key] = _text(body, out["charset"]).replace("\r\n", "\n")
+        return out
+
+    tree = part(msg, [pair[:] for pair in headers])
+    return {
+        "message_id": first("message-id"), "subject": first("subject") or "",
+        "from": _addresses(every("from")), "to": _addresses(every("to")), "cc": _addresses(every("cc")),
+        "reply_to": _addresses(every("reply-to")), "date": first("date"), "in_reply_to": first("in-reply-to"),
+        "references": " ".join(every("references")).split(), "headers": headers,
+        "text": found["text"], "html": found["html"], "attachments": found["attachments"], "parts": tree,
+        "defects": sorted({type(d).__name__ for p in msg.walk() for d in getattr(p, "defects", [])}),
+    }
+
+
+def email_receive(raw: bytes | None = None, *, from_: str = "sender@example.test",
+                  to: str | list[str] = "user@example.test", subject: str = "test", body: str = "",
+                  html: str | None = None, headers: dict[str, str] | None = None, message_id: str | None = None,
+                  mail_from: str | None = None, rcpt_to: Iterable[str] | None = None,
+                  channel: str = "email.receive", reply_channel: str = REPLY_CHANNEL, id: str | None = None,
+                  attempt: int = 1, route_kwargs: dict[str, str] | None = None) -> dict[str, Any]:
+    """The ``email.receive`` a gateway hands to consumers for one message.
+
+    Give ``raw`` (RFC 5322 bytes; LF line endings become CRLF as SMTP carries
+    them) or describe the message with ``from_``, ``to``, ``subject``,
+    ``body`` (and ``html``, ``headers``, ``message_id``).
+
+    Args:
+        raw: the message as received.
+        from_: the From header (and the envelope sender, unless ``mail_from``).
+        to: the To header (and the recipients, unless ``rcpt_to``).
+        subject: the Subject.
+        body: the plain-text body.
+        html: an HTML alternative.
+        headers: more headers.
+        message_id: the Message-ID (a fresh one by default).
+        mail_from: the SMTP envelope sender (``''`` for the null sender ``<>``).
+        rcpt_to: the SMTP recipients routed to the consumer.
+        channel: the channel the gateway routed it to.
+        reply_channel: where acks and ``email.send`` go.
+        id: the delivery id, the same on a redelivery (random by default).
+        attempt: 1, or more for a redelivery.
+        route_kwargs: named groups a gateway-side route captured.
+    """
+    if raw is None:
+        raw = _compose(from_, to, subject, body, html, headers, message_id)
+    raw = re.sub(rb"\r?\n", b"\r\n", raw)
+    parsed = _parse(raw)
+    if mail_from is None:
+        mail_from = parsed["from"][0]["address"] if parsed["from"] else from_
+    if rcpt_to is None:
+        rcpt_to = [a["address"] for a in parsed["to"] + parsed["cc"]] or ([to] if isinstance(to, str) else to)
+    recipients = list(rcpt_to)
+    return {
+        "type": "email.receive", "id": id or uuid.uuid4().hex, "reply_channel": reply_channel,
+        "attempt": attempt, "channel": channel, "recipients": recipients,
+        "route_kwargs": dict(route_kwargs or {}),
+        "envelope": {"mail_from": mail_from, "rcpt_to": recipients, "peer": "127.0.0.1:0", "helo": "test",
+                     "tls": False, "auth": None, "received_at": time.time()},
+        **parsed, "raw": raw,
+    }
+
+
+class EmailCommunicator(Communicator):
+    """An email gateway's side of an :class:`~consumers.email.EmailConsumer`.
+
+    What the consumer sends back to the gateway is sorted as it arrives:
+    ``email.send`` messages are read with :meth:`receive_email`, ``email.ack``
+    ids are collected in :attr:`acks`.
+
+    Args:
+        consumer: the consumer class, or a harness/communicator to share.
+        channel: the channel the gateway's route sends to.
+        reply_channel: the gateway's reply channel (acks and sends go there).
+        timeout: upper bound, in seconds, on every wait.
+        raise_errors: see :class:`~consumers.testing.ConsumerHarness`.
+    """
+
+    default_channel = "email.receive"
+
+    def __init__(self, consumer: Any, channel: str | None = None, *, reply_channel: str = REPLY_CHANNEL,
+                 timeout: float = TIMEOUT, raise_errors: bool = True) -> None:
+        super().__init__(consumer, channel, timeout=timeout, raise_errors=raise_errors)
+        self.reply_channel = reply_channel
+        #: The ids the consumer acknowledged, in order (an ``email.ack`` with ``ids`` adds each).
+        self.acks: list[str] = []
+        self.harness.add_absorber(self._absorb)
+
+    def _absorb(self, channel: str, message: dict[str, Any]) -> bool:
+        if channel == self.reply_channel and message.get("type") == "email.ack":
+            self.acks.extend([message["id"], *message.get("ids", [])])
+            return True
+        return False
+
+    async def deliver(self, raw: bytes | None = None, **description: Any) -> dict[str, Any]:
+        """Deliver a message (arguments as in :func:`email_receive`); return the ``email.receive``."""
+        description.setdefault("channel", self.harness.channel)
+        message = email_receive(raw, reply_channel=self.reply_channel, **description)
+        await self.harness.deliver(message)
+        return message
+
+    async def redeliver(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Hand ``message`` again, as the gateway does when no ack came (same ``id``, next attempt)."""
+        again = {**message, "attempt": message["attempt"] + 1}
+        await self.harness.deliver(again)
+        return again
+
+    async def receive_email(self, timeout: float | None = None) -> dict[str, Any]:
+        """The next ``email.send`` the consumer sent to the gateway."""
+        message = await self.harness.receive(self.reply_channel, timeout=timeout)
+        assert message["type"] == "email.send", f"expected email.send, got {message!r}"
+        return message
+
+    async def receive_nothing(self, timeout: float | None = None) -> bool:
+        """True when the consumer, done with everything it was given, sent no ``email.send``."""
+        return await self.harness.receive_nothing(self.reply_channel, timeout)
+
+    async def acked(self, message: dict[str, Any] | str, timeout: float | None = None) -> bool:
+        """Whether the consumer acknowledged ``message`` (or the id), once it finished handling."""
+        await self.harness.wait_for(lambda: not self.harness.busy, "the consumer to finish", timeout)
+        self.harness.check()
+        delivery_id = message if isinstance(message, str) else message["id"]
+        return delivery_id in self.acks
+
+    async def answer(self, send: dict[str, Any], ok: bool = True, error: str = "550 5.1.1 no such user",
+                     code: int | None = 550) -> dict[str, Any] | None:
+        """Send the ``email.sent`` (or ``email.failed``) the gateway would send for
+        ``send`` to its ``reply_channel`` (none when it names none); return it."""
+        reply_channel = send.get("reply_channel")
+        if not reply_channel:
+            return None
+        recipients = [*_list(send.get("to")), *_list(send.get("cc")), *_list(send.get("bcc"))]
+        if ok:
+            result: dict[str, Any] = {
+                "type": "email.sent", "id": send.get("id"),
+                "message_id": send.get("message_id") or email.utils.make_msgid(domain="example.test"),
+                "recipients": recipients, "response": "250 2.0.0 OK", "attempts": 1, "refused": {}}
+        else:
+            result = {"type": "email.failed", "id": send.get("id"), "error": error,
+                      "code": code, "permanent": True, "attempts": 1, "recipients": recipients}
+        await self.layer.send(reply_channel, result)
+        return result
+
+
+def _list(value: Any) -> list[str]:
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else list(value)
