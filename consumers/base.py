@@ -70,15 +70,22 @@ class GatewayConsumer(AsyncConsumer):
             cls.stats = collections.Counter()
 
     async def dispatch(self, message: dict[str, Any]) -> None:
-        """Run the handler for ``message``; log and count what goes wrong."""
-        mtype = message.get("type", "?")
+        """Run the handler for ``message``; log and count what goes wrong.
+
+        A log line about a message names the channel it came from and the
+        message (type, ``id`` and protocol key: see
+        :func:`gateways.core.describe.describe`).
+        """
         try:
             handler = getattr(self, get_handler_name(message), None)
         except ValueError:
             handler = None
         if handler is None:
+            from gateways.core.describe import describe
+
             self.stats["unhandled"] += 1
-            logger.warning("%s: no handler for message type %r", type(self).__name__, mtype)
+            logger.warning("%s on %s: no handler for %s", type(self).__name__,
+                           self.scope.get("channel", "?"), describe(message))
             return
         context = self.context_class(self, message)
         try:
@@ -87,8 +94,11 @@ class GatewayConsumer(AsyncConsumer):
             else:
                 await database_sync_to_async(handler)(context)
         except Exception:
+            from gateways.core.describe import describe
+
             self.stats["failed"] += 1
-            logger.exception("%s: handler for %r failed", type(self).__name__, mtype)
+            logger.exception("%s on %s: handler failed for %s", type(self).__name__,
+                             self.scope.get("channel", "?"), describe(message))
             await self.handler_failed(context)
             return
         self.stats["handled"] += 1

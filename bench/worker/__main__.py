@@ -7,7 +7,11 @@ channel, the consumer answers on the request's reply channel) through:
 
 - **stock**: ``manage.py runworker`` with channels_redis's own layer
   (``layer.batched: false``) on both sides;
-- **fast**: ``gateway worker`` with the batched layer on both sides;
+- **fast**: ``gateway worker`` with the batched layer on both sides, its
+  default: sync handlers on the one thread-sensitive thread, as under
+  ``runworker``;
+- **parallel** (``SyncConsumer`` only): the same with ``django.parallel_sync:
+  true``, a thread per lane;
 
 for an ``AsyncConsumer`` and a ``SyncConsumer``, one request at a time and
 with 100 in flight (20 conversations, 5 in flight each). Every conversation
@@ -91,14 +95,21 @@ async def load(url: str, prefix: str, batched: bool, channel: str, conversations
     return len(latencies), elapsed, latencies, violations
 
 
-def write_config(workdir: Path, url: str, prefix: str, batched: bool) -> Path:
+def write_config(workdir: Path, url: str, prefix: str, batched: bool, parallel_sync: bool = False) -> Path:
     path = workdir / f"{prefix}.yaml"
     path.write_text(yaml.safe_dump({
         "layer": {"url": url, "prefix": prefix, "batched": batched},
-        "django": {"settings": "wbench.settings", "path": [str(PROJECT)], "channels": ["bench.async", "bench.sync"]},
+        "django": {"settings": "wbench.settings", "path": [str(PROJECT)], "channels": ["bench.async", "bench.sync"],
+                   "parallel_sync": parallel_sync},
         "log": {"level": "WARNING"},
     }))
     return path
+
+
+#: Consumer kind -> the paths measured for it, in the order printed.
+PATHS = {"async": ("stock", "fast"), "sync": ("stock", "fast", "parallel")}
+#: Target of fast / stock at 100 in flight.
+TARGETS = {("fast", "async"): 5.0, ("fast", "sync"): 2.0, ("parallel", "sync"): 5.0}
 
 
 def main() -> None:
@@ -107,25 +118,25 @@ def main() -> None:
     args = parser.parse_args()
     redis, url = redis_server()
     workdir = Path(tempfile.mkdtemp(prefix="bench-worker-"))
-    stock_prefix, fast_prefix = f"s{uuid.uuid4().hex[:6]}", f"f{uuid.uuid4().hex[:6]}"
-    stock_config = write_config(workdir, url, stock_prefix, batched=False)
-    fast_config = write_config(workdir, url, fast_prefix, batched=True)
+    prefixes = {path: f"{path[0]}{uuid.uuid4().hex[:6]}" for path in ("stock", "fast", "parallel")}
+    configs = {path: write_config(workdir, url, prefix, batched=path != "stock", parallel_sync=path == "parallel")
+               for path, prefix in prefixes.items()}
     env = {"PYTHONPATH": str(PROJECT), "DJANGO_SETTINGS_MODULE": "wbench.settings"}
     procs = [
         start([PYTHON, "-m", "django", "runworker", "bench.async", "bench.sync"],
-              env={**env, "GATEWAY_CONFIG": str(stock_config)}),
-        start([PYTHON, "-m", "gateways", "worker", "--config", str(fast_config)],
-              env={**env, "GATEWAY_CONFIG": str(fast_config)}),
+              env={**env, "GATEWAY_CONFIG": str(configs["stock"])}),
+        *(start([PYTHON, "-m", "gateways", "worker", "--config", str(configs[path])],
+                env={**env, "GATEWAY_CONFIG": str(configs[path])}) for path in ("fast", "parallel")),
     ]
     results: dict[str, dict] = {}
     try:
         async def measure() -> None:
-            for kind in ("async", "sync"):
+            for kind, paths in PATHS.items():
                 for conversations, depth in ((1, 1), (20, 5)):
                     flight = conversations * depth
-                    for path, prefix, batched in (("stock", stock_prefix, False), ("fast", fast_prefix, True)):
-                        count, elapsed, lat, bad = await load(url, prefix, batched, f"bench.{kind}",
-                                                              conversations, depth, args.seconds)
+                    for path in paths:
+                        count, elapsed, lat, bad = await load(url, prefixes[path], path != "stock",
+                                                              f"bench.{kind}", conversations, depth, args.seconds)
                         row = describe(f"{path} {kind} consumer, {flight} in flight", count, elapsed, lat)
                         row["violations"] = bad
                         results[f"{path}-{kind}-{flight}"] = row
@@ -136,17 +147,18 @@ def main() -> None:
             stop(proc)
         stop(redis)
 
-    rows = [results[f"{path}-{kind}-{flight}"] for kind in ("async", "sync") for flight in (1, 100)
-            for path in ("stock", "fast")]
+    rows = [results[f"{path}-{kind}-{flight}"] for kind, paths in PATHS.items() for flight in (1, 100)
+            for path in paths]
     print_rows("Worker path: send -> consumer -> reply (closed loop)", rows)
     print("\nOrder violations per conversation (target 0):",
           ", ".join(f"{row['name']}: {row['violations']}" for row in rows))
-    print("\nRatios, fast / stock in this run")
-    for kind in ("async", "sync"):
-        for flight in (1, 100):
-            fast, stock = results[f"fast-{kind}-{flight}"], results[f"stock-{kind}-{flight}"]
-            target = "  (target >= 5)" if flight == 100 else ""
-            print(f"  {kind} consumer, {flight:>3} in flight: {fast['rate'] / stock['rate']:.2f}{target}")
+    print("\nRatios to stock runworker in this run")
+    for kind, paths in PATHS.items():
+        for path in paths[1:]:
+            for flight in (1, 100):
+                ratio = results[f"{path}-{kind}-{flight}"]["rate"] / results[f"stock-{kind}-{flight}"]["rate"]
+                target = f"  (target >= {TARGETS[path, kind]:g})" if flight == 100 else ""
+                print(f"  {path} {kind} consumer, {flight:>3} in flight: {ratio:.2f}{target}")
 
 
 if __name__ == "__main__":

@@ -217,6 +217,11 @@ class DjangoConfig:
         metadata={"doc": "messages of different conversations `gateway worker` handles at once, per channel",
                   "check": check_positive},
     )
+    parallel_sync: bool = field(
+        default=False,
+        metadata={"doc": "run sync handlers of different conversations in parallel threads (one per lane); "
+                  "false: all on one thread, as Channels does, safe on SQLite"},
+    )
     channels: list[str] = field(
         default_factory=list,
         metadata={"doc": "extra channels the workers consume, beyond those the routes name"},

@@ -11,25 +11,35 @@ listener taking more off the layer.
 
 The instance tells the lane it finished a message by asking for the next one
 (Channels' ``await_many_dispatch`` calls ``receive`` again only after
-``dispatch`` returned). Each lane runs in its own asgiref
-``ThreadSensitiveContext``, so a ``SyncConsumer`` (or a sync handler behind
-``database_sync_to_async``) gets one thread per lane: sync consumers run in a
-thread pool bounded by ``concurrency``, async ones on the loop.
+``dispatch`` returned).
 
-An instance that raises is logged with the message type and conversation,
-counted, and replaced by a new instance reading the same lane: the rest of
-its conversation is still handled and other lanes never notice.
+Sync code (a ``SyncConsumer``, a ``def`` handler, anything behind
+``database_sync_to_async``) is thread-sensitive, as under ``runworker``: by
+default every lane of every channel runs it on asgiref's one thread-sensitive
+thread, one call at a time, so a database that takes one writer at a time
+(SQLite) never sees two. Async code still runs concurrently on the loop.
+With ``parallel_sync`` each lane runs in its own ``ThreadSensitiveContext``
+instead: one thread per lane, sync handlers of different conversations in
+parallel.
+
+An instance that raises is logged with the channel, the message (see
+:func:`gateways.core.describe.describe`) and the conversation, counted, and
+replaced by a new instance reading the same lane: the rest of its
+conversation is still handled and other lanes never notice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Hashable
 
 from asgiref.sync import ThreadSensitiveContext
+
+from gateways.core.describe import describe
 
 log = logging.getLogger("gateway.worker")
 
@@ -71,7 +81,10 @@ class Lane:
         while True:
             self.taken = 0
             try:
-                async with ThreadSensitiveContext():
+                # Without a context of its own the instance's sync calls go to the
+                # process's one thread-sensitive thread, shared by every lane.
+                context = ThreadSensitiveContext() if lanes.parallel_sync else contextlib.nullcontext()
+                async with context:
                     await lanes.application(dict(scope), self.receive, self.send)
             except asyncio.CancelledError:
                 raise
@@ -82,7 +95,7 @@ class Lane:
                     log.exception("consumer on %s failed before taking a message", lanes.channel)
                 else:
                     log.exception("consumer on %s failed handling %s (conversation %s); a new instance "
-                                  "takes over", lanes.channel, item.message.get("type", "?"), item.conversation)
+                                  "takes over", lanes.channel, describe(item.message), item.conversation)
             if self.current is not None:
                 self._finished()
             if not self.taken:  # an instance that ends without taking a message must not spin
@@ -117,11 +130,14 @@ class ChannelLanes:
         key: maps a message to its conversation.
         concurrency: most lanes (messages handled at once).
         limit: most messages in flight (handled or queued in lanes).
+        parallel_sync: run each lane's sync code on a thread of its own instead
+            of the one thread-sensitive thread every lane shares.
     """
 
     def __init__(self, channel: str, application: Callable[..., Awaitable[None]], key: KeyFunction,
-                 concurrency: int = 64, limit: int | None = None) -> None:
+                 concurrency: int = 64, limit: int | None = None, parallel_sync: bool = False) -> None:
         self.channel = channel
+        self.parallel_sync = parallel_sync
         self.application = application
         self.key = key
         self.concurrency = max(1, concurrency)
@@ -141,8 +157,8 @@ class ChannelLanes:
         try:
             conversation = self.key(message)
         except Exception:  # a key function must not lose the message
-            log.exception("conversation key of a %s message on %s failed; handling it unordered",
-                          message.get("type", "?"), self.channel)
+            log.exception("conversation key of %s on %s failed; handling it unordered",
+                          describe(message), self.channel)
             conversation = None
         while self.inflight >= self.limit:
             await self._wait_change()

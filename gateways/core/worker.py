@@ -7,7 +7,9 @@ project and the channels taken from the YAML, and three differences:
 - messages of different conversations are handled concurrently (up to
   ``django.concurrency`` per channel) while each conversation keeps its order
   (:mod:`gateways.core.lanes`); see :func:`conversation_key` for what a
-  conversation is;
+  conversation is. Sync handlers stay thread-sensitive as in Channels — one
+  thread for the whole process, safe on SQLite — unless
+  ``django.parallel_sync`` gives each lane a thread;
 - a channel-layer error does not end the worker: it logs, backs off and
   listens again (stock ``runworker`` exits when Redis goes away);
 - SIGTERM/SIGINT drains: stop taking messages, handle every message already
@@ -23,8 +25,6 @@ import os
 import signal
 import sys
 from typing import Any, Hashable
-
-from channels.worker import Worker
 
 from gateways.core import eventloop, registry
 from gateways.core.backoff import Backoff
@@ -70,8 +70,11 @@ def run_worker(config: Config, channels: list[str]) -> int:
     from channels.routing import get_default_application
 
     concurrency = config.django.concurrency if config.django else 64
-    worker = ConcurrentWorker(get_default_application(), channels, get_channel_layer(), concurrency)
-    log.info("Running worker for channels %s (%d at once per channel)", channels, concurrency)
+    parallel_sync = config.django.parallel_sync if config.django else False
+    worker = ConcurrentWorker(get_default_application(), channels, get_channel_layer(), concurrency,
+                              parallel_sync=parallel_sync)
+    log.info("Running worker for channels %s (%d at once per channel; sync handlers %s)", channels,
+             concurrency, "in parallel, a thread per lane" if parallel_sync else "on one thread")
     return eventloop.run(worker.run())
 
 
@@ -173,15 +176,19 @@ class ConcurrentWorker:
         channels: channel names to consume.
         channel_layer: the layer (any Channels layer; the batched one drains best).
         concurrency: messages handled at once per channel.
+        parallel_sync: sync handlers of different conversations run in parallel
+            threads (a thread per lane) instead of on the one thread-sensitive thread.
     """
 
-    def __init__(self, application: Any, channels: list[str], channel_layer: Any, concurrency: int = 64) -> None:
+    def __init__(self, application: Any, channels: list[str], channel_layer: Any, concurrency: int = 64,
+                 parallel_sync: bool = False) -> None:
         if channel_layer is None:
             raise ValueError("the worker needs a channel layer (CHANNEL_LAYERS is not set)")
         self.application = application
         self.channels = channels
         self.layer = channel_layer
         self.concurrency = concurrency
+        self.parallel_sync = parallel_sync
         self.lanes: dict[str, ChannelLanes] = {}
         self.stopping: asyncio.Event | None = None
         self._idle_listeners: set[asyncio.Task] = set()
@@ -193,7 +200,7 @@ class ConcurrentWorker:
             except LookupError as exc:
                 raise SystemExit(f"gateway worker: {exc} (add it to the project's ChannelNameRouter)") from exc
             self.lanes[channel] = ChannelLanes(channel, self.application, conversation_key(consumer),
-                                               self.concurrency)
+                                               self.concurrency, parallel_sync=self.parallel_sync)
 
     def stop(self) -> None:
         """Ask the worker to drain and exit."""
@@ -301,16 +308,3 @@ class ConcurrentWorker:
             except (OSError, asyncio.TimeoutError, ConnectionError):
                 pass
 
-
-class ResilientWorker(Worker):
-    """Channels' one-message-at-a-time worker whose listeners survive layer outages
-    (kept for code that builds on ``runworker``'s behaviour)."""
-
-    async def listener(self, channel: str) -> None:
-        backoff = Backoff(initial=0.2, maximum=10.0)
-        while True:
-            try:
-                await super().listener(channel)
-            except LAYER_ERRORS as exc:
-                log.warning("receiving on %s failed (%s: %s); retrying", channel, type(exc).__name__, exc)
-                await backoff.wait()

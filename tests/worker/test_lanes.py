@@ -191,10 +191,18 @@ async def test_a_failing_gateway_consumer_handler_is_counted_and_the_lane_goes_o
     assert BaseConsumer.stats["failed"] >= 1
 
 
-async def test_sync_consumers_run_in_parallel_threads_in_order():
+async def test_sync_consumers_share_one_thread_by_default_in_order():
+    """As under runworker: every lane's sync code on the one thread-sensitive thread."""
+    lanes = ChannelLanes("threaded", APP, by_conv, concurrency=4)
+    await run_all(lanes, interleaved(4, 25))
+    assert dict(REC.seen) == {f"c{c}": list(range(25)) for c in range(4)}
+    assert len(REC.threads) == 1
+
+
+async def test_parallel_sync_runs_sync_consumers_in_parallel_threads_in_order():
     ThreadedConsumer.barrier = threading.Barrier(4, timeout=20)
     try:
-        lanes = ChannelLanes("threaded", APP, by_conv, concurrency=4)
+        lanes = ChannelLanes("threaded", APP, by_conv, concurrency=4, parallel_sync=True)
         await run_all(lanes, interleaved(4, 25))
     finally:
         ThreadedConsumer.barrier = None

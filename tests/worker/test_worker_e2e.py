@@ -28,14 +28,15 @@ PROJECT = Path(__file__).resolve().parent / "project"
 ORIGIN = "http://good.example"
 
 
-def write_config(directory: Path, redis_url: str, concurrency: int = 64) -> tuple[Path, str, int]:
-    """A YAML with the layer, the test project and a WebSocket gateway; (path, prefix, ws port)."""
+def write_config(directory: Path, redis_url: str, concurrency: int = 64, **django: object) -> tuple[Path, str, int]:
+    """A YAML with the layer, the test project (``django`` adds keys to its
+    section) and a WebSocket gateway; (path, prefix, ws port)."""
     prefix = f"wk{uuid.uuid4().hex[:8]}"
     port = free_port()
     config = {
         "layer": {"url": redis_url, "prefix": prefix},
         "django": {"settings": "wktest.settings", "path": [str(PROJECT), str(REPO / "example")],
-                   "concurrency": concurrency},
+                   "concurrency": concurrency, **django},
         "websocket": {"listen": f"127.0.0.1:{port}", "allowed_origins": [ORIGIN], "grace_period": 5,
                       "routes": [{"path": "^/echo/$", "channel": "websocket.echo"}]},
     }
@@ -119,7 +120,8 @@ async def test_a_raising_consumer_is_logged_and_isolated(setup):
         seq[message["conv"]].append(message["n"])
     assert seq == {"a": [0, 1, 2, 5, 6, 7, 8, 9], "b": list(range(10))}
     log = worker.log()
-    assert "failed handling work (conversation a)" in log and "boom in a (on purpose)" in log
+    assert "consumer on worker.fail failed handling work id=? reply_channel=answers (conversation a)" in log
+    assert "boom in a (on purpose)" in log
     assert worker.proc.poll() is None
     assert worker.stop() == 0
     await stock.close_pools()

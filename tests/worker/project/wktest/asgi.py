@@ -8,10 +8,11 @@ django.setup()
 from channels.routing import ChannelNameRouter, ProtocolTypeRouter  # noqa: E402
 
 from demo.routing import CHANNELS  # noqa: E402
-from wktest.consumers import FailingConsumer, SlowConsumer  # noqa: E402
+from wktest.consumers import FailingConsumer, SlowConsumer, SqliteConsumer  # noqa: E402
 
 application = ProtocolTypeRouter({"channel": ChannelNameRouter({
     **CHANNELS,
     "worker.slow": SlowConsumer.as_asgi(),
     "worker.fail": FailingConsumer.as_asgi(),
+    "worker.sqlite": SqliteConsumer.as_asgi(),
 })})
