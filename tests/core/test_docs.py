@@ -115,9 +115,7 @@ def test_every_guide_is_linked_from_the_readme():
     assert not unlinked and "](bench/RESULTS.md)" in readme, unlinked
 
 
-GUIDES = [pytest.param(doc, marks=pytest.mark.xfail(
-    strict=True, reason="its Benchmarks section is still to move to bench/RESULTS.md"))
-    if doc.name == "worker.md" else doc for doc in DOCS if doc.parent != ROOT / "bench"]
+GUIDES = [doc for doc in DOCS if doc.parent != ROOT / "bench"]
 
 
 @pytest.mark.parametrize("doc", GUIDES, ids=[str(d.relative_to(ROOT)) for d in DOCS if d.parent != ROOT / "bench"])
