@@ -171,24 +171,43 @@ class WebSocketGateway(Gateway):
             await self.runtime.send(route.channel, live.conn.connect_message())
             info.headers = []  # only websocket.connect carries them; idle connections stay small
         except HandoffError as exc:
-            self.live.pop(reply_channel, None)
+            self._forget(live)
             self.log.warning("refusing %s: %s", path, exc)
             return socket.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "Service temporarily unavailable.\n")
         try:
             answer = await asyncio.wait_for(asyncio.shield(live.answered), section.accept_timeout)
         except asyncio.TimeoutError:
-            self.live.pop(reply_channel, None)
+            self._forget(live)
             self.metrics.inc("connections_refused_total", "handshakes refused", reason="accept_timeout")
             self.log.warning("no websocket.accept for %s within %ss", path, section.accept_timeout)
             return socket.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "No consumer answered.\n")
         if isinstance(answer, Close):
-            self.live.pop(reply_channel, None)
+            self._forget(live)
             self.metrics.inc("connections_refused_total", "handshakes refused", reason="consumer")
             return socket.respond(http.HTTPStatus.FORBIDDEN, "Connection rejected.\n")
         live.accept = answer
         live.socket = socket
         socket.gateway_live = live  # type: ignore[attr-defined]
         return None
+
+    def _forget(self, live: _Live) -> None:
+        """Drop a connection whose handshake failed, and the groups a consumer
+        joined it to meanwhile (their group changes were waiting for the open)."""
+        conn = live.conn
+        conn.phase = Phase.CLOSED
+        self.live.pop(conn.reply_channel, None)
+        for group in list(conn.groups):
+            self._leave_soon(group, conn.reply_channel)
+
+    def _leave_soon(self, group: str, reply_channel: str) -> None:
+        """Remove a connection that is gone from ``group``, without holding up the caller."""
+        self.runtime.spawn(self._leave(group, reply_channel), "leave group")
+
+    async def _leave(self, group: str, reply_channel: str) -> None:
+        try:
+            await self.runtime.group_discard(group, reply_channel)
+        except Exception as exc:  # the membership expires with group_expiry
+            self.log.warning("leaving group %s failed: %s", group, exc)
 
     def _select_subprotocol(self, socket: ServerConnection, offered: Any) -> str | None:
         live: _Live | None = getattr(socket, "gateway_live", None)
@@ -242,10 +261,7 @@ class WebSocketGateway(Gateway):
         except HandoffError as exc:
             self.log.warning("websocket.disconnect for %s not delivered: %s", conn.reply_channel, exc)
         for group in list(conn.groups):
-            try:
-                await self.runtime.group_discard(group, conn.reply_channel)
-            except Exception as exc:  # the membership expires with group_expiry
-                self.log.warning("leaving group %s failed: %s", group, exc)
+            await self._leave(group, conn.reply_channel)
         live.handler_done.set()
 
     async def _send_replies(self, live: _Live) -> None:
@@ -277,6 +293,10 @@ class WebSocketGateway(Gateway):
         if live is None:
             self.metrics.inc("replies_dropped_total", "replies for connections that are gone",
                              type=message["type"])
+            if message["type"] == "websocket.group_add":
+                # The consumer already added the reply channel to the group on the layer
+                # (see consumers.websocket); nobody will remove it if we do not.
+                self._leave_soon(message["group"], channel)
             return
         try:
             actions = live.conn.on_reply(message)
