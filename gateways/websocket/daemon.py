@@ -55,6 +55,7 @@ class _Live:
     open: bool = False  # the handshake completed and replies can be sent
     sender: asyncio.Task | None = None
     handler_done: asyncio.Event = field(default_factory=asyncio.Event)
+    served: bool = False  # _serve took the connection over (and will clean up after it)
 
 
 class WebSocketGateway(Gateway):
@@ -188,6 +189,9 @@ class WebSocketGateway(Gateway):
         live.accept = answer
         live.socket = socket
         socket.gateway_live = live  # type: ignore[attr-defined]
+        # A client that left while we waited for the accept never reaches _serve
+        # (websockets drops it without calling the handler): clean up here then.
+        socket.connection_lost_waiter.add_done_callback(lambda _lost: self._lost_before_open(live))
         return None
 
     def _forget(self, live: _Live) -> None:
@@ -224,6 +228,7 @@ class WebSocketGateway(Gateway):
 
     async def _serve(self, socket: ServerConnection) -> None:
         live: _Live = socket.gateway_live  # type: ignore[attr-defined]
+        live.served = True
         conn = live.conn
         self.metrics.add("connections_open", 1, "open WebSocket connections")
         # websockets keeps the handshake for the connection's life; websocket.connect
@@ -249,13 +254,19 @@ class WebSocketGateway(Gateway):
                 live.sender.cancel()
                 await asyncio.gather(live.sender, return_exceptions=True)
             self.metrics.add("connections_open", -1, "open WebSocket connections")
-            await self._disconnected(live, socket)
+            await self._disconnected(live, socket.close_code or 1006, socket.close_reason or "")
 
-    async def _disconnected(self, live: _Live, socket: ServerConnection) -> None:
+    def _lost_before_open(self, live: _Live) -> None:
+        if not live.served and self.live.get(live.conn.reply_channel) is live:
+            self.runtime.spawn(self._disconnected(live, 1006, ""), "disconnected during the handshake")
+
+    async def _disconnected(self, live: _Live, code: int, reason: str) -> None:
+        """Tell the consumer, and leave every group the connection is in (once)."""
         conn = live.conn
-        self.live.pop(conn.reply_channel, None)
-        code = socket.close_code or 1006
-        reason = socket.close_reason or ""
+        if self.live.get(conn.reply_channel) is not live:
+            live.handler_done.set()
+            return
+        del self.live[conn.reply_channel]
         try:
             await self.runtime.send(conn.channel, conn.disconnect_message(code, reason))
         except HandoffError as exc:

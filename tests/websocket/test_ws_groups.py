@@ -141,6 +141,35 @@ async def test_group_add_for_a_connection_already_gone_is_undone_by_its_gateway(
     await until(lambda: _members_are(layer, "late", []))
 
 
+async def test_client_gone_before_the_accept_leaves_no_member_and_gets_a_disconnect(stack, layer):
+    """The consumer joins the room before accepting; the client gives up
+    before the accept comes. The gateway must still leave the room and tell
+    the consumer, though websockets never hands it that connection."""
+    group = group_name("slow", "quitter")
+
+    async def attempt() -> None:
+        async with connect(stack["ports"][0], "/slow/quitter/"):
+            pass
+
+    opening = asyncio.ensure_future(attempt())
+    await until(lambda: _has_members(layer, group))
+    opening.cancel()  # the client closes its TCP connection mid-handshake
+    with pytest.raises(asyncio.CancelledError):
+        await opening
+    await layer.send("slowaccept.go", {"type": "go"})
+    done = await asyncio.wait_for(layer.receive("slowaccept.done"), 10)
+    assert done["code"] == 1006
+    await until(lambda: _no_members(layer, group))
+
+
+async def _has_members(layer, group: str) -> bool:
+    return bool(await group_members(group, layer))
+
+
+async def _no_members(layer, group: str) -> bool:
+    return not await group_members(group, layer)
+
+
 async def test_auto_accept_with_the_default_connect_stays_open(stack):
     """The echo consumer keeps the default connect(), which accepts: on an
     auto-accepting route that must not be a second handshake (closed 1008)."""

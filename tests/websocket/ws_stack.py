@@ -12,7 +12,7 @@ from servers import PYTHON, REPO, Daemon, free_port, listening_gateway, runworke
 PROJECT = Path(__file__).resolve().parent / "project"
 ORIGIN = "http://good.example"
 CHANNELS = ["websocket.echo", "websocket.chat", "websocket.reject", "websocket.state", "websocket.check",
-            "websocket.room", "websocket.autostate"]
+            "websocket.room", "websocket.autostate", "websocket.slowaccept"]
 
 
 def write_config(directory: Path, redis_url: str, prefix: str | None = None, **overrides) -> tuple[Path, int]:
@@ -37,6 +37,7 @@ def write_config(directory: Path, redis_url: str, prefix: str | None = None, **o
             {"path": "^/auto-echo/$", "channel": "websocket.echo", "auto_accept": True},
             {"path": r"^/auto-state/(?P<user>\w+)/$", "channel": "websocket.autostate", "auto_accept": True},
             {"path": "^/auto-check/$", "channel": "websocket.check", "auto_accept": True},
+            {"path": r"^/slow/(?P<room>\w+)/$", "channel": "websocket.slowaccept"},
             {"path": "^/.*$", "channel": "websocket.check"},
         ],
         **overrides,

@@ -13,6 +13,7 @@ from wstest.consumers import (  # noqa: E402
     CheckingConsumer,
     RejectConsumer,
     RoomConsumer,
+    SlowAcceptConsumer,
     StateConsumer,
 )
 
@@ -23,4 +24,5 @@ application = ProtocolTypeRouter({"channel": ChannelNameRouter({
     "websocket.check": CheckingConsumer.as_asgi(),
     "websocket.room": RoomConsumer.as_asgi(),
     "websocket.autostate": AutoStateConsumer.as_asgi(),
+    "websocket.slowaccept": SlowAcceptConsumer.as_asgi(),
 })})

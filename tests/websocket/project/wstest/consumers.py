@@ -84,3 +84,17 @@ class AutoStateConsumer(WebSocketConsumer):
 
     async def receive(self, ws: WebSocketContext) -> None:
         await ws.send(text=json.dumps(ws.state))
+
+
+class SlowAcceptConsumer(WebSocketConsumer):
+    """Joins its room before accepting, and accepts only when told to on the
+    channel ``slowaccept.go``; reports its disconnect on ``slowaccept.done``."""
+
+    async def connect(self, ws: WebSocketContext) -> None:
+        await ws.group_add(group_name("slow", ws.kwargs["room"]))
+        await self.channel_layer.receive("slowaccept.go")
+        await ws.accept()
+
+    async def disconnect(self, ws: WebSocketContext) -> None:
+        await self.channel_layer.send("slowaccept.done", {"type": "done", "code": ws.code,
+                                                          "reply_channel": ws.reply_channel})
