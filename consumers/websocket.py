@@ -134,7 +134,9 @@ class WebSocketContext(MessageContext):
 
         The reply channel is added on the layer here, so a broadcast sent
         right after this reaches the connection; then the gateway is told, so
-        it keeps the membership fresh and removes it on close. Raises
+        it keeps the membership fresh and removes it on close. Called in
+        ``connect`` before :meth:`accept`, the membership is in effect before
+        the client sees the connection open. Raises
         :class:`InvalidGroupName` for a name the layer would refuse (make
         names with :func:`group_name`).
         """
