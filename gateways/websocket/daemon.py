@@ -191,7 +191,10 @@ class WebSocketGateway(Gateway):
         socket.gateway_live = live  # type: ignore[attr-defined]
         # A client that left while we waited for the accept never reaches _serve
         # (websockets drops it without calling the handler): clean up here then.
-        socket.connection_lost_waiter.add_done_callback(lambda _lost: self._lost_before_open(live))
+        # connection_lost_waiter is websockets' own future (tests cover the case).
+        lost = getattr(socket, "connection_lost_waiter", None)
+        if lost is not None:
+            lost.add_done_callback(lambda _lost: self._lost_before_open(live))
         return None
 
     def _forget(self, live: _Live) -> None:
