@@ -213,7 +213,7 @@ class InvalidGroupName(ValueError):
 
 def check_group_name(group: Any) -> str:
     """Return ``group`` if the layer accepts it as a group name; raise :class:`InvalidGroupName`."""
-    if isinstance(group, str) and GROUP_NAME.match(group):
+    if isinstance(group, str) and GROUP_NAME.fullmatch(group):  # ($ alone would allow a final \n)
         return group
     shown = group if not isinstance(group, str) or len(group) <= 120 else group[:117] + "..."
     raise InvalidGroupName(
