@@ -1,6 +1,6 @@
 """The demo's WebSocket consumers: `/echo/` and `/chat/<room>/`."""
 
-from consumers.websocket import WebSocketConsumer, WebSocketContext
+from consumers.websocket import WebSocketConsumer, WebSocketContext, group_name
 
 
 class EchoConsumer(WebSocketConsumer):
@@ -23,4 +23,4 @@ class ChatConsumer(WebSocketConsumer):
 
     @staticmethod
     def room(ws: WebSocketContext) -> str:
-        return f"chat.{ws.kwargs['room']}"
+        return group_name("chat", ws.kwargs["room"])

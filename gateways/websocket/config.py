@@ -30,7 +30,9 @@ class WebSocketRoute:
                   "check": check_channel_name},
     )
     auto_accept: bool = field(
-        default=False, metadata={"doc": "complete the handshake without waiting for websocket.accept"}
+        default=False,
+        metadata={"doc": "complete the handshake without waiting for websocket.accept; "
+                  "websocket.connect then says accepted: true, and a consumer's accept only sets state"}
     )
 
     def compiled(self) -> Route:

@@ -55,6 +55,7 @@ class _Live:
     open: bool = False  # the handshake completed and replies can be sent
     sender: asyncio.Task | None = None
     handler_done: asyncio.Event = field(default_factory=asyncio.Event)
+    served: bool = False  # _serve took the connection over (and will clean up after it)
 
 
 class WebSocketGateway(Gateway):
@@ -171,24 +172,49 @@ class WebSocketGateway(Gateway):
             await self.runtime.send(route.channel, live.conn.connect_message())
             info.headers = []  # only websocket.connect carries them; idle connections stay small
         except HandoffError as exc:
-            self.live.pop(reply_channel, None)
+            self._forget(live)
             self.log.warning("refusing %s: %s", path, exc)
             return socket.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "Service temporarily unavailable.\n")
         try:
             answer = await asyncio.wait_for(asyncio.shield(live.answered), section.accept_timeout)
         except asyncio.TimeoutError:
-            self.live.pop(reply_channel, None)
+            self._forget(live)
             self.metrics.inc("connections_refused_total", "handshakes refused", reason="accept_timeout")
             self.log.warning("no websocket.accept for %s within %ss", path, section.accept_timeout)
             return socket.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "No consumer answered.\n")
         if isinstance(answer, Close):
-            self.live.pop(reply_channel, None)
+            self._forget(live)
             self.metrics.inc("connections_refused_total", "handshakes refused", reason="consumer")
             return socket.respond(http.HTTPStatus.FORBIDDEN, "Connection rejected.\n")
         live.accept = answer
         live.socket = socket
         socket.gateway_live = live  # type: ignore[attr-defined]
+        # A client that left while we waited for the accept never reaches _serve
+        # (websockets drops it without calling the handler): clean up here then.
+        # connection_lost_waiter is websockets' own future (tests cover the case).
+        lost = getattr(socket, "connection_lost_waiter", None)
+        if lost is not None:
+            lost.add_done_callback(lambda _lost: self._lost_before_open(live))
         return None
+
+    def _forget(self, live: _Live) -> None:
+        """Drop a connection whose handshake failed, and the groups a consumer
+        joined it to meanwhile (their group changes were waiting for the open)."""
+        conn = live.conn
+        conn.phase = Phase.CLOSED
+        self.live.pop(conn.reply_channel, None)
+        for group in list(conn.groups):
+            self._leave_soon(group, conn.reply_channel)
+
+    def _leave_soon(self, group: str, reply_channel: str) -> None:
+        """Remove a connection that is gone from ``group``, without holding up the caller."""
+        self.runtime.spawn(self._leave(group, reply_channel), "leave group")
+
+    async def _leave(self, group: str, reply_channel: str) -> None:
+        try:
+            await self.runtime.group_discard(group, reply_channel)
+        except Exception as exc:  # the membership expires with group_expiry
+            self.log.warning("leaving group %s failed: %s", group, exc)
 
     def _select_subprotocol(self, socket: ServerConnection, offered: Any) -> str | None:
         live: _Live | None = getattr(socket, "gateway_live", None)
@@ -205,6 +231,7 @@ class WebSocketGateway(Gateway):
 
     async def _serve(self, socket: ServerConnection) -> None:
         live: _Live = socket.gateway_live  # type: ignore[attr-defined]
+        live.served = True
         conn = live.conn
         self.metrics.add("connections_open", 1, "open WebSocket connections")
         # websockets keeps the handshake for the connection's life; websocket.connect
@@ -230,22 +257,25 @@ class WebSocketGateway(Gateway):
                 live.sender.cancel()
                 await asyncio.gather(live.sender, return_exceptions=True)
             self.metrics.add("connections_open", -1, "open WebSocket connections")
-            await self._disconnected(live, socket)
+            await self._disconnected(live, socket.close_code or 1006, socket.close_reason or "")
 
-    async def _disconnected(self, live: _Live, socket: ServerConnection) -> None:
+    def _lost_before_open(self, live: _Live) -> None:
+        if not live.served and self.live.get(live.conn.reply_channel) is live:
+            self.runtime.spawn(self._disconnected(live, 1006, ""), "disconnected during the handshake")
+
+    async def _disconnected(self, live: _Live, code: int, reason: str) -> None:
+        """Tell the consumer, and leave every group the connection is in (once)."""
         conn = live.conn
-        self.live.pop(conn.reply_channel, None)
-        code = socket.close_code or 1006
-        reason = socket.close_reason or ""
+        if self.live.get(conn.reply_channel) is not live:
+            live.handler_done.set()
+            return
+        del self.live[conn.reply_channel]
         try:
             await self.runtime.send(conn.channel, conn.disconnect_message(code, reason))
         except HandoffError as exc:
             self.log.warning("websocket.disconnect for %s not delivered: %s", conn.reply_channel, exc)
         for group in list(conn.groups):
-            try:
-                await self.runtime.group_discard(group, conn.reply_channel)
-            except Exception as exc:  # the membership expires with group_expiry
-                self.log.warning("leaving group %s failed: %s", group, exc)
+            await self._leave(group, conn.reply_channel)
         live.handler_done.set()
 
     async def _send_replies(self, live: _Live) -> None:
@@ -277,6 +307,10 @@ class WebSocketGateway(Gateway):
         if live is None:
             self.metrics.inc("replies_dropped_total", "replies for connections that are gone",
                              type=message["type"])
+            if message["type"] == "websocket.group_add":
+                # The consumer already added the reply channel to the group on the layer
+                # (see consumers.websocket); nobody will remove it if we do not.
+                self._leave_soon(message["group"], channel)
             return
         try:
             actions = live.conn.on_reply(message)

@@ -1,6 +1,6 @@
 """WebSocket connections <-> ``websocket.*`` channel messages, with no I/O.
 
-The I/O module (:mod:`gateways.websocket.server`) feeds events in and carries
+The I/O module (:mod:`gateways.websocket.daemon`) feeds events in and carries
 out the :class:`Action` objects that consumer messages turn into; everything
 here works on plain data and is tested that way.
 """
@@ -151,6 +151,10 @@ class Connection:
     state: dict[str, Any] = field(default_factory=dict)
     groups: set[str] = field(default_factory=set)
     close_code: int | None = None
+    #: The route accepted the handshake itself (``auto_accept``).
+    auto_accepted: bool = False
+    #: A consumer's ``websocket.accept`` arrived (on an auto-accepted connection it only sets state).
+    accept_seen: bool = False
 
     @property
     def channel(self) -> str:
@@ -183,6 +187,7 @@ class Connection:
             server=info.server,
             subprotocols=list(info.subprotocols),
             scheme=info.scheme,
+            accepted=self.auto_accepted,
         )
         return message
 
@@ -212,16 +217,28 @@ class Connection:
     def on_reply(self, message: dict[str, Any]) -> list[Action]:
         """Turn a (schema-valid) reply-channel message into actions.
 
-        ``websocket.send`` before accept accepts first, as Daphne does. Raises
-        :class:`ProtocolError` for what the current phase does not allow.
+        ``websocket.send`` before accept accepts first, as Daphne does. On an
+        auto-accepted connection the consumer's first ``websocket.accept``
+        only sets ``state``. Group changes are remembered even on a closed
+        connection, so that leaving every group on close covers them too.
+        Raises :class:`ProtocolError` for what the current phase does not allow.
         """
         mtype = message["type"]
+        if mtype == "websocket.group_add":
+            self.groups.add(message["group"])
+            return [] if self.phase is Phase.CLOSED else [GroupAdd(message["group"])]
+        if mtype == "websocket.group_discard":
+            self.groups.discard(message["group"])
+            return [] if self.phase is Phase.CLOSED else [GroupDiscard(message["group"])]
         if self.phase is Phase.CLOSED:
             return []
         if mtype == "websocket.accept":
             if self.phase is not Phase.CONNECTING:
+                if self.auto_accepted and not self.accept_seen:
+                    return self._set_state(message)
                 raise ProtocolError("websocket.accept on a connection that is already open")
             self.phase = Phase.OPEN
+            self.accept_seen = True
             if message.get("state"):
                 self.state = dict(message["state"])
             subprotocol = message.get("subprotocol")
@@ -238,15 +255,22 @@ class Connection:
             self.phase = Phase.CLOSED
             self.close_code = message.get("code", 1000)
             return [Close(self.close_code, message.get("reason", ""))]
-        if mtype == "websocket.group_add":
-            self.groups.add(message["group"])
-            return [GroupAdd(message["group"])]
-        if mtype == "websocket.group_discard":
-            self.groups.discard(message["group"])
-            return [GroupDiscard(message["group"])]
         raise ProtocolError(f"{mtype} is not a reply-channel message")
 
+    def _set_state(self, message: dict[str, Any]) -> list[Action]:
+        """The consumer's accept of an auto-accepted connection: the handshake is
+        done, so only ``state`` can still take effect."""
+        if message.get("subprotocol") is not None or message.get("headers"):
+            raise ProtocolError("the route auto-accepts: the handshake is done, so websocket.accept "
+                                "may carry only state, not subprotocol or headers")
+        self.accept_seen = True
+        if message.get("state"):
+            self.state = dict(message["state"])
+        return []
+
     def accept_automatically(self) -> list[Action]:
-        """Accept without a consumer's answer (routes with ``auto_accept``)."""
+        """Accept without a consumer's answer (routes with ``auto_accept``);
+        call it before :meth:`connect_message`, which then says ``accepted``."""
         self.phase = Phase.OPEN
+        self.auto_accepted = True
         return [Accept(None, [])]

@@ -96,3 +96,41 @@ def test_consumer_messages_are_checked_by_the_schema():
     assert SCHEMA.problem({"type": "websocket.close", "code": 1001}) is not None
     assert SCHEMA.problem({"type": "websocket.close", "code": 4001, "reason": "ok"}) is None
     assert SCHEMA.problem({"type": "websocket.group_add", "group": "bad name!"}) is not None
+
+
+def auto_connection() -> Connection:
+    info = ConnectionInfo("/echo/", b"", [], None, None, ["v1"])
+    route, kwargs = match_route(ROUTES, info.path)
+    conn = Connection(info, route, kwargs, "specific.abc!auto")
+    assert conn.accept_automatically() == [Accept(None, [])]
+    return conn
+
+
+def test_auto_accepted_connect_says_so_and_a_normal_one_does_not():
+    connect = auto_connection().connect_message()
+    assert connect["accepted"] is True and SCHEMA.problem(connect) is None
+    assert connection().connect_message()["accepted"] is False
+
+
+def test_accept_after_auto_accept_only_sets_state_once():
+    conn = auto_connection()
+    assert conn.on_reply({"type": "websocket.accept", "state": {"user_id": 3}}) == []
+    assert conn.receive_message("x")["state"] == {"user_id": 3}
+    with pytest.raises(ProtocolError):
+        conn.on_reply({"type": "websocket.accept", "state": {"user_id": 4}})
+
+
+def test_accept_after_auto_accept_cannot_choose_a_subprotocol_or_headers():
+    with pytest.raises(ProtocolError, match="auto-accepts"):
+        auto_connection().on_reply({"type": "websocket.accept", "subprotocol": "v1"})
+    with pytest.raises(ProtocolError, match="auto-accepts"):
+        auto_connection().on_reply({"type": "websocket.accept", "headers": [[b"x", b"y"]]})
+
+
+def test_group_changes_on_a_closed_connection_are_remembered_for_cleanup_only():
+    conn = connection()
+    conn.on_reply({"type": "websocket.close"})
+    assert conn.on_reply({"type": "websocket.group_add", "group": "late"}) == []
+    assert conn.groups == {"late"}
+    assert conn.on_reply({"type": "websocket.group_discard", "group": "late"}) == []
+    assert conn.groups == set()

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import yaml
 
-from servers import REPO, Daemon, free_port, runworker, listening_gateway
+from servers import PYTHON, REPO, Daemon, free_port, listening_gateway, runworker
 
 PROJECT = Path(__file__).resolve().parent / "project"
 ORIGIN = "http://good.example"
-CHANNELS = ["websocket.echo", "websocket.chat", "websocket.reject", "websocket.state", "websocket.check"]
+CHANNELS = ["websocket.echo", "websocket.chat", "websocket.reject", "websocket.state", "websocket.check",
+            "websocket.room", "websocket.autostate", "websocket.slowaccept"]
 
 
 def write_config(directory: Path, redis_url: str, prefix: str | None = None, **overrides) -> tuple[Path, int]:
@@ -31,6 +32,12 @@ def write_config(directory: Path, redis_url: str, prefix: str | None = None, **o
             {"path": r"^/state/(?P<user>\w+)/$", "channel": "websocket.state"},
             {"path": "^/silent/$", "channel": "websocket.nobody"},
             {"path": "^/auto/$", "channel": "websocket.nobody", "auto_accept": True},
+            # The README's route: any word characters, non-ASCII and long ones included.
+            {"path": r"^/ws/chat/(?P<room>\w+)/$", "channel": "websocket.room"},
+            {"path": "^/auto-echo/$", "channel": "websocket.echo", "auto_accept": True},
+            {"path": r"^/auto-state/(?P<user>\w+)/$", "channel": "websocket.autostate", "auto_accept": True},
+            {"path": "^/auto-check/$", "channel": "websocket.check", "auto_accept": True},
+            {"path": r"^/slow/(?P<room>\w+)/$", "channel": "websocket.slowaccept"},
             {"path": "^/.*$", "channel": "websocket.check"},
         ],
         **overrides,
@@ -54,4 +61,14 @@ def start_worker(config: Path) -> Daemon:
     """Start runworker for the test project's channels and wait until it runs."""
     worker = runworker(config, CHANNELS, settings="wstest.settings", pythonpath=[PROJECT])
     worker.wait_for_log("Running worker for channels")
+    return worker
+
+
+def start_gateway_worker(config: Path, directory: Path, channels: list[str] | None = None) -> Daemon:
+    """Start ``gateway worker`` (concurrent across connections) for the test project's
+    channels and wait until it runs."""
+    worker = Daemon("gateway-worker", [PYTHON, "-m", "gateways", "worker", "--config", str(config),
+                                       *(channels or CHANNELS)],
+                    env={"DEMO_DATABASE": str(directory / "db.sqlite3")})
+    worker.wait_for_log("Running worker for channels", timeout=30)
     return worker

@@ -2,7 +2,7 @@
 
 import json
 
-from consumers.websocket import WebSocketConsumer, WebSocketContext
+from consumers.websocket import InvalidGroupName, WebSocketConsumer, WebSocketContext, group_name
 from gateways.core.specs import load_schema
 
 
@@ -45,3 +45,56 @@ class CheckingConsumer(WebSocketConsumer):
 
     async def receive(self, ws: WebSocketContext) -> None:
         await ws.send(text=ws.text, bytes=ws.bytes)
+
+
+class RoomConsumer(WebSocketConsumer):
+    """Joins the room named by the route's ``room`` and says so to the room at once;
+    broadcasts each text to the room. ``who`` answers with the connection's reply
+    channel and the room's members; ``raw`` tries the room's name unencoded."""
+
+    @staticmethod
+    def room(ws: WebSocketContext) -> str:
+        return group_name("room", ws.kwargs["room"])
+
+    async def connect(self, ws: WebSocketContext) -> None:
+        await ws.accept()
+        await ws.group_add(self.room(ws))
+        await ws.broadcast(self.room(ws), text="joined")
+
+    async def receive(self, ws: WebSocketContext) -> None:
+        if ws.text == "who":
+            await ws.send(text=json.dumps({"me": ws.reply_channel, "members": await ws.group_members(self.room(ws)),
+                                           "group": self.room(ws)}))
+        elif ws.text == "raw":
+            try:
+                await ws.broadcast(f"room.{ws.kwargs['room']}", text="raw")
+            except InvalidGroupName as exc:
+                await ws.send(text=f"refused: {exc}")
+        else:
+            await ws.broadcast(self.room(ws), text=ws.text)
+
+
+class AutoStateConsumer(WebSocketConsumer):
+    """On an auto-accepting route: sets the state, says ``ready``, then reports
+    the state each message carries."""
+
+    async def connect(self, ws: WebSocketContext) -> None:
+        await ws.accept(state={"user": ws.kwargs["user"], "accepted": ws.accepted})
+        await ws.send(text="ready")
+
+    async def receive(self, ws: WebSocketContext) -> None:
+        await ws.send(text=json.dumps(ws.state))
+
+
+class SlowAcceptConsumer(WebSocketConsumer):
+    """Joins its room before accepting, and accepts only when told to on the
+    channel ``slowaccept.go``; reports its disconnect on ``slowaccept.done``."""
+
+    async def connect(self, ws: WebSocketContext) -> None:
+        await ws.group_add(group_name("slow", ws.kwargs["room"]))
+        await self.channel_layer.receive("slowaccept.go")
+        await ws.accept()
+
+    async def disconnect(self, ws: WebSocketContext) -> None:
+        await self.channel_layer.send("slowaccept.done", {"type": "done", "code": ws.code,
+                                                          "reply_channel": ws.reply_channel})
