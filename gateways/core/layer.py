@@ -16,7 +16,10 @@ and connections broken by a Redis restart are retried once on a new one.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import uuid
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -27,7 +30,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gateways.core.config import Config, LayerConfig
+from gateways.core.config import Config, ConfigError, LayerConfig
 
 #: Longer than channels_redis's 5 s BZPOPMIN, so an idle receive never times out.
 SOCKET_TIMEOUT = 30.0
@@ -134,7 +137,8 @@ def _redis_host(url: str) -> dict[str, Any]:
 def layer_kwargs(layer: LayerConfig) -> dict[str, Any]:
     """The constructor arguments of the layer class for ``layer``."""
     if layer.url is None:
-        raise ValueError("layer.url is not set (only `gateway up` embeds a server)")
+        raise ValueError("layer.url is not set (only `gateway up` embeds a server; Django finds it "
+                         "through channel_layers_setting)")
     if layer.url.startswith("memory:"):
         return {"expiry": layer.expiry, "group_expiry": layer.group_expiry,
                 "capacity": layer.capacity, "channel_capacity": layer.channel_capacity}
@@ -175,6 +179,92 @@ def build_layer(layer: LayerConfig) -> GatewayRedisChannelLayer | MemoryChannelL
     return GatewayRedisChannelLayer(**kwargs)
 
 
+def runtime_file(config_path: str | Path) -> Path:
+    """Where ``gateway up`` records the embedded layer of ``config_path``.
+
+    ``.<file name>.layer`` next to the configuration file (``config/demo.yaml``
+    -> ``config/.demo.yaml.layer``): a JSON object with the layer ``url`` and
+    the ``pid`` of ``gateway up``. It exists while ``gateway up`` runs and is
+    removed when it stops.
+    """
+    path = Path(config_path).resolve()
+    return path.with_name(f".{path.name}.layer")
+
+
+def write_runtime_file(config_path: str | Path, url: str) -> Path:
+    """Record ``url`` as the embedded layer of ``config_path`` for this process."""
+    path = runtime_file(config_path)
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps({"url": url, "pid": os.getpid()}) + "\n", encoding="utf-8")
+    temporary.replace(path)  # readers never see half a file
+    return path
+
+
+def remove_runtime_file(config_path: str | Path) -> None:
+    """Remove the runtime file of ``config_path`` if this process wrote it."""
+    path = runtime_file(config_path)
+    try:
+        if json.loads(path.read_text(encoding="utf-8")).get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def embedded_layer_url(config_path: str | Path) -> str:
+    """The URL of the layer ``gateway up --config <config_path>`` embeds right now.
+
+    Raises:
+        LayerNotFound: ``gateway up`` does not run for this file (no runtime
+            file, or one left by a ``gateway up`` that died).
+    """
+    path = runtime_file(config_path)
+    advice = (f"start `gateway up --config {config_path}` (it embeds the layer server and records "
+              f"its URL in {path}), or set layer.url in {config_path} to your Redis")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        url, pid = record["url"], int(record["pid"])
+    except FileNotFoundError:
+        raise LayerNotFound(f"{config_path} sets no layer.url and `gateway up` does not run: {advice}") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise LayerNotFound(f"{path} is unreadable ({exc}): {advice}") from None
+    if not _pid_alive(pid):
+        raise LayerNotFound(f"{path} was left by a `gateway up` (pid {pid}) that is gone: {advice}")
+    return url
+
+
+class LayerNotFound(ValueError):
+    """No layer URL: the file sets none and no ``gateway up`` runs for it."""
+
+
+def configured_channel_layer(config: str) -> Any:
+    """The channel layer of the YAML file ``config``, built when Django first asks for it.
+
+    :func:`channel_layers_setting` names this as ``BACKEND`` when the URL is
+    not known at settings time: a file without ``layer.url`` (the layer is the
+    one ``gateway up`` embeds, found through :func:`runtime_file`) or a file
+    with problems (raised here as :class:`~gateways.core.config.ConfigError`,
+    while ``manage.py check`` lists them). Resolving at first use means
+    ``manage.py`` commands that never touch the layer work without the stack,
+    and a process started before ``gateway up`` finds it once it runs.
+    """
+    from gateways.core.config import load_config
+
+    layer = load_config(config).layer
+    override = os.environ.get("GATEWAY_LAYER_URL")
+    url = override or layer.url or embedded_layer_url(config)
+    return build_layer(LayerConfig(**{**layer.__dict__, "url": url}))
+
+
 def channel_layers_setting(config: Config | str) -> dict[str, dict[str, Any]]:
     """Django's ``CHANNEL_LAYERS`` for the layer a configuration file names.
 
@@ -182,19 +272,30 @@ def channel_layers_setting(config: Config | str) -> dict[str, dict[str, Any]]:
 
         CHANNEL_LAYERS = channel_layers_setting(os.environ.get("GATEWAY_CONFIG", "gateway.yaml"))
 
-    ``gateway up`` sets ``GATEWAY_LAYER_URL`` for its workers when it embeds
-    the layer server; that URL wins over the file's.
+    The URL is, in order: ``GATEWAY_LAYER_URL`` (``gateway up`` sets it for
+    its children), the file's ``layer.url``, and without one the layer
+    ``gateway up --config <the same file>`` embeds: ``gateway up`` records its
+    URL in a runtime file next to the configuration (:func:`runtime_file`),
+    so ``manage.py shell``, ``runworker`` and any other command reach the
+    running demo stack. That last lookup, and a file with problems, are left
+    to the first use of the layer (:func:`configured_channel_layer`): settings
+    always import, and ``manage.py check`` reports the file's problems.
     """
-    import os
-
     from gateways.core.config import load_config
 
     if isinstance(config, str):
-        config = load_config(config)
+        try:
+            config = load_config(config)
+        except ConfigError:
+            return {"default": {"BACKEND": "gateways.core.layer.configured_channel_layer",
+                                "CONFIG": {"config": config}}}
     layer = config.layer
     override = os.environ.get("GATEWAY_LAYER_URL")
     if override:
         layer = LayerConfig(**{**layer.__dict__, "url": override})
+    if layer.url is None:
+        return {"default": {"BACKEND": "gateways.core.layer.configured_channel_layer",
+                            "CONFIG": {"config": str(config.path)}}}
     return {"default": {"BACKEND": layer_backend(layer), "CONFIG": layer_kwargs(layer)}}
 
 

@@ -5,6 +5,15 @@ set), each gateway's services (a local broker, say), the gateway daemons, the
 Django workers. Every child's output is prefixed with its name; a child that
 dies is reported and restarted with backoff; Ctrl-C or SIGTERM stops the
 daemons first (they drain), then the workers, then the layer, and exits 0.
+
+An embedded layer listens on a free port of 127.0.0.1, different on every
+run; ``gateway up`` records its URL and its own pid in a runtime file next to
+the configuration (``config/.demo.yaml.layer`` for ``config/demo.yaml``, see
+:func:`gateways.core.layer.runtime_file`) and removes it when it stops, so
+Django processes started outside the stack (``manage.py shell``,
+``runworker``, ``runserver``) find the layer through
+:func:`~gateways.core.layer.channel_layers_setting`. A file left by a
+``gateway up`` that was killed names a dead pid and is ignored.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from gateways.core import eventloop, registry
 from gateways.core.backoff import Backoff
 from gateways.core.config import Config
 from gateways.core.daemon import Service, StackUnavailable
+from gateways.core.layer import remove_runtime_file, write_runtime_file
 from gateways.core.worker import worker_channels
 
 log = logging.getLogger("gateway.up")
@@ -206,8 +216,17 @@ def run_stack(config: Config) -> int:
         print("up | no gateway can run: nothing to do", file=sys.stderr)
         return 1
     try:
+        if embedded:
+            try:
+                where = write_runtime_file(config.path, embedded)
+                print(f"up | layer: URL recorded in {where} for manage.py and runworker", flush=True)
+            except OSError as exc:
+                print(f"up | layer: cannot record the URL next to {config.path} ({exc.strerror}): "
+                      f"Django processes outside the stack need GATEWAY_LAYER_URL={embedded}", flush=True)
         return eventloop.run(Supervisor(children).run())
     finally:
+        if embedded:
+            remove_runtime_file(config.path)
         for child in children:
             if child.name == "layer" and "--dir" in child.argv:
                 shutil.rmtree(child.argv[child.argv.index("--dir") + 1], ignore_errors=True)
