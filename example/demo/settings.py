@@ -16,6 +16,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "channels",
+    "consumers",  # system checks of GATEWAY_CONFIG, the gateway email backend
     "demo",
 ]
 MIDDLEWARE = ["django.contrib.sessions.middleware.SessionMiddleware"]

@@ -12,7 +12,7 @@ import sys
 from typing import Sequence
 
 from gateways.core import eventloop, registry
-from gateways.core.config import ConfigError, check_host_port, check_url, load_config
+from gateways.core.config import Config, ConfigError, check_host_port, check_url, load_config
 from gateways.core.logs import setup_logging
 
 
@@ -43,13 +43,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def read_config(path: str) -> tuple[Config | None, list[str]]:
+    """The configuration in ``path``, or None and the lines ``gateway check`` prints.
+
+    Django's system checks (``consumers.apps``) report the same lines.
+    """
+    try:
+        return load_config(path), []
+    except ConfigError as exc:
+        return None, [str(problem) for problem in exc.problems]
+
+
+def config_problems(path: str) -> list[str]:
+    """The ``file:line: key.path: problem`` lines for ``path``; empty when it is valid."""
+    return read_config(path)[1]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gateway`` console script."""
     args = _parser().parse_args(argv)
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
+    config, problems = read_config(args.config)
+    if config is None:
+        for problem in problems:
             print(problem, file=sys.stderr)
         return 2
     if args.command == "check":
