@@ -18,6 +18,8 @@ from typing import Any
 from channels.consumer import AsyncConsumer, get_handler_name
 from channels.db import database_sync_to_async
 
+from consumers.send import DEFAULT_TIMEOUT, request
+
 logger = logging.getLogger("consumers")
 
 
@@ -47,6 +49,16 @@ class MessageContext:
     async def send_to(self, channel: str, message: dict[str, Any]) -> None:
         """Send ``message`` on ``channel`` through the layer."""
         await self.channel_layer.send(channel, message)
+
+    async def request(self, channel: str, message: dict[str, Any], *, wait: bool = False,
+                      timeout: float = DEFAULT_TIMEOUT) -> str | dict[str, Any] | None:
+        """Send ``message`` to a gateway on ``channel``; return its ``id``, or with
+        ``wait`` the gateway's result message (``TimeoutError`` after ``timeout`` s).
+
+        The protocol contexts' ``send()``/``reply()`` take ``wait`` and ``timeout``
+        through this; it is :func:`consumers.send.request` on this consumer's layer.
+        """
+        return await request(channel, message, wait=wait, timeout=timeout, layer=self.channel_layer)
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         """Send ``message`` to every channel in ``group``."""

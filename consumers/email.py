@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from consumers.base import GatewayConsumer, MessageContext
+from consumers.send import DEFAULT_TIMEOUT
 
 logger = logging.getLogger("consumers.email")
 
@@ -230,18 +231,29 @@ class EmailContext(MessageContext):
         self.mail = Mail(message) if message.get("type") == "email.receive" else None
         self.kwargs: dict[str, str] = dict(message.get("route_kwargs") or {})
 
-    async def send(self, message: dict[str, Any]) -> None:
-        """Send an ``email.send`` to the gateway that delivered this message."""
+    async def send(self, message: dict[str, Any], *, wait: bool = False,
+                   timeout: float = DEFAULT_TIMEOUT) -> str | dict[str, Any] | None:
+        """Send an ``email.send`` to the gateway that delivered this message.
+
+        Returns its ``id`` (None if it has none); with ``wait``, the ``email.sent`` or ``email.failed``
+        the gateway answers (``TimeoutError`` after ``timeout`` seconds; relay
+        retries can take longer than a handler should wait).
+        """
         if not self.reply_channel:
             raise ValueError("the message has no reply_channel")
-        await self.send_to(self.reply_channel, message)
+        return await self.request(self.reply_channel, message, wait=wait, timeout=timeout)
 
-    async def reply(self, **kwargs: Any) -> dict[str, Any]:
-        """Answer the message (see :func:`build_reply` for the arguments); return the ``email.send``."""
+    async def reply(self, *, wait: bool = False, timeout: float = DEFAULT_TIMEOUT,
+                    **kwargs: Any) -> dict[str, Any]:
+        """Answer the message (see :func:`build_reply` for the arguments).
+
+        Returns the ``email.send`` it sent; with ``wait``, the gateway's
+        ``email.sent`` or ``email.failed`` for it instead (see :meth:`send`).
+        """
         assert self.mail is not None, "reply() answers an email.receive"
         message = build_reply(self.mail, **kwargs)
-        await self.send(message)
-        return message
+        result = await self.send(message, wait=wait, timeout=timeout)
+        return result if wait else message  # type: ignore[return-value]
 
     async def ack(self) -> None:
         """Tell the gateway this message is handled (the base class does it after the handler).

@@ -14,8 +14,11 @@ filters whose levels may be named: ``{name}`` matches one level (``+``) and
 in ``mqtt.kwargs``. The first route that matches handles the message.
 
 Publishing, subscribing and unsubscribing are messages to the gateway's
-outbound channel (``mqtt.send``); pass ``reply_channel`` (your consumer's
-``self.channel_name``, say) to get an ``mqtt.result`` back.
+outbound channel (``mqtt.send``). Each takes an ``id`` and returns the
+request's ``id``; pass ``wait=True`` to get its ``mqtt.result`` back (on a
+channel made for it, with an id generated when you gave none), or
+``reply_channel`` (your consumer's ``self.channel_name``, say) to have it
+delivered to :meth:`MqttConsumer.result`.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Any, Callable, ClassVar
 from channels.db import database_sync_to_async
 
 from consumers.base import GatewayConsumer, MessageContext
+from consumers.send import DEFAULT_TIMEOUT, request
 
 logger = logging.getLogger("consumers.mqtt")
 
@@ -142,6 +146,28 @@ def publish_message(topic: str, payload: bytes | str | None = b"", qos: int = 0,
     return message
 
 
+def subscribe_message(filter: str, qos: int = 1, channel: str | None = None, decode: str = "bytes",
+                      reply_channel: str | None = None, id: str | None = None) -> dict[str, Any]:
+    """An ``mqtt.subscribe`` request (arguments as in :meth:`MqttContext.subscribe`)."""
+    message: dict[str, Any] = {"type": "mqtt.subscribe", "filter": filter, "qos": qos, "decode": decode}
+    if channel:
+        message["channel"] = channel
+    return _correlated(message, reply_channel, id)
+
+
+def unsubscribe_message(filter: str, reply_channel: str | None = None, id: str | None = None) -> dict[str, Any]:
+    """An ``mqtt.unsubscribe`` request."""
+    return _correlated({"type": "mqtt.unsubscribe", "filter": filter}, reply_channel, id)
+
+
+def _correlated(message: dict[str, Any], reply_channel: str | None, id: str | None) -> dict[str, Any]:
+    if reply_channel:
+        message["reply_channel"] = reply_channel
+    if id:
+        message["id"] = id
+    return message
+
+
 class MqttContext(MessageContext):
     """One ``mqtt.*`` message and the means to answer it."""
 
@@ -213,10 +239,19 @@ class MqttContext(MessageContext):
         return self.reply_channel or getattr(self.consumer, "send_channel", SEND_CHANNEL)
 
     async def publish(self, topic: str, payload: bytes | str | None = b"", qos: int = 0, retain: bool = False,
-                      properties: dict[str, Any] | None = None, reply_channel: str | None = None) -> None:
-        """Ask the gateway to publish (arguments as in :func:`publish_message`)."""
-        await self.send_to(self.send_channel,
-                           publish_message(topic, payload, qos, retain, properties, reply_channel))
+                      properties: dict[str, Any] | None = None, reply_channel: str | None = None,
+                      id: str | None = None, *, wait: bool = False,
+                      timeout: float = DEFAULT_TIMEOUT) -> str | dict[str, Any] | None:
+        """Ask the gateway to publish (arguments as in :func:`publish_message`).
+
+        Returns the request's ``id`` (``id``, or one generated for a
+        ``reply_channel``; else None); with ``wait``, the ``mqtt.result``
+        (``ok`` once the broker confirmed it), or ``TimeoutError`` after
+        ``timeout`` seconds.
+        """
+        return await self.request(self.send_channel,
+                                  publish_message(topic, payload, qos, retain, properties, reply_channel, id),
+                                  wait=wait, timeout=timeout)
 
     async def respond(self, payload: bytes | str | None, qos: int | None = None,
                       properties: dict[str, Any] | None = None) -> bool:
@@ -238,7 +273,8 @@ class MqttContext(MessageContext):
         return True
 
     async def subscribe(self, filter: str, qos: int = 1, channel: str | None = None,
-                        decode: str = "bytes", reply_channel: str | None = None) -> None:
+                        decode: str = "bytes", reply_channel: str | None = None, id: str | None = None, *,
+                        wait: bool = False, timeout: float = DEFAULT_TIMEOUT) -> str | dict[str, Any] | None:
         """Ask the gateway instance that receives this to subscribe at runtime.
 
         Args:
@@ -247,20 +283,19 @@ class MqttContext(MessageContext):
             channel: where its messages go (default ``mqtt.publish``).
             decode: ``bytes``, ``text`` or ``json``.
             reply_channel: where the ``mqtt.result`` goes.
+            id: the request's id, echoed in the result (generated with ``wait``).
+            wait: return the ``mqtt.result`` (``granted_qos``) instead of the id.
+            timeout: seconds to wait for it (``TimeoutError`` then).
         """
-        message: dict[str, Any] = {"type": "mqtt.subscribe", "filter": filter, "qos": qos, "decode": decode}
-        if channel:
-            message["channel"] = channel
-        if reply_channel:
-            message["reply_channel"] = reply_channel
-        await self.send_to(self.send_channel, message)
+        return await self.request(self.send_channel,
+                                  subscribe_message(filter, qos, channel, decode, reply_channel, id),
+                                  wait=wait, timeout=timeout)
 
-    async def unsubscribe(self, filter: str, reply_channel: str | None = None) -> None:
-        """Ask the gateway to remove a runtime subscription."""
-        message: dict[str, Any] = {"type": "mqtt.unsubscribe", "filter": filter}
-        if reply_channel:
-            message["reply_channel"] = reply_channel
-        await self.send_to(self.send_channel, message)
+    async def unsubscribe(self, filter: str, reply_channel: str | None = None, id: str | None = None, *,
+                          wait: bool = False, timeout: float = DEFAULT_TIMEOUT) -> str | dict[str, Any] | None:
+        """Ask the gateway to remove a runtime subscription (returns as :meth:`subscribe`)."""
+        return await self.request(self.send_channel, unsubscribe_message(filter, reply_channel, id),
+                                  wait=wait, timeout=timeout)
 
 
 class MqttConsumer(GatewayConsumer):
@@ -333,26 +368,24 @@ class MqttConsumer(GatewayConsumer):
             logger.warning("%s: %s failed: %s", type(self).__name__, mqtt.message.get("request"), mqtt.error)
 
     async def publish(self, topic: str, payload: bytes | str | None = b"", qos: int = 0, retain: bool = False,
-                      properties: dict[str, Any] | None = None, reply_channel: str | None = None) -> None:
-        """Ask the gateway to publish, outside a handler (arguments as in :func:`publish_message`)."""
-        await self.channel_layer.send(self.send_channel,
-                                      publish_message(topic, payload, qos, retain, properties, reply_channel))
+                      properties: dict[str, Any] | None = None, reply_channel: str | None = None,
+                      id: str | None = None, *, wait: bool = False,
+                      timeout: float = DEFAULT_TIMEOUT) -> str | dict[str, Any] | None:
+        """Ask the gateway to publish, outside a handler (returns as :meth:`MqttContext.publish`)."""
+        return await request(self.send_channel,
+                             publish_message(topic, payload, qos, retain, properties, reply_channel, id),
+                             wait=wait, timeout=timeout, layer=self.channel_layer)
 
     async def subscribe(self, filter: str, qos: int = 1, channel: str | None = None, decode: str = "bytes",
-                        reply_channel: str | None = None) -> None:
-        """Ask the gateway to subscribe at runtime, outside a handler."""
-        message: dict[str, Any] = {"type": "mqtt.subscribe", "filter": filter, "qos": qos, "decode": decode}
-        if channel:
-            message["channel"] = channel
-        if reply_channel:
-            message["reply_channel"] = reply_channel
-        await self.channel_layer.send(self.send_channel, message)
+                        reply_channel: str | None = None, id: str | None = None, *, wait: bool = False,
+                        timeout: float = DEFAULT_TIMEOUT) -> str | dict[str, Any] | None:
+        """Ask the gateway to subscribe at runtime, outside a handler (as :meth:`MqttContext.subscribe`)."""
+        return await request(self.send_channel, subscribe_message(filter, qos, channel, decode, reply_channel, id),
+                             wait=wait, timeout=timeout, layer=self.channel_layer)
 
-
-    async def unsubscribe(self, filter: str, reply_channel: str | None = None) -> None:
+    async def unsubscribe(self, filter: str, reply_channel: str | None = None, id: str | None = None, *,
+                          wait: bool = False, timeout: float = DEFAULT_TIMEOUT) -> str | dict[str, Any] | None:
         """Ask the gateway to remove a runtime subscription, outside a handler."""
-        message: dict[str, Any] = {"type": "mqtt.unsubscribe", "filter": filter}
-        if reply_channel:
-            message["reply_channel"] = reply_channel
-        await self.channel_layer.send(self.send_channel, message)
+        return await request(self.send_channel, unsubscribe_message(filter, reply_channel, id),
+                             wait=wait, timeout=timeout, layer=self.channel_layer)
 

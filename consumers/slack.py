@@ -28,6 +28,7 @@ from typing import Any, Callable
 from channels.db import database_sync_to_async
 
 from consumers.base import GatewayConsumer, MessageContext
+from consumers.send import DEFAULT_TIMEOUT
 
 #: Message type -> the handler method the base class calls.
 HANDLERS = {
@@ -84,43 +85,52 @@ class SlackContext(MessageContext):
         """The thread the message is in, if any."""
         return self.message.get("thread_ts")
 
-    async def send(self, action: str, **fields: Any) -> None:
-        """Send a ``slack.send`` of ``action`` to the gateway (see the spec for the keys)."""
+    async def send(self, action: str, *, wait: bool = False, timeout: float = DEFAULT_TIMEOUT,
+                   **fields: Any) -> str | dict[str, Any] | None:
+        """Send a ``slack.send`` of ``action`` to the gateway (see the spec for the keys).
+
+        Returns the message's ``id`` (the ``id`` you passed, else None); with
+        ``wait``, the ``slack.result`` the gateway answers (``ok``, ``error``,
+        Slack's ``response``), or raises ``TimeoutError`` after ``timeout``
+        seconds. The helpers below take ``wait`` and ``timeout`` too and
+        return the same.
+        """
         message = {"type": "slack.send", "action": action}
         message.update({k: v for k, v in fields.items() if v is not None})
-        await self.send_to(self.reply_channel or "slack.send", message)
+        return await self.request(self.reply_channel or "slack.send", message, wait=wait, timeout=timeout)
 
     async def say(self, text: str | None = None, blocks: list[dict[str, Any]] | None = None,
-                  channel: str | None = None, **fields: Any) -> None:
+                  channel: str | None = None, **fields: Any) -> str | dict[str, Any] | None:
         """Post in the message's channel (or ``channel``).
 
         Args:
             text: the text.
             blocks: Block Kit blocks.
             channel: another channel id.
-            **fields: more ``slack.send`` keys (``thread_ts``, ``reply_channel``, ``id``, ``params``).
+            **fields: more ``slack.send`` keys (``thread_ts``, ``reply_channel``, ``id``, ``params``),
+                and ``wait``/``timeout`` (see :meth:`send`).
         """
-        await self.send("post", channel=channel or self.channel, text=text, blocks=blocks, **fields)
+        return await self.send("post", channel=channel or self.channel, text=text, blocks=blocks, **fields)
 
     async def reply_in_thread(self, text: str | None = None, blocks: list[dict[str, Any]] | None = None,
-                              broadcast: bool = False, **fields: Any) -> None:
+                              broadcast: bool = False, **fields: Any) -> str | dict[str, Any] | None:
         """Post in the thread of the message (starting one on it when it has none)."""
-        await self.say(text, blocks, thread_ts=self.thread_ts or self.ts,
-                       reply_broadcast=broadcast or None, **fields)
+        return await self.say(text, blocks, thread_ts=self.thread_ts or self.ts,
+                              reply_broadcast=broadcast or None, **fields)
 
-    async def react(self, name: str, **fields: Any) -> None:
+    async def react(self, name: str, **fields: Any) -> str | dict[str, Any] | None:
         """Add reaction ``name`` (``thumbsup``) to the message."""
-        await self.send("react", channel=self.channel, ts=self.ts, name=name, **fields)
+        return await self.send("react", channel=self.channel, ts=self.ts, name=name, **fields)
 
-    async def ephemeral(self, text: str, user: str | None = None, **fields: Any) -> None:
+    async def ephemeral(self, text: str, user: str | None = None, **fields: Any) -> str | dict[str, Any] | None:
         """Post a message only ``user`` (default: the message's user) sees."""
-        await self.send("ephemeral", channel=self.channel, user=user or self.user, text=text, **fields)
+        return await self.send("ephemeral", channel=self.channel, user=user or self.user, text=text, **fields)
 
     async def respond(self, text: str | None = None, blocks: list[dict[str, Any]] | None = None,
-                      **fields: Any) -> None:
+                      **fields: Any) -> str | dict[str, Any] | None:
         """Answer through the command's or action's ``response_url``."""
-        await self.send("respond", response_url=self.message.get("response_url"), text=text, blocks=blocks,
-                        **fields)
+        return await self.send("respond", response_url=self.message.get("response_url"), text=text,
+                               blocks=blocks, **fields)
 
     async def ack(self, payload: dict[str, Any] | None = None) -> None:
         """Acknowledge a command, view submission or options request, with ``payload``
