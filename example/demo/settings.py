@@ -34,6 +34,11 @@ ASGI_APPLICATION = "demo.asgi.application"
 GATEWAY_CONFIG = os.environ.get("GATEWAY_CONFIG", str(REPO / "config" / "demo.yaml"))
 CHANNEL_LAYERS = channel_layers_setting(GATEWAY_CONFIG)
 
+# Django's own mail (send_mail, mail_admins, `manage.py sendtestemail`) goes out
+# through the email gateway, from an address of its domain.
+EMAIL_BACKEND = "consumers.mail.GatewayEmailBackend"
+DEFAULT_FROM_EMAIL = SERVER_EMAIL = "demo@demo.local"
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

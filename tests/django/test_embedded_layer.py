@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -60,17 +61,20 @@ def _env(config, tmp_path) -> dict[str, str]:
 @pytest.fixture
 def demo_up(tmp_path):
     """`gateway up` of a demo-like config without layer.url: the layer is embedded."""
-    port = free_port()
+    port, smtp_port = free_port(), free_port()
     config = {
         "django": {"settings": "demo.settings", "path": [str(REPO / "example")]},
         "websocket": {"listen": f"127.0.0.1:{port}",
                       "routes": [{"path": "^/echo/$", "channel": "websocket.echo"}]},
+        "email": {"listen": f"127.0.0.1:{smtp_port}", "domains": ["demo.local"], "relay": "file://maildir",
+                  "spool": str(tmp_path / "spool")},
     }
     path = tmp_path / "demo.yaml"
     path.write_text(yaml.safe_dump(config))
     up = Daemon("up", [sys.executable, "-m", "gateways", "up", "--config", str(path)],
                 env={"DEMO_DATABASE": str(tmp_path / "db.sqlite3")})
     wait_for_port(port, timeout=30)
+    wait_for_port(smtp_port, timeout=30)
     up.wait_for_log("Running worker for channels")
     yield up, path
     up.stop()
@@ -96,6 +100,18 @@ def test_manage_py_shell_and_runworker_use_the_embedded_layer(demo_up, tmp_path)
             in client.stdout, client.stderr + worker.log()
     finally:
         worker.stop()
+
+    # Django's own mail, through the demo's EMAIL_BACKEND and the stack's email gateway.
+    test_mail = subprocess.run(_manage("sendtestemail", "someone@example.test"), env=env,
+                               capture_output=True, text=True, timeout=60)
+    assert test_mail.returncode == 0, test_mail.stderr
+    maildir = config.parent / "maildir" / "new"
+    deadline = time.monotonic() + 30
+    while not (files := list(maildir.glob("*")) if maildir.exists() else []):
+        assert time.monotonic() < deadline, up.log()
+        time.sleep(0.05)
+    delivered = files[0].read_bytes()
+    assert b"Subject: Test email from" in delivered and b"Delivered-To: someone@example.test" in delivered
 
     assert up.stop() == 0
     assert not runtime_file(config).exists(), "a clean stop removes the runtime file"
