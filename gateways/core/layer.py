@@ -183,9 +183,11 @@ def runtime_file(config_path: str | Path) -> Path:
     """Where ``gateway up`` records the embedded layer of ``config_path``.
 
     ``.<file name>.layer`` next to the configuration file (``config/demo.yaml``
-    -> ``config/.demo.yaml.layer``): a JSON object with the layer ``url`` and
-    the ``pid`` of ``gateway up``. It exists while ``gateway up`` runs and is
-    removed when it stops.
+    -> ``config/.demo.yaml.layer``): a JSON object with the layer ``url``, the
+    ``pid`` of ``gateway up`` and when that process ``started`` (Linux), so a
+    file left by a killed ``gateway up`` is recognised as stale even after
+    its pid is reused. It exists while ``gateway up`` runs and is removed
+    when it stops.
     """
     path = Path(config_path).resolve()
     return path.with_name(f".{path.name}.layer")
@@ -195,7 +197,8 @@ def write_runtime_file(config_path: str | Path, url: str) -> Path:
     """Record ``url`` as the embedded layer of ``config_path`` for this process."""
     path = runtime_file(config_path)
     temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps({"url": url, "pid": os.getpid()}) + "\n", encoding="utf-8")
+    record = {"url": url, "pid": os.getpid(), "started": _start_time(os.getpid())}
+    temporary.write_text(json.dumps(record) + "\n", encoding="utf-8")
     temporary.replace(path)  # readers never see half a file
     return path
 
@@ -210,14 +213,25 @@ def remove_runtime_file(config_path: str | Path) -> None:
         pass
 
 
-def _pid_alive(pid: int) -> bool:
+def _start_time(pid: int) -> str | None:
+    """When process ``pid`` started, in clock ticks since boot (Linux); None without /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[19]  # field 22; the name before ")" may hold spaces
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    """Whether the process that wrote a runtime file still runs: its pid lives and,
+    where /proc tells, started when the file says (a reused pid does not count)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # alive, another user's
-        return True
-    return True
+        pass
+    return started is None or _start_time(pid) in (None, started)
 
 
 def embedded_layer_url(config_path: str | Path) -> str:
@@ -232,12 +246,12 @@ def embedded_layer_url(config_path: str | Path) -> str:
               f"its URL in {path}), or set layer.url in {config_path} to your Redis")
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-        url, pid = record["url"], int(record["pid"])
+        url, pid, started = record["url"], int(record["pid"]), record.get("started")
     except FileNotFoundError:
         raise LayerNotFound(f"{config_path} sets no layer.url and `gateway up` does not run: {advice}") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise LayerNotFound(f"{path} is unreadable ({exc}): {advice}") from None
-    if not _pid_alive(pid):
+    if not _alive(pid, started):
         raise LayerNotFound(f"{path} was left by a `gateway up` (pid {pid}) that is gone: {advice}")
     return url
 

@@ -17,6 +17,7 @@ from gateways.core.layer import (
     channel_layers_setting,
     configured_channel_layer,
     runtime_file,
+    write_runtime_file,
 )
 from servers import PYTHON, REPO, Daemon, free_port, wait_for_port
 
@@ -134,10 +135,17 @@ def test_without_gateway_up_the_error_says_what_to_do(tmp_path, monkeypatch):
     with pytest.raises(LayerNotFound, match=rf"left by a `gateway up` \(pid {dead.pid}\) that is gone"):
         configured_channel_layer(**setting["CONFIG"])
 
-    # A live one is used.
-    runtime_file(config).write_text(json.dumps({"url": "redis://127.0.0.1:7001/0", "pid": os.getpid()}))
+    # A live gateway's is used: this process plays it.
+    write_runtime_file(config, "redis://127.0.0.1:7001/0")
     layer = configured_channel_layer(**setting["CONFIG"])
     assert layer.hosts[0]["address"] == "redis://127.0.0.1:7001/0"
+
+    # The same pid, reused by a process that started at another time: stale.
+    record = json.loads(runtime_file(config).read_text())
+    assert record["pid"] == os.getpid() and record["started"]
+    runtime_file(config).write_text(json.dumps({**record, "started": "1"}))
+    with pytest.raises(LayerNotFound, match="that is gone"):
+        configured_channel_layer(**setting["CONFIG"])
 
 
 def test_a_broken_file_still_imports_settings_and_fails_at_first_use(tmp_path, monkeypatch):
