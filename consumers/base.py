@@ -57,6 +57,8 @@ class MessageContext:
 
         The protocol contexts' ``send()``/``reply()`` take ``wait`` and ``timeout``
         through this; it is :func:`consumers.send.request` on this consumer's layer.
+        A handler that waits holds its conversation meanwhile: under ``gateway
+        worker`` the next message of the same topic, channel or connection waits too.
         """
         return await request(channel, message, wait=wait, timeout=timeout, layer=self.channel_layer)
 
