@@ -30,6 +30,8 @@ from servers import free_port, listening_gateway
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
+SLACK_OUT = "slack.outbound-test"
+
 
 def consumer_on(config) -> types.SimpleNamespace:
     """What a context needs of its consumer: the layer (the one the project's worker would have)."""
@@ -46,7 +48,9 @@ def slack_gateway(redis_server, tmp_path):
     from slack.stack import start_gateway, write_config
 
     standin = SlackStandIn().start()
-    config = write_config(tmp_path, redis_server.url, standin, f"s{uuid.uuid4().hex[:8]}")
+    # Not the default outbound channel: the helpers must take it from the YAML.
+    config = write_config(tmp_path, redis_server.url, standin, f"s{uuid.uuid4().hex[:8]}",
+                          outbound_channel=SLACK_OUT)
     daemon = start_gateway(config, standin, connections=1)
     with django_settings_for(config):
         yield config, standin
@@ -73,7 +77,7 @@ async def test_slack_async_helper_and_context_wait_for_results(slack_gateway):
     result = await async_slack_send("react", channel="C0SEND", ts="1.2", name="eyes", wait=True, timeout=20)
     assert (result["action"], result["ok"]) == ("react", True)
 
-    context = SlackContext(consumer_on(config), slack_event(channel="C0CTX", ts="9.9", reply_channel="slack.send"))
+    context = SlackContext(consumer_on(config), slack_event(channel="C0CTX", ts="9.9", reply_channel=SLACK_OUT))
     result = await context.reply_in_thread("in thread", wait=True, timeout=20)
     assert result["ok"] and result["type"] == "slack.result"
     call = standin.wait_call("chat.postMessage", channel="C0CTX", text="in thread")
