@@ -19,6 +19,7 @@ from channels.consumer import AsyncConsumer, get_handler_name
 from channels.db import database_sync_to_async
 
 from consumers.send import DEFAULT_TIMEOUT, request
+from gateways.core.describe import describe
 
 logger = logging.getLogger("consumers")
 
@@ -95,8 +96,6 @@ class GatewayConsumer(AsyncConsumer):
         except ValueError:
             handler = None
         if handler is None:
-            from gateways.core.describe import describe
-
             self.stats["unhandled"] += 1
             logger.warning("%s on %s: no handler for %s", type(self).__name__,
                            self.scope.get("channel", "?"), describe(message))
@@ -108,8 +107,6 @@ class GatewayConsumer(AsyncConsumer):
             else:
                 await database_sync_to_async(handler)(context)
         except Exception:
-            from gateways.core.describe import describe
-
             self.stats["failed"] += 1
             logger.exception("%s on %s: handler failed for %s", type(self).__name__,
                              self.scope.get("channel", "?"), describe(message))
