@@ -67,6 +67,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in problems:
             print(problem, file=sys.stderr)
         return 2
+    # A daemon needs only its own protocol's extra; the other commands need the
+    # extra of every section in the file.
+    daemon = args.command in registry.protocol_names()
+    missing = registry.missing_extras([args.command] if daemon else config.sections)
+    for exc in missing:
+        print(str(exc) if daemon else f"{args.config}: {exc.protocol}: {exc}", file=sys.stderr)
+    if missing:
+        return 2
     if args.command == "check":
         print(f"{args.config}: OK ({', '.join(config.sections) or 'no gateway sections'})")
         return 0

@@ -1,7 +1,10 @@
 """Message schemas from ``protocol_specs/`` and validation against them.
 
 Each protocol has ``protocol_specs/<protocol>.md`` (the prose spec) and
-``protocol_specs/<protocol>.schema.json``::
+``protocol_specs/<protocol>.schema.json``. ``protocol_specs`` is a package of
+its own, shipped with the gateways, so the files are read with
+:mod:`importlib.resources` and found wherever the package is installed
+(a wheel, an editable checkout, a zip)::
 
     {
       "protocol": "websocket",
@@ -21,14 +24,23 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from typing import Any
 
 import jsonschema
 from jsonschema import Draft202012Validator
 
-SPECS_DIR = Path(__file__).resolve().parents[2] / "protocol_specs"
+#: The directory holding every ``<protocol>.md`` and ``<protocol>.schema.json``.
+SPECS_DIR: Traversable = files("protocol_specs")
 
+SCHEMA_SUFFIX = ".schema.json"
+
+
+def schema_protocols(specs_dir: Traversable = SPECS_DIR) -> list[str]:
+    """Every protocol that has a schema in ``specs_dir``, sorted."""
+    return sorted(entry.name.removesuffix(SCHEMA_SUFFIX) for entry in specs_dir.iterdir()
+                  if entry.name.endswith(SCHEMA_SUFFIX))
 
 
 def _x_bytes(_validator: Any, wanted: bool, instance: Any, _schema: Any):
@@ -86,9 +98,15 @@ class ProtocolSchema:
 
 
 @cache
-def load_schema(protocol: str, specs_dir: Path = SPECS_DIR) -> ProtocolSchema:
-    """Load and compile ``protocol_specs/<protocol>.schema.json``."""
-    path = specs_dir / f"{protocol}.schema.json"
+def load_schema(protocol: str, specs_dir: Traversable = SPECS_DIR) -> ProtocolSchema:
+    """Load and compile ``protocol_specs/<protocol>.schema.json``.
+
+    Args:
+        protocol: the protocol name, e.g. ``"email"``.
+        specs_dir: where the schemas are (the installed ``protocol_specs``
+            package); any :class:`pathlib.Path` works too.
+    """
+    path = specs_dir / f"{protocol}{SCHEMA_SUFFIX}"
     document = json.loads(path.read_text(encoding="utf-8"))
     defs = document.get("$defs", {})
     validators = {}
