@@ -7,8 +7,10 @@
         async def temperature(self, mqtt):
             await mqtt.publish(f"commands/{mqtt.kwargs['device']}", b"ack", qos=1)
 
-One instance serves every message of its channel: ``mqtt`` (an
-:class:`MqttContext`) is the message being handled. Routes are topic
+An instance may serve many topics (under ``runworker`` one instance serves
+the whole channel; under ``gateway worker`` each lane has its own, see
+docs/worker.md), so keep nothing about a message or a device on ``self``:
+``mqtt`` (an :class:`MqttContext`) is the message being handled. Routes are topic
 filters whose levels may be named: ``{name}`` matches one level (``+``) and
 ``{name:#}`` the rest of the topic (``#``, last level only); the values are
 in ``mqtt.kwargs``. The first route that matches handles the message.

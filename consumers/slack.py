@@ -8,8 +8,8 @@ text pattern with :func:`on`::
 
     class Bot(SlackConsumer):
         @on("slack.message", text=r"^deploy (?P<target>\\w+)")
-        async def deploy(self, ctx, match):
-            await ctx.reply_in_thread(f"deploying {match['target']}")
+        async def deploy(self, ctx):
+            await ctx.reply_in_thread(f"deploying {ctx.match['target']}")
 
 Commands, view submissions and options requests wait (up to the gateway's
 ``ack_timeout``) for :meth:`SlackContext.ack`; when a handler returns without

@@ -6,8 +6,11 @@
         async def receive(self, ws):
             await ws.send(text=ws.text, bytes=ws.bytes)
 
-One instance serves every connection routed to its channel; ``ws`` (a
-:class:`WebSocketContext`) is the connection the message came from.
+An instance may serve many connections (under ``runworker`` one instance
+serves the whole channel; under ``gateway worker`` each lane has its own), so
+keep nothing about a connection on ``self``: ``ws`` (a
+:class:`WebSocketContext`) is the connection the message came from, and
+``accept(state=...)`` keeps what later messages need.
 
 Groups: :meth:`WebSocketContext.group_add` is in effect when it returns (a
 broadcast right after it reaches the connection), and the gateway leaves the
