@@ -89,7 +89,7 @@ _TARGET = "__gateway_channel__"
 
 class MemoryChannelLayer(InMemoryChannelLayer):
     """The in-memory layer for ``memory://``, with the process channel that
-    :class:`~gateways.core.inbox.ProcessInbox` receives on, like Redis's."""
+    a daemon's reply loop receives on, like Redis's."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

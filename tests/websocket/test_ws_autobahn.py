@@ -3,7 +3,7 @@ layer -> echo consumer under runworker -> layer -> gateway -> client.
 
 Pass means no FAILED case; NON-STRICT, INFORMATIONAL and UNIMPLEMENTED are
 conformant. Compression is not negotiated, so 12.* and 13.* are left out.
-A few cases fail in plain websockets 17 itself (7.1.5, per DESIGN.md, and the
+A few cases fail in plain websockets 17 itself (7.1.5, and the
 9.3/9.4 cases whose 4 MiB messages come in more than websockets' 4,096
 fragments), so the same cases run in the same test against a plain
 websockets echo server with the same limits, and the gateway may fail only
