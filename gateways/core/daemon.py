@@ -37,6 +37,11 @@ except ImportError:  # pragma: no cover - redis is a dependency
     pass
 
 
+#: Seconds between layer probes while the layer is reachable, and while it is not.
+LAYER_PROBE_INTERVAL = 5.0
+LAYER_PROBE_RETRY = 1.0
+#: Seconds a probe may take before the layer counts as unreachable.
+LAYER_PROBE_TIMEOUT = 5.0
 #: Seconds closing may take after the grace period (connections, tasks, the layer).
 CLOSE_TIMEOUT = 5.0
 #: Seconds more before the exit watchdog ends a process that did not exit by itself.
@@ -397,6 +402,7 @@ class Daemon:
             self.health_server = HealthServer(runtime.metrics, self._status)
             await self.health_server.start(*split_host_port(self.section.health.listen))
         await self.gateway.start()
+        runtime.spawn(self._probe_layer(), "layer probe")
         for channel in self.gateway.outbound_channels():
             runtime.spawn(self._receive_loop(channel, process=False), f"receive {channel}")
         if self.gateway.uses_process_channel():
@@ -459,6 +465,30 @@ class Daemon:
         if not task.cancelled() and task.exception() is not None:
             self.log.error("shutdown step failed", exc_info=task.exception())
         return True
+
+    async def _probe_layer(self) -> None:
+        """PING the layer now and then, so that ``layer_ok`` (and /healthz)
+        follows Redis while no traffic does: every second while it is
+        unreachable, every :data:`LAYER_PROBE_INTERVAL` seconds otherwise.
+
+        Sends and receives report the layer's state as they go; an idle
+        gateway has none, and without the probe it would stay 503 after Redis
+        came back (and 200 after it went away) until a message passed.
+        """
+        runtime = self.runtime
+        connection = getattr(runtime.layer, "connection", None)
+        if connection is None:  # the in-memory layer cannot be unreachable
+            return
+        while True:
+            await asyncio.sleep(LAYER_PROBE_INTERVAL if runtime.layer_ok else LAYER_PROBE_RETRY)
+            try:
+                await asyncio.wait_for(connection(0).ping(), LAYER_PROBE_TIMEOUT)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - LAYER_ERRORS, or a pool that cannot connect
+                runtime.layer_down(exc)
+            else:
+                runtime.layer_up()
 
     def _status(self) -> tuple[bool, dict[str, Any]]:
         ok, details = self.gateway.health()
