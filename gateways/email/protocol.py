@@ -498,12 +498,16 @@ class Outbound:
         recipients: every envelope recipient (to, cc and bcc).
         data: the message, CRLF line endings.
         message_id: its Message-ID.
+        authors: the addresses its From and Sender headers name (each
+            checked against ``email.senders``, like ``sender``).
     """
 
     sender: str
     recipients: list[str]
     data: bytes
     message_id: str | None
+    #: Who the message says it is from: the addresses of its From and Sender headers.
+    authors: list[str] = field(default_factory=list)
 
 
 def _single_line(name: str, value: str) -> str:
@@ -537,6 +541,40 @@ def sender_allowed(address: str, allowed: Iterable[str]) -> bool:
     return False
 
 
+def header_authors(raw: bytes) -> list[str]:
+    """The addresses every From and Sender header of ``raw`` names, in order.
+
+    A header that names no parseable address yields ``""``, which no sender
+    policy allows: a reader's mail program may still find an address in it.
+
+    Args:
+        raw: an RFC 5322 message (only its header is read).
+    """
+    parsed = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
+    found: list[str] = []
+    for name in ("from", "sender"):
+        for value in parsed.get_all(name) or []:
+            addresses = [a for _, a in email.utils.getaddresses([decode_header(str(value))])]
+            found.extend(a if "@" in a else "" for a in addresses or [""])
+    return found
+
+
+def refused_author(outbound: Outbound, allowed: Iterable[str]) -> str | None:
+    """Why ``outbound`` may not go out under the ``allowed`` senders, or None.
+
+    The envelope sender and every address of the From and Sender headers
+    must be allowed, for a ``raw`` message as for a built one.
+    """
+    if not sender_allowed(outbound.sender, allowed):
+        return f"envelope sender {outbound.sender!r} is not allowed (email.senders)"
+    for author in outbound.authors:
+        if not author:
+            return "a From or Sender header names no address (email.senders)"
+        if not sender_allowed(author, allowed):
+            return f"sender {author!r} is not allowed (email.senders)"
+    return None
+
+
 def build_outbound(message: dict[str, Any]) -> Outbound:
     """The relay's envelope and bytes for a valid ``email.send``.
 
@@ -554,7 +592,8 @@ def build_outbound(message: dict[str, Any]) -> Outbound:
         raw = message["raw"]
         parsed = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
         data = re.sub(rb"\r?\n", b"\r\n", raw)
-        return Outbound(sender, recipients, data, parsed.get("message-id"))
+        # The message says who wrote it in its own headers, not in "from": those count.
+        return Outbound(sender, recipients, data, parsed.get("message-id"), header_authors(raw))
     msg = EmailMessage(policy=email.policy.SMTP)
     msg["From"] = sender_header
     if to:
@@ -591,7 +630,7 @@ def build_outbound(message: dict[str, Any]) -> Outbound:
         data = msg.as_bytes(policy=email.policy.SMTP)
     except (ValueError, TypeError, UnicodeError) as exc:
         raise OutboundError(f"cannot serialise the message: {exc}") from exc
-    return Outbound(sender, recipients, data, message_id)
+    return Outbound(sender, recipients, data, message_id, [_addr_spec(sender_header)])
 
 
 def sent_message(send: dict[str, Any], outbound: Outbound, response: str, attempts: int) -> dict[str, Any]:
