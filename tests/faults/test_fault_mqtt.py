@@ -50,3 +50,29 @@ async def test_json_nested_too_deep_is_undecodable_and_the_stream_goes_on(tmp_pa
     assert status == 200, body
     assert gateway.stop() == 0
     assert "Traceback" not in gateway.log()
+
+
+async def test_burst_of_5000_subscribes_while_connected_all_succeed(tmp_path, redis_server, mosquitto, processes):
+    config = write_config(tmp_path, redis_server.url, mosquitto.url,
+                          [{"filter": "fixed/#", "qos": 1, "channel": "mqtt.fixed"}])
+    gateway = start_gateway(config)
+    processes.append(gateway)
+    count = 5000  # five times mqtt.outage_queue
+    reader = LayerReader(config)
+    try:
+        requests = [{"type": "mqtt.subscribe", "id": str(n), "filter": f"burst/{n}", "qos": 1,
+                     "channel": "mqtt.burst", "reply_channel": "test.burst"} for n in range(count)]
+        for start in range(0, count, 500):
+            taken = await reader.layer.send_many("mqtt.send", requests[start:start + 500])
+            assert taken == 500
+        results = await reader.collect("test.burst", lambda ms: len(ms) >= count, timeout=120)
+        refused = [r for r in results if not r["ok"]]
+        assert not refused, refused[:3]
+        assert sorted(int(r["id"]) for r in results) == list(range(count))
+        for n in (0, count // 2, count - 1):
+            mosquitto_pub(mosquitto.port, f"burst/{n}", f"to {n}".encode(), 1)
+        got = await reader.collect("mqtt.burst", lambda ms: len(ms) >= 3, timeout=30)
+    finally:
+        await reader.close()
+    assert sorted(m["subscription"] for m in got) == sorted(f"burst/{n}" for n in (0, count // 2, count - 1))
+    assert gateway.stop() == 0
