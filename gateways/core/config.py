@@ -155,6 +155,27 @@ def tls_files_problem(cert: str | None = None, key: str | None = None, ca: str |
     return None
 
 
+#: Why the gateway commands refuse ``layer.url: memory://``.
+MEMORY_LAYER_NOTE = (
+    "memory:// keeps channels inside one Python process, so a daemon on it never meets consumers in "
+    "another: it serves only a daemon and its consumers in one process (tests); `gateway email|slack|mqtt|"
+    "websocket`, `gateway worker` and `gateway up` refuse it: use redis:// (or leave layer.url unset for "
+    "`gateway up`)"
+)
+
+
+def check_layer_url(value: str) -> str | None:
+    """A layer URL: ``redis://``, ``rediss://``, ``unix://``, ``sentinel://`` or ``memory://``."""
+    if urlsplit(value).scheme == "memory":
+        return None  # nothing to locate: the layer lives in the process
+    return check_url("redis", "rediss", "unix", "sentinel", "memory")(value)
+
+
+def is_memory_layer(url: str | None) -> bool:
+    """Whether ``url`` names the in-process layer."""
+    return bool(url) and urlsplit(url).scheme == "memory"
+
+
 # --------------------------------------------------------------------------
 # The shared sections.
 
@@ -193,9 +214,10 @@ class LayerConfig:
     url: str | None = field(
         default=None,
         metadata={
-            "doc": "redis://, rediss://, unix://, sentinel://h1:p1,h2:p2/master, or memory://; "
+            "doc": "redis://, rediss://, unix://, sentinel://h1:p1,h2:p2/master, or memory:// (a daemon "
+            "and its consumers in one process: tests; the gateway commands refuse it); "
             "unset: `gateway up` embeds a server",
-            "check": check_url("redis", "rediss", "unix", "sentinel", "memory"),
+            "check": check_layer_url,
         },
     )
     prefix: str = field(default="asgi", metadata={"doc": "key prefix in Redis"})

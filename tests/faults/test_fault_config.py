@@ -4,6 +4,7 @@ unusable one is `file:line: key: problem` naming the path, and exit 2."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 
 import pytest
@@ -11,7 +12,7 @@ import yaml
 
 import email_stack
 import mqtt_stack
-from servers import PYTHON, require_binary
+from servers import PYTHON, REPO, require_binary
 
 
 def gateway(*argv: str, cwd=None) -> subprocess.CompletedProcess:
@@ -110,3 +111,43 @@ def test_relative_files_are_found_next_to_the_config_wherever_it_runs(tmp_path, 
     done = gateway("check", "--config", str(config), cwd=elsewhere)
     assert done.returncode == 0, done.stderr
     assert yaml.safe_load(config.read_text())["email"]["tls_cert"] == "tls/cert.pem"
+
+
+def test_memory_layer_is_valid_for_one_process_and_refused_by_the_commands(tmp_path):
+    config = tmp_path / "memory.yaml"
+    config.write_text("layer: {url: 'memory://'}\n"
+                      "email: {listen: '127.0.0.1:0', domains: [demo.local], relay: 'console://'}\n"
+                      "django: {settings: demo.settings, path: ['%s']}\n" % (REPO / "example"))
+    done = gateway("check", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    assert "memory:// keeps channels inside one Python process" in done.stderr
+    for argv in (["email"], ["worker"], ["up"]):
+        done = gateway(*argv, "--config", str(config))
+        assert done.returncode == 2, (argv, done.stderr)
+        assert f"{config}: layer.url: memory:// keeps channels inside one Python process" in done.stderr
+    config.write_text(config.read_text().replace("memory://", "redis://127.0.0.1:1/0"))
+    done = gateway("email", "--config", str(config), "--layer", "memory://")
+    assert done.returncode == 2 and done.stderr.startswith("--layer: memory:// keeps channels"), done.stderr
+
+
+async def test_memory_layer_serves_a_daemon_and_its_consumer_in_one_process(tmp_path):
+    from gateways.core.config import load_config
+    from gateways.core.daemon import Daemon
+    from gateways.core.layer import build_layer
+    from gateways.email.daemon import EmailGateway
+
+    config_path = tmp_path / "memory.yaml"
+    config_path.write_text("layer: {url: 'memory://'}\n"
+                           "email: {listen: '127.0.0.1:0', domains: [demo.local], relay: 'console://', "
+                           "grace_period: 1}\n")
+    config = load_config(config_path)
+    layer = build_layer(config.layer)
+    daemon = Daemon(EmailGateway, config, layer=layer)
+    await daemon.start()
+    try:
+        await layer.send("email.send", {"type": "email.send", "id": "m", "reply_channel": "test.outcome",
+                                        "from": "a@demo.local", "to": "you@example.test", "text": "hi"})
+        outcome = await asyncio.wait_for(layer.receive("test.outcome"), 10)
+    finally:
+        await daemon.shutdown()
+    assert outcome["type"] == "email.sent", outcome
