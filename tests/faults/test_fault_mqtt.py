@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 import yaml
 
-from mqtt_stack import LayerReader, mosquitto_pub, start_gateway, write_config
+from mqtt_stack import LayerReader, mosquitto_pub, start_gateway, wait_for_count, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -72,7 +72,45 @@ async def test_burst_of_5000_subscribes_while_connected_all_succeed(tmp_path, re
         for n in (0, count // 2, count - 1):
             mosquitto_pub(mosquitto.port, f"burst/{n}", f"to {n}".encode(), 1)
         got = await reader.collect("mqtt.burst", lambda ms: len(ms) >= 3, timeout=30)
+        assert sorted(m["subscription"] for m in got) == sorted(f"burst/{n}" for n in (0, count // 2, count - 1))
+        # After a reconnect the gateway subscribes to all of them again, in one go.
+        mosquitto.restart()
+        wait_for_count(gateway, "subscribed to", 2)
+        mosquitto_pub(mosquitto.port, f"burst/{count - 2}", b"after the restart", 1)
+        again = await reader.collect("mqtt.burst", lambda ms: len(ms) >= 1, timeout=30)
     finally:
         await reader.close()
-    assert sorted(m["subscription"] for m in got) == sorted(f"burst/{n}" for n in (0, count // 2, count - 1))
+    assert again[0]["subscription"] == f"burst/{count - 2}"
     assert gateway.stop() == 0
+
+
+async def test_poison_redelivered_after_a_restart_no_longer_stops_the_stream(tmp_path, redis_server, mosquitto,
+                                                                           processes):
+    config = write_config(tmp_path, redis_server.url, mosquitto.url,
+                          [{"filter": "again/#", "qos": 1, "channel": "mqtt.again", "decode": "json"}],
+                          client_id="poison-again")
+    gateway = start_gateway(config)
+    processes.append(gateway)
+    assert gateway.stop() == 0  # the broker keeps the session, and queues for it
+    deep = b"{\"a\":" * 5000 + b"1" + b"}" * 5000
+    mosquitto_pub(mosquitto.port, "again/x", deep, 1)
+    mosquitto_pub(mosquitto.port, "again/x", b'{"ok": true}', 1)
+    gateway = start_gateway(config)
+    processes.append(gateway)
+    reader = LayerReader(config)
+    try:
+        messages = await reader.collect("mqtt.again", lambda ms: len(ms) >= 2, timeout=60)
+    finally:
+        await reader.close()
+    assert [m["type"] for m in messages] == ["mqtt.undecodable", "mqtt.publish"]
+    assert messages[1]["payload"] == {"ok": True}
+    assert healthz(config)[0] == 200
+    assert gateway.stop() == 0
+    # Acknowledged: a third start gets nothing again.
+    gateway = start_gateway(config)
+    processes.append(gateway)
+    reader = LayerReader(config)
+    try:
+        assert await reader.nothing_more("mqtt.again", 2) == []
+    finally:
+        await reader.close()
