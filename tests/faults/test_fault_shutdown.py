@@ -21,8 +21,8 @@ from mqtt_stack import LayerReader, start_gateway, write_config
 pytestmark = pytest.mark.e2e
 
 GRACE = 2
-#: What the core allows closing after the grace period, plus slack for a loaded machine.
-BOUND = GRACE + 5 + 5
+#: The core's bound (grace, 5 s to close, 3 s more before the exit watchdog), plus slack for a loaded machine.
+BOUND = GRACE + 5 + 3 + 5
 
 
 def health(config) -> dict:
@@ -63,3 +63,51 @@ async def test_sigterm_with_the_layer_frozen_exits_within_the_grace_period(tmp_p
     finally:
         os.kill(private_redis.proc.pid, signal.SIGCONT)
     assert code == 0, gateway.log()
+
+
+#: A real MQTT gateway whose close() misbehaves as asked: it blocks the event loop, or
+#: waits forever swallowing every cancellation.
+STUCK_GATEWAY = """
+import asyncio, sys, time
+from gateways.core.config import load_config
+from gateways.core.daemon import run_gateway
+from gateways.core.logs import setup_logging
+from gateways.mqtt.daemon import MqttGateway
+
+class Stuck(MqttGateway):
+    async def close(self):
+        await super().close()
+        if sys.argv[2] == "blocks":
+            time.sleep(600)
+        while True:
+            try:
+                await asyncio.sleep(600)
+            except asyncio.CancelledError:
+                pass
+
+setup_logging()
+sys.exit(run_gateway(Stuck, load_config(sys.argv[1])))
+"""
+
+
+@pytest.mark.parametrize("how", ["blocks", "ignores-cancel"])
+def test_sigterm_ends_a_gateway_whose_close_never_returns(tmp_path, redis_server, mosquitto, processes, how):
+    """The shutdown gives up on close() after 5 s; what still holds the process
+    then (a blocked loop, or a task the loop's own teardown waits for) meets
+    the exit watchdog: exit code 1, with a line saying so."""
+    from servers import PYTHON, Daemon
+    from mqtt_stack import wait_for_count
+
+    config = write_config(tmp_path, redis_server.url, mosquitto.url,
+                          [{"filter": "stuck/#", "qos": 1, "channel": "mqtt.stuck"}], grace_period=GRACE)
+    gateway = Daemon("stuck", [PYTHON, "-c", STUCK_GATEWAY, str(config), how])
+    processes.append(gateway)
+    wait_for_count(gateway, "subscribed to", 1)
+    gateway.proc.terminate()
+    try:
+        assert gateway.proc.wait(BOUND) == 1, gateway.log()
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"gateway still running {BOUND}s after SIGTERM:\n{gateway.log()}")
+    assert f"still running {GRACE + 5 + 3:.1f}s after the stop request; exiting now" in gateway.log()
+    if how == "ignores-cancel":
+        assert "closing connections took over 5.0s" in gateway.log()
