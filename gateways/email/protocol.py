@@ -498,15 +498,15 @@ class Outbound:
         recipients: every envelope recipient (to, cc and bcc).
         data: the message, CRLF line endings.
         message_id: its Message-ID.
-        authors: the addresses its From and Sender headers name (each
-            checked against ``email.senders``, like ``sender``).
+        authors: the addresses its author headers name (:data:`AUTHOR_HEADERS`,
+            each checked against ``email.senders``, like ``sender``).
     """
 
     sender: str
     recipients: list[str]
     data: bytes
     message_id: str | None
-    #: Who the message says it is from: the addresses of its From and Sender headers.
+    #: Who the message says it is from: the addresses of its author headers (AUTHOR_HEADERS).
     authors: list[str] = field(default_factory=list)
 
 
@@ -541,8 +541,12 @@ def sender_allowed(address: str, allowed: Iterable[str]) -> bool:
     return False
 
 
+#: Headers that say who a message is from, each held to ``email.senders``.
+AUTHOR_HEADERS = ("from", "sender", "resent-from", "resent-sender")
+
+
 def header_authors(raw: bytes) -> list[str]:
-    """The addresses every From and Sender header of ``raw`` names, in order.
+    """The addresses every From, Sender, Resent-From and Resent-Sender header of ``raw`` names, in order.
 
     A header that names no parseable address yields ``""``, which no sender
     policy allows: a reader's mail program may still find an address in it.
@@ -552,7 +556,7 @@ def header_authors(raw: bytes) -> list[str]:
     """
     parsed = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
     found: list[str] = []
-    for name in ("from", "sender"):
+    for name in AUTHOR_HEADERS:
         for value in parsed.get_all(name) or []:
             addresses = [a for _, a in email.utils.getaddresses([decode_header(str(value))])]
             found.extend(a if "@" in a else "" for a in addresses or [""])
@@ -562,8 +566,9 @@ def header_authors(raw: bytes) -> list[str]:
 def refused_author(outbound: Outbound, allowed: Iterable[str]) -> str | None:
     """Why ``outbound`` may not go out under the ``allowed`` senders, or None.
 
-    The envelope sender and every address of the From and Sender headers
-    must be allowed, for a ``raw`` message as for a built one.
+    The envelope sender and every address of the author headers (From,
+    Sender, Resent-From, Resent-Sender) must be allowed, for a ``raw``
+    message as for a built one.
     """
     if not sender_allowed(outbound.sender, allowed):
         return f"envelope sender {outbound.sender!r} is not allowed (email.senders)"
@@ -614,7 +619,10 @@ def build_outbound(message: dict[str, Any]) -> Outbound:
     for name, value in message.get("headers") or []:
         if not re.fullmatch(r"[!-9;-~]+", name):
             raise OutboundError(f"{name!r} is not a header name")
-        msg[name] = _single_line(name, value)
+        try:
+            msg[name] = _single_line(name, value)
+        except ValueError as exc:  # a second From, say: the policy allows one
+            raise OutboundError(f"headers: {exc}") from None
     text, html = message.get("text"), message.get("html")
     if text is not None or html is None:
         msg.set_content(text or "")
@@ -630,7 +638,8 @@ def build_outbound(message: dict[str, Any]) -> Outbound:
         data = msg.as_bytes(policy=email.policy.SMTP)
     except (ValueError, TypeError, UnicodeError) as exc:
         raise OutboundError(f"cannot serialise the message: {exc}") from exc
-    return Outbound(sender, recipients, data, message_id, [_addr_spec(sender_header)])
+    # Extra headers may name authors too (a Sender, say): judge what goes out.
+    return Outbound(sender, recipients, data, message_id, header_authors(data))
 
 
 def sent_message(send: dict[str, Any], outbound: Outbound, response: str, attempts: int) -> dict[str, Any]:

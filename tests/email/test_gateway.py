@@ -275,6 +275,23 @@ async def test_raw_send_is_held_to_the_sender_policy_by_its_own_headers(stack, l
     assert stack["gateway"].proc.poll() is None
 
 
+@pytest.mark.parametrize("headers, error", [
+    ([["Sender", "ceo@bank.test"]], "'ceo@bank.test' is not allowed"),
+    ([["Resent-From", "CEO <ceo@bank.test>"]], "'ceo@bank.test' is not allowed"),
+    ([["From", "ceo@bank.test"]], "at most 1 From"),
+])
+async def test_extra_headers_cannot_name_another_author(stack, layer, headers, error):
+    before = len(stack["relay"].handler.messages)
+    await layer.send("email.send", {"type": "email.send", "id": "extra", "reply_channel": "test.outcome",
+                                    "from": "a@demo.local", "to": "you@example.test", "text": "x",
+                                    "headers": headers})
+    failed = await layer.receive("test.outcome")
+    assert SCHEMA.problem(failed) is None
+    assert failed["type"] == "email.failed" and failed["permanent"] and error in failed["error"], failed
+    assert len(stack["relay"].handler.messages) == before
+    assert stack["gateway"].proc.poll() is None
+
+
 async def test_spool_that_cannot_grow_gets_451_and_loses_nothing(redis_server, tmp_path):
     # The active spool segment is zero-filled ahead, so a disk that refuses new files
     # (full, read-only) stops mail only when a new segment is needed: here, for a
