@@ -44,6 +44,8 @@ LAYER_PROBE_RETRY = 1.0
 LAYER_PROBE_TIMEOUT = 5.0
 #: Seconds closing may take after the grace period (connections, tasks, the layer).
 CLOSE_TIMEOUT = 5.0
+#: Seconds each clean-up step after closing gets at least (three steps: below EXIT_MARGIN).
+CLEANUP_MINIMUM = 0.5
 #: Seconds more before the exit watchdog ends a process that did not exit by itself.
 EXIT_MARGIN = 3.0
 
@@ -444,10 +446,12 @@ class Daemon:
         closed = loop.time() + CLOSE_TIMEOUT
         if not await self._within(self.gateway.close(), closed - loop.time()):
             self.log.warning("closing connections took over %ss; exiting without waiting for them", CLOSE_TIMEOUT)
-        await self._within(runtime.cancel_tasks(), closed - loop.time())
+        # Each clean-up step gets a moment even when closing used up the time:
+        # cancelling the receive loops lets the loop wind down without them.
+        await self._within(runtime.cancel_tasks(), max(closed - loop.time(), CLEANUP_MINIMUM))
         if self.health_server:
-            await self._within(self.health_server.close(), closed - loop.time())
-        await self._within(close_layer(runtime.layer), closed - loop.time())
+            await self._within(self.health_server.close(), max(closed - loop.time(), CLEANUP_MINIMUM))
+        await self._within(close_layer(runtime.layer), max(closed - loop.time(), CLEANUP_MINIMUM))
         self.log.info("%s gateway stopped", self.gateway.protocol)
 
     async def _within(self, step: Coroutine[Any, Any, Any], seconds: float) -> bool:
@@ -483,8 +487,6 @@ class Daemon:
             await asyncio.sleep(LAYER_PROBE_INTERVAL if runtime.layer_ok else LAYER_PROBE_RETRY)
             try:
                 await asyncio.wait_for(connection(0).ping(), LAYER_PROBE_TIMEOUT)
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:  # noqa: BLE001 - LAYER_ERRORS, or a pool that cannot connect
                 runtime.layer_down(exc)
             else:
