@@ -12,7 +12,15 @@ import sys
 from typing import Sequence
 
 from gateways.core import eventloop, registry
-from gateways.core.config import Config, ConfigError, check_host_port, check_url, load_config
+from gateways.core.config import (
+    MEMORY_LAYER_NOTE,
+    Config,
+    ConfigError,
+    check_host_port,
+    check_layer_url,
+    is_memory_layer,
+    load_config,
+)
 from gateways.core.logs import setup_logging
 
 
@@ -77,12 +85,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "check":
         print(f"{args.config}: OK ({', '.join(config.sections) or 'no gateway sections'})")
+        if is_memory_layer(config.layer.url):
+            print(f"{args.config}: layer.url: {MEMORY_LAYER_NOTE}", file=sys.stderr)
         return 0
     setup_logging(args.log_level or config.log.level, config.log.json if args.log_json is None else True)
     try:
         eventloop.loop_name()
     except ValueError as exc:
         print(str(exc), file=sys.stderr)
+        return 2
+    if is_memory_layer(getattr(args, "layer", None) or config.layer.url):
+        where = "--layer" if getattr(args, "layer", None) else f"{args.config}: layer.url"
+        print(f"{where}: {MEMORY_LAYER_NOTE}", file=sys.stderr)
         return 2
     if args.command == "up":
         from gateways.core.supervisor import run_stack
@@ -103,7 +117,7 @@ def _run_daemon(args: argparse.Namespace, config) -> int:
         print(f"{args.config}: no `{args.command}:` section", file=sys.stderr)
         return 2
     if args.layer:
-        problem = check_url("redis", "rediss", "unix", "sentinel", "memory")(args.layer)
+        problem = check_layer_url(args.layer)
         if problem:
             print(f"--layer: {problem}", file=sys.stderr)
             return 2

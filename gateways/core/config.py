@@ -15,7 +15,11 @@ Section dataclasses describe themselves with ordinary type hints (``str``,
 
 - ``doc``: one line for the configuration reference (required);
 - ``check``: ``callable(value) -> str | None`` returning a problem;
-- ``required``: the key must be present even though it has no default.
+- ``required``: the key must be present even though it has no default;
+- ``file``: the value names a file the daemon reads (a certificate, say): it
+  is taken relative to the configuration file's directory, replaced by the
+  absolute path, and a file that is missing or cannot be read is a problem
+  here rather than a failure when the daemon starts or, worse, reconnects.
 """
 
 from __future__ import annotations
@@ -121,6 +125,57 @@ def check_channel_name(value: str) -> str | None:
     return None
 
 
+def tls_files_problem(cert: str | None = None, key: str | None = None, ca: str | None = None) -> str | None:
+    """Why PEM files do not make a TLS context, or None.
+
+    For a section's ``problems()``, after the ``file`` checks: files that do
+    not exist were reported there, and are not judged again here.
+
+    Args:
+        cert: a certificate (chain) file.
+        key: its private key (``cert`` holds it when None).
+        ca: a bundle of CA certificates.
+    """
+    import ssl
+
+    if not all(os.path.isfile(p) for p in (cert, key, ca) if p):
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if ca:
+        try:
+            context.load_verify_locations(cafile=ca)
+        except (ssl.SSLError, ValueError) as exc:
+            return f"{ca!r} holds no usable CA certificate: {exc}"
+    if cert:
+        try:
+            # A password callback, so that an encrypted key fails here instead of prompting.
+            context.load_cert_chain(cert, key, password=lambda: b"")
+        except (ssl.SSLError, ValueError) as exc:
+            return f"cannot load the certificate {cert!r} with the key {key or cert!r}: {exc}"
+    return None
+
+
+#: Why the gateway commands refuse ``layer.url: memory://``.
+MEMORY_LAYER_NOTE = (
+    "memory:// keeps channels inside one Python process, so a daemon on it never meets consumers in "
+    "another: it serves only a daemon and its consumers in one process (tests); `gateway email|slack|mqtt|"
+    "websocket`, `gateway worker` and `gateway up` refuse it: use redis:// (or leave layer.url unset for "
+    "`gateway up`)"
+)
+
+
+def check_layer_url(value: str) -> str | None:
+    """A layer URL: ``redis://``, ``rediss://``, ``unix://``, ``sentinel://`` or ``memory://``."""
+    if urlsplit(value).scheme == "memory":
+        return None  # nothing to locate: the layer lives in the process
+    return check_url("redis", "rediss", "unix", "sentinel", "memory")(value)
+
+
+def is_memory_layer(url: str | None) -> bool:
+    """Whether ``url`` names the in-process layer."""
+    return bool(url) and urlsplit(url).scheme == "memory"
+
+
 # --------------------------------------------------------------------------
 # The shared sections.
 
@@ -159,9 +214,10 @@ class LayerConfig:
     url: str | None = field(
         default=None,
         metadata={
-            "doc": "redis://, rediss://, unix://, sentinel://h1:p1,h2:p2/master, or memory://; "
+            "doc": "redis://, rediss://, unix://, sentinel://h1:p1,h2:p2/master, or memory:// (a daemon "
+            "and its consumers in one process: tests; the gateway commands refuse it); "
             "unset: `gateway up` embeds a server",
-            "check": check_url("redis", "rediss", "unix", "sentinel", "memory"),
+            "check": check_layer_url,
         },
     )
     prefix: str = field(default="asgi", metadata={"doc": "key prefix in Redis"})
@@ -357,8 +413,24 @@ def _type_name(tp: Any) -> str:
 
 
 class _Builder:
-    def __init__(self, reader: _Reader) -> None:
+    def __init__(self, reader: _Reader, base: Path) -> None:
         self.reader = reader
+        self.base = base
+
+    def readable_file(self, value: str) -> tuple[str, str | None]:
+        """``value`` as an absolute path (relative ones from the config's
+        directory) and the problem with reading it, if any."""
+        path = self.base / Path(value).expanduser()
+        try:
+            with open(path, "rb"):
+                pass
+        except FileNotFoundError:
+            return str(path), f"file {str(path)!r} does not exist"
+        except IsADirectoryError:
+            return str(path), f"{str(path)!r} is a directory, not a file"
+        except OSError as exc:
+            return str(path), f"file {str(path)!r} cannot be read: {exc.strerror}"
+        return str(path), None
 
     def build(self, tp: Any, node: _Node, path: str) -> Any:
         """Convert ``node`` to ``tp``; on a problem, record it and return None."""
@@ -435,6 +507,10 @@ class _Builder:
             value = self.build(hints[key], node, sub)
             if value is None and node.value is not None:
                 continue
+            if fields[key].metadata.get("file") and isinstance(value, str):
+                value, problem = self.readable_file(value)
+                if problem:
+                    self.reader.problem(node.line, sub, problem)
             check = fields[key].metadata.get("check")
             if check is not None and value is not None:
                 for item in value if isinstance(value, list) else [value]:
@@ -509,7 +585,7 @@ def parse_config(
     top = reader.read(root, "") if root is not None else _Node({}, 1)
     if not isinstance(top.value, dict):
         raise ConfigError([Problem(filename, top.line, "", "the file must be a mapping of sections")])
-    builder = _Builder(reader)
+    builder = _Builder(reader, Path(filename).resolve().parent if filename != "<string>" else Path.cwd())
     items = top.value
     known = {"layer", "django", "log", *section_classes}
     for key, node in items.items():

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Coroutine
@@ -34,6 +35,26 @@ try:  # redis-py's errors do not all derive from OSError
     LAYER_ERRORS += (RedisError,)
 except ImportError:  # pragma: no cover - redis is a dependency
     pass
+
+
+#: Seconds between layer probes while the layer is reachable, and while it is not.
+LAYER_PROBE_INTERVAL = 5.0
+LAYER_PROBE_RETRY = 1.0
+#: Seconds a probe may take before the layer counts as unreachable.
+LAYER_PROBE_TIMEOUT = 5.0
+#: Seconds closing may take after the grace period (connections, tasks, the layer).
+CLOSE_TIMEOUT = 5.0
+#: Seconds each clean-up step after closing gets at least (three steps: below EXIT_MARGIN).
+CLEANUP_MINIMUM = 0.5
+#: Seconds more before the exit watchdog ends a process that did not exit by itself.
+EXIT_MARGIN = 3.0
+
+
+def _exit_now(log: logging.Logger, bound: float) -> None:
+    """End the process at once: its shutdown overran its bound (runs on the watchdog thread)."""
+    log.error("still running %ss after the stop request; exiting now", bound)
+    logging.shutdown()  # flush what was logged
+    os._exit(1)
 
 
 class HandoffError(Exception):
@@ -347,10 +368,15 @@ class Daemon:
         gateway_class: the protocol's gateway class.
         config: the configuration.
         layer: a layer to use instead of building one (tests).
+        exit_watchdog: once told to stop, end the whole process if it is still
+            running after the shutdown's bound (for a daemon process, never in
+            tests that host a daemon in their own process).
     """
 
-    def __init__(self, gateway_class: type[Gateway], config: Config, layer: Any = None) -> None:
+    def __init__(self, gateway_class: type[Gateway], config: Config, layer: Any = None,
+                 exit_watchdog: bool = False) -> None:
         section = config.sections[gateway_class.protocol]
+        self.exit_watchdog = exit_watchdog
         self.runtime = Runtime(config, section, gateway_class.protocol, layer)
         self.gateway = gateway_class(self.runtime, section)
         self.section = section
@@ -378,6 +404,7 @@ class Daemon:
             self.health_server = HealthServer(runtime.metrics, self._status)
             await self.health_server.start(*split_host_port(self.section.health.listen))
         await self.gateway.start()
+        runtime.spawn(self._probe_layer(), "layer probe")
         for channel in self.gateway.outbound_channels():
             runtime.spawn(self._receive_loop(channel, process=False), f"receive {channel}")
         if self.gateway.uses_process_channel():
@@ -389,24 +416,81 @@ class Daemon:
         if not self.runtime.stopping.is_set():
             self.log.info("stopping: draining for up to %ss", self.section.grace_period)
             self.runtime.stopping.set()
+            if self.exit_watchdog:
+                bound = self.section.grace_period + CLOSE_TIMEOUT + EXIT_MARGIN
+                timer = threading.Timer(bound, _exit_now, (self.log, bound))
+                timer.daemon = True
+                timer.start()
 
     async def shutdown(self) -> None:
-        """Stop accepting, drain within the grace period, close everything."""
+        """Stop accepting, drain within the grace period, close everything.
+
+        Bounded whatever state a task is in: draining gets ``grace_period``,
+        closing (connections, tasks, the layer) at most :data:`CLOSE_TIMEOUT`
+        more. A step that overruns is abandoned with a warning, never awaited:
+        a peer or a layer that stopped answering (a frozen Redis holds every
+        send for the socket timeout) must not keep the process from exiting.
+        """
         runtime = self.runtime
         runtime.stopping.set()
-        await self.gateway.stop_accepting()
-        try:
-            await asyncio.wait_for(
-                asyncio.gather(self.gateway.drain(), runtime.handoffs_done()), self.section.grace_period
-            )
-        except asyncio.TimeoutError:
-            self.log.warning("grace period of %ss over; closing with work in flight", self.section.grace_period)
-        await self.gateway.close()
-        await runtime.cancel_tasks()
+        grace = self.section.grace_period
+        loop = asyncio.get_running_loop()
+        drained = loop.time() + grace
+
+        async def drain() -> None:
+            await self.gateway.stop_accepting()
+            await asyncio.gather(self.gateway.drain(), runtime.handoffs_done())
+
+        if not await self._within(drain(), drained - loop.time()):
+            self.log.warning("grace period of %ss over; closing with work in flight", grace)
+        closed = loop.time() + CLOSE_TIMEOUT
+        if not await self._within(self.gateway.close(), closed - loop.time()):
+            self.log.warning("closing connections took over %ss; exiting without waiting for them", CLOSE_TIMEOUT)
+        # Each clean-up step gets a moment even when closing used up the time:
+        # cancelling the receive loops lets the loop wind down without them.
+        await self._within(runtime.cancel_tasks(), max(closed - loop.time(), CLEANUP_MINIMUM))
         if self.health_server:
-            await self.health_server.close()
-        await close_layer(runtime.layer)
+            await self._within(self.health_server.close(), max(closed - loop.time(), CLEANUP_MINIMUM))
+        await self._within(close_layer(runtime.layer), max(closed - loop.time(), CLEANUP_MINIMUM))
         self.log.info("%s gateway stopped", self.gateway.protocol)
+
+    async def _within(self, step: Coroutine[Any, Any, Any], seconds: float) -> bool:
+        """Run ``step`` for at most ``seconds``; True when it finished.
+
+        Unlike ``asyncio.wait_for``, an overrun step is cancelled and left
+        behind, not awaited: a step that ignores or delays its cancellation
+        cannot hold the shutdown.
+        """
+        task = asyncio.ensure_future(step)
+        done, _ = await asyncio.wait({task}, timeout=max(0.0, seconds))
+        if not done:
+            task.cancel()
+            return False
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("shutdown step failed", exc_info=task.exception())
+        return True
+
+    async def _probe_layer(self) -> None:
+        """PING the layer now and then, so that ``layer_ok`` (and /healthz)
+        follows Redis while no traffic does: every second while it is
+        unreachable, every :data:`LAYER_PROBE_INTERVAL` seconds otherwise.
+
+        Sends and receives report the layer's state as they go; an idle
+        gateway has none, and without the probe it would stay 503 after Redis
+        came back (and 200 after it went away) until a message passed.
+        """
+        runtime = self.runtime
+        connection = getattr(runtime.layer, "connection", None)
+        if connection is None:  # the in-memory layer cannot be unreachable
+            return
+        while True:
+            await asyncio.sleep(LAYER_PROBE_INTERVAL if runtime.layer_ok else LAYER_PROBE_RETRY)
+            try:
+                await asyncio.wait_for(connection(0).ping(), LAYER_PROBE_TIMEOUT)
+            except Exception as exc:  # noqa: BLE001 - LAYER_ERRORS, or a pool that cannot connect
+                runtime.layer_down(exc)
+            else:
+                runtime.layer_up()
 
     def _status(self) -> tuple[bool, dict[str, Any]]:
         ok, details = self.gateway.health()
@@ -471,9 +555,15 @@ class Daemon:
 
 
 def run_gateway(gateway_class: type[Gateway], config: Config) -> int:
-    """Run one gateway daemon in a new event loop; return its exit code."""
+    """Run one gateway daemon in a new event loop; return its exit code.
+
+    Once told to stop, the process is gone within ``grace_period`` plus
+    :data:`CLOSE_TIMEOUT` plus :data:`EXIT_MARGIN` seconds: past that (the
+    event loop blocked, or a task that never yields to its cancellation
+    while the loop winds down), a watchdog thread ends it with exit code 1.
+    """
 
     async def main() -> int:
-        return await Daemon(gateway_class, config).run()
+        return await Daemon(gateway_class, config, exit_watchdog=True).run()
 
     return eventloop.run(main())

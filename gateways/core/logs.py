@@ -29,13 +29,27 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data)
 
 
+class UtcFormatter(logging.Formatter):
+    """A text formatter whose ``%(asctime)s`` is UTC, whatever the local time zone."""
+
+    converter = time.gmtime
+
+
 def setup_logging(level: str = "INFO", json_lines: bool = False) -> None:
-    """Configure the root logger for a daemon (stderr)."""
+    """Configure the root logger for a daemon (stderr); every timestamp in UTC.
+
+    Also makes UTC the clock of every other formatter of the process: Django
+    sets the process's time zone from ``TIME_ZONE`` (``TZ``), so formatters a
+    project's ``LOGGING`` adds to ``gateway worker`` would otherwise stamp
+    local time while the gateways stamp UTC, and logs of one stack could not
+    be read side by side.
+    """
+    logging.Formatter.converter = time.gmtime
     handler = logging.StreamHandler(sys.stderr)
     if json_lines:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(UtcFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -14,6 +14,7 @@ from gateways.core.config import (
     check_positive,
     check_regex,
     check_url,
+    tls_files_problem,
 )
 
 #: The relay URL schemes: real SMTP, and the development relays.
@@ -148,8 +149,10 @@ class EmailSection(GatewaySection):
     max_connections: int = field(
         default=200, metadata={"doc": "concurrent SMTP connections; more get 421", "check": check_positive}
     )
-    tls_cert: str | None = field(default=None, metadata={"doc": "PEM certificate for STARTTLS"})
-    tls_key: str | None = field(default=None, metadata={"doc": "PEM private key for STARTTLS"})
+    tls_cert: str | None = field(default=None, metadata={"doc": "PEM certificate for STARTTLS, relative to "
+                                                                "the config file", "file": True})
+    tls_key: str | None = field(default=None, metadata={"doc": "PEM private key for STARTTLS, relative to the "
+                                                               "config file", "file": True})
     require_starttls: bool = field(
         default=False, metadata={"doc": "refuse mail transactions before STARTTLS"}
     )
@@ -158,7 +161,8 @@ class EmailSection(GatewaySection):
         metadata={"doc": "AUTH PLAIN/LOGIN user -> password (use ${ENV}); AUTH is off when empty and auth_file unset"},
     )
     auth_file: str | None = field(
-        default=None, metadata={"doc": "file of `user:password` lines, read at start (with auth_users)"}
+        default=None, metadata={"doc": "file of `user:password` lines, read at start (with auth_users); "
+                                       "relative to the config file", "file": True}
     )
     auth_required: bool = field(
         default=False, metadata={"doc": "refuse mail from clients that did not AUTH"}
@@ -194,6 +198,8 @@ class EmailSection(GatewaySection):
         found = []
         if bool(self.tls_cert) != bool(self.tls_key):
             found.append(("tls_cert", "tls_cert and tls_key go together"))
+        elif self.tls_cert and (problem := tls_files_problem(self.tls_cert, self.tls_key)):
+            found.append(("tls_cert", problem))
         if self.require_starttls and not self.tls_cert:
             found.append(("require_starttls", "needs tls_cert and tls_key"))
         if self.auth_required and not (self.auth_users or self.auth_file):

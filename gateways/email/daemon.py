@@ -29,6 +29,7 @@ from gateways.email.protocol import (
     build_outbound,
     failed_message,
     header_subject,
+    refused_author,
     sender_allowed,
     sent_message,
 )
@@ -189,12 +190,13 @@ class EmailGateway(Gateway):
         except OutboundError as exc:
             await self._report(message, failed_message(message, str(exc)))
             return
-        if not sender_allowed(outbound.sender, self.senders) or not sender_allowed(
-                _header_address(message["from"]), self.senders):
+        refused = refused_author(outbound, self.senders)
+        if refused is None and not sender_allowed(_header_address(message["from"]), self.senders):
+            refused = f"sender {message['from']!r} is not allowed (email.senders)"
+        if refused is not None:
             self.runtime.metrics.inc("email_send_failed_total", "email.send not delivered", reason="sender")
-            await self._report(message, failed_message(
-                message, f"sender {message['from']!r} is not allowed (email.senders)",
-                recipients=outbound.recipients))
+            self.log.warning("email.send %s refused: %s", message.get("id"), refused)
+            await self._report(message, failed_message(message, refused, recipients=outbound.recipients))
             return
         backoff = Backoff(section.relay_retry_initial, section.relay_retry_max)
         attempt = 0

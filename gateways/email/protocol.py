@@ -498,12 +498,16 @@ class Outbound:
         recipients: every envelope recipient (to, cc and bcc).
         data: the message, CRLF line endings.
         message_id: its Message-ID.
+        authors: the addresses its author headers name (:data:`AUTHOR_HEADERS`,
+            each checked against ``email.senders``, like ``sender``).
     """
 
     sender: str
     recipients: list[str]
     data: bytes
     message_id: str | None
+    #: Who the message says it is from: the addresses of its author headers (AUTHOR_HEADERS).
+    authors: list[str] = field(default_factory=list)
 
 
 def _single_line(name: str, value: str) -> str:
@@ -537,6 +541,45 @@ def sender_allowed(address: str, allowed: Iterable[str]) -> bool:
     return False
 
 
+#: Headers that say who a message is from, each held to ``email.senders``.
+AUTHOR_HEADERS = ("from", "sender", "resent-from", "resent-sender")
+
+
+def header_authors(raw: bytes) -> list[str]:
+    """The addresses every From, Sender, Resent-From and Resent-Sender header of ``raw`` names, in order.
+
+    A header that names no parseable address yields ``""``, which no sender
+    policy allows: a reader's mail program may still find an address in it.
+
+    Args:
+        raw: an RFC 5322 message (only its header is read).
+    """
+    parsed = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
+    found: list[str] = []
+    for name in AUTHOR_HEADERS:
+        for value in parsed.get_all(name) or []:
+            addresses = [a for _, a in email.utils.getaddresses([decode_header(str(value))])]
+            found.extend(a if "@" in a else "" for a in addresses or [""])
+    return found
+
+
+def refused_author(outbound: Outbound, allowed: Iterable[str]) -> str | None:
+    """Why ``outbound`` may not go out under the ``allowed`` senders, or None.
+
+    The envelope sender and every address of the author headers (From,
+    Sender, Resent-From, Resent-Sender) must be allowed, for a ``raw``
+    message as for a built one.
+    """
+    if not sender_allowed(outbound.sender, allowed):
+        return f"envelope sender {outbound.sender!r} is not allowed (email.senders)"
+    for author in outbound.authors:
+        if not author:
+            return "a From or Sender header names no address (email.senders)"
+        if not sender_allowed(author, allowed):
+            return f"sender {author!r} is not allowed (email.senders)"
+    return None
+
+
 def build_outbound(message: dict[str, Any]) -> Outbound:
     """The relay's envelope and bytes for a valid ``email.send``.
 
@@ -554,7 +597,8 @@ def build_outbound(message: dict[str, Any]) -> Outbound:
         raw = message["raw"]
         parsed = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
         data = re.sub(rb"\r?\n", b"\r\n", raw)
-        return Outbound(sender, recipients, data, parsed.get("message-id"))
+        # The message says who wrote it in its own headers, not in "from": those count.
+        return Outbound(sender, recipients, data, parsed.get("message-id"), header_authors(raw))
     msg = EmailMessage(policy=email.policy.SMTP)
     msg["From"] = sender_header
     if to:
@@ -575,7 +619,10 @@ def build_outbound(message: dict[str, Any]) -> Outbound:
     for name, value in message.get("headers") or []:
         if not re.fullmatch(r"[!-9;-~]+", name):
             raise OutboundError(f"{name!r} is not a header name")
-        msg[name] = _single_line(name, value)
+        try:
+            msg[name] = _single_line(name, value)
+        except ValueError as exc:  # a second From, say: the policy allows one
+            raise OutboundError(f"headers: {exc}") from None
     text, html = message.get("text"), message.get("html")
     if text is not None or html is None:
         msg.set_content(text or "")
@@ -591,7 +638,8 @@ def build_outbound(message: dict[str, Any]) -> Outbound:
         data = msg.as_bytes(policy=email.policy.SMTP)
     except (ValueError, TypeError, UnicodeError) as exc:
         raise OutboundError(f"cannot serialise the message: {exc}") from exc
-    return Outbound(sender, recipients, data, message_id)
+    # Extra headers may name authors too (a Sender, say): judge what goes out.
+    return Outbound(sender, recipients, data, message_id, header_authors(data))
 
 
 def sent_message(send: dict[str, Any], outbound: Outbound, response: str, attempts: int) -> dict[str, Any]:

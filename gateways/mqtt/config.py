@@ -8,7 +8,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
 
-from gateways.core.config import GatewaySection, check_channel_name, check_non_negative, check_positive, check_url
+from gateways.core.config import (
+    GatewaySection,
+    check_channel_name,
+    check_non_negative,
+    check_positive,
+    check_url,
+    tls_files_problem,
+)
 from gateways.mqtt.protocol import PUBLISH, Subscription, filter_problem
 
 VERSIONS = ("3.1.1", "5", "5.0")
@@ -67,10 +74,13 @@ class MqttSection(GatewaySection):
     username: str | None = field(default=None, metadata={"doc": "user name (use ${ENV})"})
     password: str | None = field(default=None, metadata={"doc": "password (use ${ENV})"})
     ca_file: str | None = field(
-        default=None, metadata={"doc": "CA bundle to verify an mqtts:// broker (system CAs when unset)"}
+        default=None, metadata={"doc": "CA bundle to verify an mqtts:// broker (system CAs when unset); "
+                                       "relative to the config file", "file": True}
     )
-    cert_file: str | None = field(default=None, metadata={"doc": "client certificate (PEM) for mqtts://"})
-    key_file: str | None = field(default=None, metadata={"doc": "client certificate's key (PEM) for mqtts://"})
+    cert_file: str | None = field(default=None, metadata={"doc": "client certificate (PEM) for mqtts://; "
+                                                                 "relative to the config file", "file": True})
+    key_file: str | None = field(default=None, metadata={"doc": "client certificate's key (PEM) for mqtts://; "
+                                                                "relative to the config file", "file": True})
     version: str = field(default="5", metadata={"doc": "MQTT version: 3.1.1 or 5", "check": _check_version})
     keepalive: int = field(
         default=60, metadata={"doc": "seconds between keepalive pings", "check": check_positive}
@@ -127,6 +137,8 @@ class MqttSection(GatewaySection):
             out.append((tls_files[0], "TLS files need an mqtts:// broker"))
         if self.key_file and not self.cert_file:
             out.append(("key_file", "a key needs cert_file"))
+        elif problem := tls_files_problem(self.cert_file, self.key_file, self.ca_file):
+            out.append(("cert_file" if self.cert_file else "ca_file", problem))
         if self.password is not None and self.username is None:
             out.append(("password", "a password needs a username"))
         if self.version == "3.1.1" and any(s.filter.startswith("$share/") for s in self.subscriptions):

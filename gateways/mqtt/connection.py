@@ -230,19 +230,29 @@ class BrokerConnection:
 
     async def _take(self, client: ManualAckClient, delivery: Delivery) -> None:
         self.metrics.inc("mqtt_received_total", "messages received from the broker", qos=str(delivery.qos))
-        received = Received(delivery.topic, delivery.payload, delivery.qos, delivery.retain, delivery.dup,
-                            from_paho(delivery.properties))
-        subscription = self.route(delivery.topic)
+        mid, qos = delivery.mid, delivery.qos
+        try:
+            received = Received(delivery.topic, delivery.payload, delivery.qos, delivery.retain, delivery.dup,
+                                from_paho(delivery.properties))
+            subscription = self.route(delivery.topic)
+            channel, message = inbound_message(received, subscription, self.section.send_channel)
+        except Exception:  # noqa: BLE001 - a bug of the translation must not end the link
+            # Left unacknowledged, the broker would hand the same message over
+            # after every reconnect: acknowledge it (out of turn; a broker accepts that).
+            self.metrics.inc("mqtt_untranslatable_total", "received messages the gateway could not translate")
+            self.log.exception("message on %r could not be translated; acknowledged and dropped",
+                               delivery.topic)
+            if qos > 0:
+                client.ack(mid, qos)
+            return
         if subscription is None:
             self.metrics.inc("mqtt_unrouted_total", "messages no known subscription matched")
             self.log.warning("message on %r matches no subscription of this gateway (one the broker kept "
                              "in the session?): sent to the default channel", delivery.topic)
-        channel, message = inbound_message(received, subscription, self.section.send_channel)
         if message["type"] != "mqtt.publish":
             self.metrics.inc("mqtt_undecodable_total", "payloads that did not decode")
             self.log.warning("payload on %r did not decode (%s): sent as mqtt.undecodable", delivery.topic,
                              message.get("error"))
-        mid, qos = delivery.mid, delivery.qos
         await self.pipeline.put(delivery.topic, channel, message, qos, lambda: client.ack(mid, qos), client)
 
     # -- consumers' requests -------------------------------------------------

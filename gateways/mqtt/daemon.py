@@ -51,6 +51,7 @@ class MqttGateway(Gateway):
         self.connection = BrokerConnection(section, self.pipeline, self.requests, self._report_pending, self.log,
                                            runtime.metrics)
         self._task: asyncio.Task | None = None
+        self._queueing = asyncio.Lock()
 
     # -- what `gateway up` asks ----------------------------------------------
 
@@ -112,12 +113,24 @@ class MqttGateway(Gateway):
             sub = request.subscription
             if sub.qos > sub.granted_qos:
                 self.log.warning("mqtt.subscribe %r asks for QoS 2: served at QoS 1", sub.filter)
-        if not self.requests.put(Pending(message, request)):
-            self.runtime.metrics.inc("mqtt_outage_queue_full_total", "requests refused: outage queue full")
-            self.log.warning("%s refused: %d requests already wait for the broker", message["type"],
-                             self.requests.maxsize)
-            await self._report(message, False,
-                               f"broker unreachable and {self.requests.maxsize} requests already wait")
+        pending = Pending(message, request)
+        # Requests queue in arrival order: one that must wait for room holds the
+        # lock, and those behind it wait their turn (a free lock is taken at once).
+        async with self._queueing:
+            while not self.requests.put(pending):
+                if self.connection.connected.is_set():
+                    # Connected, the queue drains as fast as the broker answers: wait
+                    # for room (the receive loop, and so the layer, hold the rest)
+                    # rather than refuse a burst. Checked again now and then, in case
+                    # the link drops meanwhile.
+                    await self.requests.room(0.5)
+                    continue
+                self.runtime.metrics.inc("mqtt_outage_queue_full_total", "requests refused: outage queue full")
+                self.log.warning("%s refused: broker unreachable and %d requests already wait for it "
+                                 "(mqtt.outage_queue)", message["type"], self.requests.maxsize)
+                await self._report(message, False, f"broker unreachable and {self.requests.maxsize} requests "
+                                   "already wait for it (mqtt.outage_queue)")
+                return
 
     async def handle_invalid(self, channel: str, message: Any, problem: str) -> None:
         """Tell the sender, when it gave a reply_channel, why its message was rejected."""

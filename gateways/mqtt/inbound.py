@@ -198,8 +198,8 @@ class HandoffPipeline:
                 self._refused(waiting[0], exc)
                 await backoff.wait()
                 continue
-            except InvalidMessage:
-                # Checked before anything was sent: find the invalid ones one at a time.
+            except Exception:  # noqa: BLE001 - InvalidMessage, or a message the layer cannot serialize
+                # Nothing was sent (checked or serialized first): find the bad ones one at a time.
                 for entry in waiting:
                     if not entry.abandoned:
                         await self._handoff(entry)
@@ -242,6 +242,12 @@ class HandoffPipeline:
                 # A bug of the translation, not a state that retrying can fix.
                 self.metrics.inc("mqtt_handoff_invalid_total", "received messages the schema rejected")
                 self.log.error("message from %r does not match the spec, not handed off: %s", entry.topic, exc)
+            except Exception as exc:  # noqa: BLE001 - e.g. the layer cannot serialize it
+                # Retrying cannot help either, and an exception here would end the
+                # topic's lane with the message neither handed off nor acknowledged.
+                self.metrics.inc("mqtt_handoff_invalid_total", "received messages the schema rejected")
+                self.log.error("message from %r could not be handed off, dropped: %s: %s", entry.topic,
+                               type(exc).__name__, exc)
             entry.handed = True
             self._accepted()
             return

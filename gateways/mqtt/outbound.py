@@ -39,6 +39,7 @@ class RequestQueue:
         self.maxsize = maxsize
         self._items: collections.deque[Pending] = collections.deque()
         self._ready = asyncio.Event()
+        self._room = asyncio.Event()
         self._seq = 0
 
     def __len__(self) -> int:
@@ -61,11 +62,20 @@ class RequestQueue:
         if self._items:
             self._ready.set()
 
+    async def room(self, timeout: float) -> None:
+        """Wait until a request was taken out (there may be room now), at most ``timeout`` seconds."""
+        self._room.clear()
+        try:
+            await asyncio.wait_for(self._room.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
     async def get(self) -> Pending:
         """The oldest request, waiting for one."""
         while not self._items:
             self._ready.clear()
             await self._ready.wait()
+        self._room.set()
         return self._items.popleft()
 
     def take_all(self) -> list[Pending]:

@@ -175,6 +175,11 @@ class Received:
 def decode_payload(payload: bytes, decode: Decode) -> Any:
     """The payload as the subscription asks; raises ValueError naming the problem.
 
+    Any failure to decode is a ValueError, whatever the decoder raised: a
+    payload is input from anyone who may publish, and one that breaks the
+    decoder some other way (JSON nested thousands deep exhausts the
+    recursion limit) must become ``mqtt.undecodable`` like any other.
+
     Args:
         payload: the raw payload.
         decode: ``bytes``, ``text`` or ``json``.
@@ -191,6 +196,10 @@ def decode_payload(payload: bytes, decode: Decode) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"payload is not JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError("payload is JSON nested too deep to decode") from None
+    except Exception as exc:  # noqa: BLE001 - MemoryError and whatever else: still one bad payload
+        raise ValueError(f"payload did not decode: {type(exc).__name__}: {exc}") from None
 
 
 def new_id() -> str:

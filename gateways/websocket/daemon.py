@@ -257,7 +257,7 @@ class WebSocketGateway(Gateway):
                 live.sender.cancel()
                 await asyncio.gather(live.sender, return_exceptions=True)
             self.metrics.add("connections_open", -1, "open WebSocket connections")
-            await self._disconnected(live, socket.close_code or 1006, socket.close_reason or "")
+            await self._disconnected(live, *_closed_with(socket))
 
     def _lost_before_open(self, live: _Live) -> None:
         if not live.served and self.live.get(live.conn.reply_channel) is live:
@@ -349,7 +349,19 @@ class WebSocketGateway(Gateway):
             self._close_now(live, CLOSE_POLICY, "invalid message from the application")
 
     def _close_now(self, live: _Live, code: int, reason: str) -> None:
+        """Close with ``code`` now, ahead of the replies queued (which are dropped).
+
+        The sender task may be stuck writing to a client that does not read:
+        it is cancelled, so the close frame goes out at once, behind whatever
+        the transport holds already. A client that reads again within the
+        close timeout gets it; one that never does is cut off then, and the
+        consumer's ``websocket.disconnect`` still says ``code`` (see
+        :func:`_closed_with`).
+        """
         live.conn.phase = Phase.CLOSED
+        live.queue.clear()
+        if live.sender is not None:
+            live.sender.cancel()
         if live.socket is not None:
             self.runtime.spawn(live.socket.close(code, reason), "close")
 
@@ -400,3 +412,18 @@ class WebSocketGateway(Gateway):
                 except Exception as exc:
                     self.log.warning("refreshing group %s failed: %s", group, exc)
                     return
+
+
+def _closed_with(socket: ServerConnection) -> tuple[int, str]:
+    """The close code and reason of a closed connection, for ``websocket.disconnect``.
+
+    The client's close frame when one came; else the one the gateway sent (a
+    client closed 1013 for not reading never answers it, and websockets then
+    reports 1006, though the gateway chose the code); else 1006: the
+    connection dropped without either.
+    """
+    protocol = socket.protocol
+    for frame in (protocol.close_rcvd, protocol.close_sent):
+        if frame is not None:
+            return int(frame.code), frame.reason
+    return 1006, ""

@@ -251,6 +251,47 @@ async def test_disallowed_sender_and_invalid_send_are_reported(stack, layer):
     assert stack["gateway"].proc.poll() is None
 
 
+@pytest.mark.parametrize("header", [b"From: The CEO <ceo@bank.test>", b"Sender: ceo@bank.test",
+                                    b"From: a@demo.local, ceo@bank.test", b"From: nobody"])
+async def test_raw_send_is_held_to_the_sender_policy_by_its_own_headers(stack, layer, header):
+    raw = (b"From: a@demo.local\r\n" if not header.startswith(b"From") else b"") + header + \
+        b"\r\nTo: you@example.test\r\nSubject: wire transfer\r\n\r\npay now\r\n"
+    before = len(stack["relay"].handler.messages)
+    await layer.send("email.send", {"type": "email.send", "id": "spoof", "reply_channel": "test.outcome",
+                                    "from": "a@demo.local", "to": "you@example.test", "raw": raw})
+    failed = await layer.receive("test.outcome")
+    assert SCHEMA.problem(failed) is None
+    assert failed["type"] == "email.failed" and failed["permanent"], failed
+    assert "email.senders" in failed["error"]
+    assert ("ceo@bank.test" in failed["error"]) if b"ceo" in header else ("no address" in failed["error"])
+    # A permitted raw message still goes out, after the refused one: nothing of that reached the relay.
+    allowed = b"From: Ops <ops@example.test>\r\nSender: a@demo.local\r\nTo: you@example.test\r\n\r\nhi\r\n"
+    await layer.send("email.send", {"type": "email.send", "id": "fine", "reply_channel": "test.outcome",
+                                    "from": "a@demo.local", "to": "you@example.test", "raw": allowed})
+    sent = await layer.receive("test.outcome")
+    assert sent["type"] == "email.sent", sent
+    delivered = stack["relay"].handler.wait_for(before + 1)
+    assert [m["data"] for m in delivered[before:]] == [allowed]
+    assert stack["gateway"].proc.poll() is None
+
+
+@pytest.mark.parametrize("headers, error", [
+    ([["Sender", "ceo@bank.test"]], "'ceo@bank.test' is not allowed"),
+    ([["Resent-From", "CEO <ceo@bank.test>"]], "'ceo@bank.test' is not allowed"),
+    ([["From", "ceo@bank.test"]], "at most 1 From"),
+])
+async def test_extra_headers_cannot_name_another_author(stack, layer, headers, error):
+    before = len(stack["relay"].handler.messages)
+    await layer.send("email.send", {"type": "email.send", "id": "extra", "reply_channel": "test.outcome",
+                                    "from": "a@demo.local", "to": "you@example.test", "text": "x",
+                                    "headers": headers})
+    failed = await layer.receive("test.outcome")
+    assert SCHEMA.problem(failed) is None
+    assert failed["type"] == "email.failed" and failed["permanent"] and error in failed["error"], failed
+    assert len(stack["relay"].handler.messages) == before
+    assert stack["gateway"].proc.poll() is None
+
+
 async def test_spool_that_cannot_grow_gets_451_and_loses_nothing(redis_server, tmp_path):
     # The active spool segment is zero-filled ahead, so a disk that refuses new files
     # (full, read-only) stops mail only when a new segment is needed: here, for a

@@ -84,6 +84,7 @@ def test_decoding(decode, payload, value):
 
 @pytest.mark.parametrize("decode, payload, error", [
     ("text", b"\xff\xfe", "not UTF-8"), ("json", b"{nope", "not JSON"), ("json", b"\xff", "not UTF-8"),
+    ("json", b"[" * 5000 + b"]" * 5000, "nested too deep"),
 ])
 def test_undecodable_payload_arrives_raw_with_the_reason(decode, payload, error):
     _, message = p.inbound_message(Received("t", payload, qos=1), Subscription("t", decode=decode), "mqtt.send")
