@@ -78,20 +78,23 @@ def run_worker(config: Config, channels: list[str]) -> int:
     concurrency = config.django.concurrency if config.django else 64
     parallel_sync = config.django.parallel_sync if config.django else False
     worker = ConcurrentWorker(get_default_application(), channels, get_channel_layer(), concurrency,
-                              parallel_sync=parallel_sync, reply_layer=reply_layer(config))
+                              parallel_sync=parallel_sync, gateway_layer=gateway_layer(config))
     log.info("Running worker for channels %s (%d at once per channel; sync handlers %s)", channels,
              concurrency, "in parallel, a thread per lane" if parallel_sync else "on one thread")
     return eventloop.run(worker.run())
 
 
-def reply_layer(config: Config) -> Any | None:
-    """The layer per-connection instances answer the gateway through: the YAML's
-    (``None`` when it names no server, or an in-process one).
+def gateway_layer(config: Config) -> Any | None:
+    """The layer the YAML describes, which the worker takes messages off and
+    per-connection instances answer the gateway through (``None`` when the YAML
+    names no server, or an in-process one: then the project's layer does both).
 
-    A project written for Daphne keeps its own ``CHANNEL_LAYERS`` (often
-    channels_redis with its default capacity of 100); replies to the gateway
-    all go to the gateway's one process channel and need the room the YAML
-    gives reply channels (``layer.reply_capacity``).
+    A project written for Daphne keeps its own ``CHANNEL_LAYERS`` for what its
+    consumers do (channel names, groups), often channels_redis with one
+    message per round trip and a capacity of 100; the worker's own traffic
+    needs the batched layer's round trips and the room the YAML gives reply
+    channels (``layer.reply_capacity``): all replies go to the gateway's one
+    process channel. Both layers read and write the same Redis data.
     """
     from dataclasses import replace
 
@@ -238,18 +241,18 @@ class ConcurrentWorker:
         concurrency: messages handled at once per channel.
         parallel_sync: sync handlers of different conversations run in parallel
             threads (a thread per lane) instead of on the one thread-sensitive thread.
-        reply_layer: the layer per-connection instances send their replies
-            through (default: ``channel_layer``).
+        gateway_layer: the layer messages are taken off and per-connection
+            instances reply through (default: ``channel_layer``).
     """
 
     def __init__(self, application: Any, channels: list[str], channel_layer: Any, concurrency: int = 64,
-                 parallel_sync: bool = False, reply_layer: Any | None = None) -> None:
+                 parallel_sync: bool = False, gateway_layer: Any | None = None) -> None:
         if channel_layer is None:
             raise ValueError("the worker needs a channel layer (CHANNEL_LAYERS is not set)")
         self.application = application
         self.channels = channels
         self.layer = channel_layer
-        self.reply_layer = reply_layer if reply_layer is not None else channel_layer
+        self.transport = gateway_layer if gateway_layer is not None else channel_layer
         self.concurrency = concurrency
         self.parallel_sync = parallel_sync
         self.lanes: dict[str, ChannelLanes] = {}
@@ -267,7 +270,7 @@ class ConcurrentWorker:
                                                self.concurrency, parallel_sync=self.parallel_sync)
             routed = channel_application(self.application, channel)
             if routed is not None and hosts_connections(consumer):
-                self.hosts[channel] = AsgiHost(channel, routed, self.reply_layer, limit=4 * self.concurrency)
+                self.hosts[channel] = AsgiHost(channel, routed, self.transport, limit=4 * self.concurrency)
                 log.info("%s: %s gets an instance per connection", channel,
                          getattr(consumer, "__name__", None) or type(routed).__name__)
 
@@ -321,7 +324,7 @@ class ConcurrentWorker:
             self._idle_listeners.add(me)
             try:
                 try:
-                    message = await self.layer.receive(channel)
+                    message = await self.transport.receive(channel)
                 except LAYER_ERRORS as exc:
                     log.warning("receiving on %s failed (%s: %s); retrying", channel, type(exc).__name__, exc)
                     await backoff.wait()
@@ -358,11 +361,11 @@ class ConcurrentWorker:
         """Handle what was taken off the layer within ``grace`` seconds; close."""
 
         async def finish() -> None:
-            stop_fetching = getattr(self.layer, "stop_fetching", None)
+            stop_fetching = getattr(self.transport, "stop_fetching", None)
             if stop_fetching is not None:
                 await stop_fetching()
                 for channel, lanes in self.lanes.items():
-                    for _target, message in self.layer.take_buffered(channel):
+                    for _target, message in self.transport.take_buffered(channel):
                         await self._submit(lanes, message)
             await asyncio.gather(*(lanes.idle() for lanes in self.lanes.values()),
                                  *(host.idle() for host in self.hosts.values()))
@@ -381,7 +384,7 @@ class ConcurrentWorker:
         for channel, host in self.hosts.items():
             totals[channel] = {**totals[channel], **{f"connection {k}": v for k, v in host.stats.items()}}
         log.info("worker stopped: %s", totals)
-        for layer in {id(self.layer): self.layer, id(self.reply_layer): self.reply_layer}.values():
+        for layer in {id(self.layer): self.layer, id(self.transport): self.transport}.values():
             close = getattr(layer, "close_pools", None)
             if close is not None:
                 try:

@@ -4,7 +4,8 @@ The project in ``project/`` is the Channels tutorial's chat (rooms from the
 URL, ``group_add`` in connect, ``group_send`` in receive, a ``chat_message``
 handler) plus a few consumers of each stock class, served by
 ``AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(...)))`` with
-channels_redis's own layer in its settings. Real redis-server, real
+channels_redis's own layer class in its settings (and again with
+``GatewayRedisChannelLayer``, the class docs/daphne.md recommends). Real redis-server, real
 ``gateway websocket``, real ``gateway worker``, real websockets clients.
 """
 
@@ -32,9 +33,10 @@ PROJECT = Path(__file__).resolve().parent / "project"
 ORIGIN = "http://good.example"
 
 
-def project_env(redis_url: str, prefix: str, database: Path) -> dict[str, str]:
+def project_env(redis_url: str, prefix: str, database: Path, backend: str) -> dict[str, str]:
     """What the project's settings read: the Redis and key prefix the YAML names too."""
     return {"CHAT_REDIS_URL": redis_url, "CHAT_LAYER_PREFIX": prefix, "CHAT_DATABASE": str(database),
+            "CHAT_LAYER_BACKEND": backend,
             "DJANGO_SETTINGS_MODULE": "mysite.settings",
             "PYTHONPATH": os.pathsep.join([str(PROJECT), os.environ.get("PYTHONPATH", "")])}
 
@@ -69,8 +71,10 @@ def start_worker(config: Path, env: dict[str, str]) -> Daemon:
     return worker
 
 
-@pytest.fixture(scope="module")
-def stack(redis_server, tmp_path_factory):
+@pytest.fixture(scope="module", params=["channels_redis.core.RedisChannelLayer",
+                                        "gateways.core.layer.GatewayRedisChannelLayer"],
+                ids=["channels_redis", "gateway_layer"])
+def stack(request, redis_server, tmp_path_factory):
     directory = tmp_path_factory.mktemp("stock")
     prefix = f"st{uuid.uuid4().hex[:8]}"
     port = free_port()
@@ -87,7 +91,7 @@ def stack(redis_server, tmp_path_factory):
             "routes": [{"path": "^/ws/.*$", "channel": "websocket.app"}],
         },
     }))
-    env = project_env(redis_server.url, prefix, directory / "db.sqlite3")
+    env = project_env(redis_server.url, prefix, directory / "db.sqlite3", request.param)
     session_key = prepare_database(env)
     gateway = listening_gateway("websocket", config, port)
     worker = start_worker(config, env)

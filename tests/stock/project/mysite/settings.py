@@ -1,7 +1,9 @@
 """Settings of a Channels project as the Channels tutorial writes it, for Daphne.
 
-Nothing here knows about the gateways: the channel layer is channels_redis's
-own, on the Redis and key prefix the gateway YAML names too.
+Nothing here knows about the gateways: the channel layer is channels_redis's,
+on the Redis and key prefix the gateway YAML names too. The tests run it with
+channels_redis's own class and with ``GatewayRedisChannelLayer`` (the same
+layer with redis-py 8's idle-receive timeout fixed), via ``CHAT_LAYER_BACKEND``.
 """
 
 import os
@@ -33,7 +35,7 @@ USE_TZ = True
 
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "BACKEND": os.environ.get("CHAT_LAYER_BACKEND", "channels_redis.core.RedisChannelLayer"),
         "CONFIG": {
             "hosts": [os.environ.get("CHAT_REDIS_URL", "redis://127.0.0.1:6379/0")],
             "prefix": os.environ.get("CHAT_LAYER_PREFIX", "asgi"),
