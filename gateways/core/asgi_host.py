@@ -48,6 +48,13 @@ log = logging.getLogger("gateway.worker")
 #: Connections whose instance ended, remembered to drop their late messages.
 ENDED_REMEMBERED = 50_000
 
+#: Seconds an instance may take to end after it took its connection's last
+#: message; then it is cancelled and forgotten (Daphne's application_close_timeout
+#: is 10). Channels' consumers end by cancelling their channel-layer receive, and
+#: channels_redis on redis-py 8 occasionally loses that cancellation, leaving the
+#: receive blocked for good; the connection must not hold the worker's drain.
+END_TIMEOUT = 5.0
+
 
 class AsgiAdapter(Protocol):
     """What :class:`AsgiHost` needs of a protocol (``consumers.asgi_<protocol>``)."""
@@ -103,6 +110,7 @@ class _Instance:
         self.end_taken = False
         self.stopping_after_end = False
         self.failed = False
+        self.over = False
         self.task: asyncio.Task | None = None
 
     def run(self, application: Any) -> None:
@@ -147,7 +155,18 @@ class _Instance:
         self.current = message
         if self.adapter.ends(message):
             self.end_taken = True
+            asyncio.get_running_loop().call_later(END_TIMEOUT, self._end_overdue)
         return self.adapter.event(message)
+
+    def _end_overdue(self) -> None:
+        if self.over or self.task is None or self.task.done():
+            return
+        self.host.stats["end_overdue"] += 1
+        log.warning("application on %s did not end within %ss of the end of connection %s; cancelled",
+                    self.host.channel, END_TIMEOUT, self.key)
+        self.stopping_after_end = True
+        self.task.cancel()
+        self.host._ended(self)
 
     async def send(self, event: dict[str, Any]) -> None:
         """The instance's ASGI ``send``: a message on the connection's reply channel.
@@ -245,6 +264,9 @@ class AsgiHost:
 
     def _ended(self, instance: _Instance) -> None:
         """An instance is over: forget it, drop what it left, remember its connection."""
+        if instance.over:
+            return
+        instance.over = True
         if self.instances.get(instance.key) is instance:
             del self.instances[instance.key]
         self.ended[instance.key] = None
@@ -263,13 +285,28 @@ class AsgiHost:
                 instance.queue.get_nowait()
             self._message_done(left)
 
+    def pending(self, most: int = 5) -> list[str]:
+        """What holds messages in flight (for the log of a worker that cannot drain)."""
+        found = []
+        for instance in self.instances.values():
+            if instance.current is not None or not instance.queue.empty():
+                what = describe(instance.current) if instance.current is not None else "nothing yet"
+                found.append(f"connection {instance.key}: handling {what}, {instance.queue.qsize()} queued")
+                if len(found) >= most:
+                    break
+        return found
+
     async def idle(self) -> None:
         """Wait until every submitted message was handled."""
         await self._idle.wait()
 
     async def close(self) -> None:
-        """End every instance (the worker is stopping)."""
+        """End every instance (the worker is stopping); wait at most :data:`END_TIMEOUT`
+        for them, since an instance can swallow its cancellation (see there)."""
         tasks = [i.task for i in self.instances.values() if i.task is not None]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _done, stuck = await asyncio.wait(tasks, timeout=END_TIMEOUT)
+            if stuck:
+                log.warning("%d application instance(s) on %s did not end when cancelled", len(stuck), self.channel)

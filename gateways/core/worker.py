@@ -375,6 +375,9 @@ class ConcurrentWorker:
         except asyncio.TimeoutError:
             left = sum(lanes.inflight for lanes in self.lanes.values())
             left += sum(host.inflight for host in self.hosts.values())
+            for host in self.hosts.values():
+                for line in host.pending():
+                    log.warning("still in flight on %s: %s", host.channel, line)
             log.warning("grace period of %ss over; exiting with %d message(s) unhandled", GRACE_PERIOD, left)
         for lanes in self.lanes.values():
             await lanes.close()

@@ -224,3 +224,52 @@ async def test_the_limit_holds_back_the_listener(layer):
     await asyncio.wait_for(blocked, 5)
     await asyncio.wait_for(host.idle(), 5)
     await host.close()
+
+
+async def test_an_instance_that_swallows_its_cancellation_is_forgotten(layer, monkeypatch):
+    """channels_redis on redis-py 8 can lose the cancellation of a consumer's
+    layer receive; such an instance must not hold the worker's drain forever."""
+    from gateways.core import asgi_host
+
+    monkeypatch.setattr(asgi_host, "END_TIMEOUT", 0.2)
+    release = asyncio.Event()
+
+    async def stubborn(scope, receive, send):
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                pass
+
+    host = AsgiHost("websocket.app", stubborn, layer)
+    reply = await layer.new_channel()
+    await host.submit(connect_message(reply))
+    await host.submit(disconnect_message(reply, 1))
+    await asyncio.wait_for(host.idle(), 5)
+    assert host.stats["end_overdue"] == 1 and not host.instances
+    # A late message for the connection is dropped, not given a new instance.
+    await host.submit(receive_message(reply, 2, "late"))
+    assert host.stats["dropped"] == 1 and not host.instances
+    release.set()
+
+
+async def test_close_does_not_wait_forever_for_a_stubborn_instance(layer, monkeypatch):
+    from gateways.core import asgi_host
+
+    monkeypatch.setattr(asgi_host, "END_TIMEOUT", 0.2)
+    release = asyncio.Event()
+
+    async def stubborn(scope, receive, send):
+        await receive()
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                pass
+
+    host = AsgiHost("websocket.app", stubborn, layer)
+    await host.submit(connect_message(await layer.new_channel()))
+    await asyncio.wait_for(host.close(), 5)
+    release.set()
