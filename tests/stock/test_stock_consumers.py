@@ -123,6 +123,16 @@ def group_size(stack, group: str) -> int:
     return redis.Redis.from_url(stack["redis"].url).zcard(f"{stack['prefix']}:group:{group}")
 
 
+def group_send_elsewhere(stack, group: str, message: dict) -> None:
+    """``channel_layer.group_send`` in another process, as a view does, with the project's layer."""
+    script = ("import asyncio, sys, json, django; django.setup()\n"
+              "from channels.layers import get_channel_layer\n"
+              "asyncio.run(get_channel_layer().group_send(sys.argv[1], json.loads(sys.argv[2])))\n")
+    done = subprocess.run([PYTHON, "-c", script, group, json.dumps(message)], env={**os.environ, **stack["env"]},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
 async def test_tutorial_chat_rooms_broadcast_to_their_members_only(stack):
     async with connect(stack, "/ws/chat/lobby/") as alice, connect(stack, "/ws/chat/lobby/") as bob, \
             connect(stack, "/ws/chat/other/") as carol:
@@ -141,13 +151,7 @@ async def test_tutorial_chat_rooms_broadcast_to_their_members_only(stack):
 async def test_group_send_from_another_process_reaches_the_room(stack):
     """What a view does: ``channel_layer.group_send`` with the project's own layer."""
     async with connect(stack, "/ws/chat/news/") as alice, connect(stack, "/ws/chat/news/") as bob:
-        script = ("import asyncio, django; django.setup()\n"
-                  "from channels.layers import get_channel_layer\n"
-                  "asyncio.run(get_channel_layer().group_send('chat_news', "
-                  "{'type': 'chat.message', 'message': 'from a view'}))\n")
-        done = subprocess.run([PYTHON, "-c", script], env={**os.environ, **stack["env"]}, capture_output=True,
-                              text=True, timeout=60)
-        assert done.returncode == 0, done.stderr
+        group_send_elsewhere(stack, "chat_news", {"type": "chat.message", "message": "from a view"})
         assert await recv_json(alice) == {"message": "from a view"}
         assert await recv_json(bob) == {"message": "from a view"}
 
@@ -228,12 +232,7 @@ async def test_sync_consumers_and_their_group_handlers(stack):
         assert await asyncio.wait_for(sync_ws.recv(), 10) == b"\x00\xff"
         await json_ws.send(json.dumps({"n": 21}))
         assert await recv_json(json_ws) == {"doubled": 42}
-        script = ("import asyncio, django; django.setup()\n"
-                  "from channels.layers import get_channel_layer\n"
-                  "asyncio.run(get_channel_layer().group_send('sync_echo', {'type': 'echo.announce', 'text': 'hi'}))\n")
-        done = subprocess.run([PYTHON, "-c", script], env={**os.environ, **stack["env"]}, capture_output=True,
-                              text=True, timeout=60)
-        assert done.returncode == 0, done.stderr
+        group_send_elsewhere(stack, "sync_echo", {"type": "echo.announce", "text": "hi"})
         assert await asyncio.wait_for(sync_ws.recv(), 10) == "announced: hi"
 
 
@@ -261,3 +260,19 @@ async def test_a_restarted_worker_recreates_the_instance_with_the_same_user(stac
                                            "session_color": "green"}
         assert (await recv_json(ws))["said"] == "still me?"
     assert "a new one handles a connect first" in stack["worker"].log()
+
+
+async def test_a_gateway_kept_group_reaches_the_socket_across_a_worker_restart(stack):
+    """A stock consumer may ask the gateway to keep its connection in a group
+    (``websocket.group_add`` through ``send``): broadcasts of ``websocket.send``
+    go straight to the socket, even while no instance exists for it."""
+    async with connect(stack, "/ws/news/") as ws:
+        await until(lambda: group_size(stack, "news") == 1)
+        group_send_elsewhere(stack, "news", {"type": "websocket.send", "text": "breaking"})
+        assert await asyncio.wait_for(ws.recv(), 10) == "breaking"
+        assert stack["worker"].stop() == 0
+        group_send_elsewhere(stack, "news", {"type": "websocket.send", "text": "while no worker runs"})
+        assert await asyncio.wait_for(ws.recv(), 10) == "while no worker runs"
+        stack["worker"] = start_worker(stack["config"], stack["env"])
+    # The gateway leaves the group when the socket closes.
+    await until(lambda: group_size(stack, "news") == 0)

@@ -6,6 +6,7 @@ from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import (
     AsyncJsonWebsocketConsumer,
+    AsyncWebsocketConsumer,
     JsonWebsocketConsumer,
     WebsocketConsumer,
 )
@@ -101,3 +102,13 @@ class PlainConsumer(AsyncConsumer):
 
     async def websocket_disconnect(self, message):
         raise StopConsumer()
+
+
+class NewsConsumer(AsyncWebsocketConsumer):
+    """Puts its connection in a group the gateway keeps (not the instance's channel):
+    a broadcast to it reaches the socket without waking any consumer, and the
+    membership outlives the instance (a worker restart) until the socket closes."""
+
+    async def connect(self):
+        await self.accept()
+        await self.base_send({"type": "websocket.group_add", "group": "news"})

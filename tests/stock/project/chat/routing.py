@@ -10,4 +10,5 @@ websocket_urlpatterns = [
     re_path(r"ws/sync/$", other_consumers.SyncEchoConsumer.as_asgi()),
     re_path(r"ws/syncjson/$", other_consumers.SyncJsonConsumer.as_asgi()),
     re_path(r"ws/plain/$", other_consumers.PlainConsumer.as_asgi()),
+    re_path(r"ws/news/$", other_consumers.NewsConsumer.as_asgi()),
 ]
