@@ -273,3 +273,45 @@ async def test_close_does_not_wait_forever_for_a_stubborn_instance(layer, monkey
     await host.submit(connect_message(await layer.new_channel()))
     await asyncio.wait_for(host.close(), 5)
     release.set()
+
+
+# -- the worker's choice per channel and per message ---------------------------------
+
+
+SEEN: list[tuple[str, str]] = []
+
+
+class Mixed(AsyncWebsocketConsumer):
+    """A stock consumer on a channel that also gets worker-channel messages."""
+
+    async def connect(self):
+        SEEN.append((self.scope["type"], "connect"))
+        await self.accept()
+
+    async def job_run(self, message):
+        SEEN.append((self.scope["type"], "job"))
+
+
+async def test_the_worker_hosts_connections_and_sends_other_messages_to_lanes():
+    from channels.layers import get_channel_layer
+    from channels.routing import ChannelNameRouter, ProtocolTypeRouter
+
+    from consumers.websocket import WebSocketConsumer
+    from gateways.core.worker import ConcurrentWorker
+
+    layer = get_channel_layer()  # the test settings' in-memory layer: instances use it too
+    app = ProtocolTypeRouter({"channel": ChannelNameRouter({"mixed": Mixed.as_asgi(),
+                                                            "gateway": WebSocketConsumer.as_asgi()})})
+    worker = ConcurrentWorker(app, ["mixed", "gateway"], layer, concurrency=4)
+    worker._make_lanes()
+    assert set(worker.hosts) == {"mixed"}
+    SEEN.clear()
+    reply = await layer.new_channel()
+    await worker._submit(worker.lanes["mixed"], {"type": "job.run"})
+    await worker._submit(worker.lanes["mixed"], connect_message(reply))
+    (accept,) = await replies(layer, reply, 1)
+    assert accept["type"] == "websocket.accept"
+    await asyncio.wait_for(asyncio.gather(worker.lanes["mixed"].idle(), worker.hosts["mixed"].idle()), 5)
+    assert sorted(SEEN) == [("channel", "job"), ("websocket", "connect")]
+    await worker.lanes["mixed"].close()
+    await worker.hosts["mixed"].close()
