@@ -81,7 +81,7 @@ def scope(message: dict[str, Any]) -> dict[str, Any]:
         "type": "websocket",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
         "http_version": "1.1",
-        "scheme": message.get("scheme", "ws"),
+        "scheme": message.get("scheme") or kept.get("scheme", "ws"),
         "path": path,
         "raw_path": quote(path, safe="/:@!$&'()*+,;=~").encode("ascii"),
         "query_string": bytes(query_string),
@@ -129,6 +129,8 @@ def handshake_state(connect: dict[str, Any]) -> dict[str, Any]:
         kept["query_string"] = bytes(connect["query_string"])
     if connect.get("subprotocols"):
         kept["subprotocols"] = list(connect["subprotocols"])
+    if connect.get("scheme", "ws") != "ws":
+        kept["scheme"] = connect["scheme"]
     return kept
 
 

@@ -315,3 +315,10 @@ async def test_the_worker_hosts_connections_and_sends_other_messages_to_lanes():
     assert sorted(SEEN) == [("channel", "job"), ("websocket", "connect")]
     await worker.lanes["mixed"].close()
     await worker.hosts["mixed"].close()
+
+
+def test_a_recreated_scope_keeps_wss():
+    start = connect_message("specific.g!1", scheme="wss")
+    state = asgi_websocket.reply({"type": "websocket.accept"}, start)["state"]
+    assert asgi_websocket.scope(receive_message("specific.g!1", 1, "x", state))["scheme"] == "wss"
+    assert asgi_websocket.scope(receive_message("specific.g!1", 1, "x"))["scheme"] == "ws"
