@@ -31,7 +31,7 @@ import signal
 import sys
 from typing import Any, Hashable
 
-from gateways.core import eventloop, registry
+from gateways.core import eventloop, oldconnections, registry
 from gateways.core.asgi_host import AsgiHost
 from gateways.core.backoff import Backoff
 from gateways.core.config import Config
@@ -273,6 +273,9 @@ class ConcurrentWorker:
                 self.hosts[channel] = AsgiHost(channel, routed, self.transport, limit=4 * self.concurrency)
                 log.info("%s: %s gets an instance per connection", channel,
                          getattr(consumer, "__name__", None) or type(routed).__name__)
+        if self.hosts:
+            # Instances of different connections then share Channels' per-message hop to the sync thread.
+            oldconnections.install()
 
     def stop(self) -> None:
         """Ask the worker to drain and exit."""

@@ -305,6 +305,12 @@ async def test_the_worker_hosts_connections_and_sends_other_messages_to_lanes():
     worker = ConcurrentWorker(app, ["mixed", "gateway"], layer, concurrency=4)
     worker._make_lanes()
     assert set(worker.hosts) == {"mixed"}
+    # Its instances share Channels' per-message close_old_connections hop.
+    import channels.consumer
+
+    from gateways.core.oldconnections import SharedClose
+
+    assert isinstance(channels.consumer.aclose_old_connections, SharedClose)
     SEEN.clear()
     reply = await layer.new_channel()
     await worker._submit(worker.lanes["mixed"], {"type": "job.run"})
