@@ -19,10 +19,8 @@ and its own database connections.
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any, Awaitable, Callable
 
-log = logging.getLogger("gateway.worker")
 
 #: The Channels modules that call ``aclose_old_connections`` by their own global name.
 _MODULES = ("channels.consumer", "channels.generic.websocket", "channels.generic.http")

@@ -271,8 +271,8 @@ class ConcurrentWorker:
             routed = channel_application(self.application, channel)
             if routed is not None and hosts_connections(consumer):
                 self.hosts[channel] = AsgiHost(channel, routed, self.transport, limit=4 * self.concurrency)
-                log.info("%s: %s gets an instance per connection", channel,
-                         getattr(consumer, "__name__", None) or type(routed).__name__)
+                log.info("%s: %s gets an instance per connection (keep one worker process on this channel)",
+                         channel, getattr(consumer, "__name__", None) or type(routed).__name__)
         if self.hosts:
             # Instances of different connections then share Channels' per-message hop to the sync thread.
             oldconnections.install()

@@ -11,7 +11,6 @@ import asyncio
 
 import pytest
 from channels.consumer import AsyncConsumer
-from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from consumers import asgi_websocket
