@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Awaitable, Callable
 
-
 #: The Channels modules that call ``aclose_old_connections`` by their own global name.
 _MODULES = ("channels.consumer", "channels.generic.websocket", "channels.generic.http")
 
