@@ -14,6 +14,11 @@ project and the channels taken from the YAML, and three differences:
   listens again (stock ``runworker`` exits when Redis goes away);
 - SIGTERM/SIGINT drains: stop taking messages, handle every message already
   taken off the layer (including what the batched layer prefetched), exit 0.
+
+A channel routed to anything but a gateway consumer (a stock Channels
+consumer, ``URLRouter``, middleware, any ASGI application) gets the messages
+of each connection served by an application instance of its own, as Daphne
+does (:mod:`gateways.core.asgi_host`); its other messages still go to lanes.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ import signal
 import sys
 from typing import Any, Hashable
 
-from gateways.core import eventloop, registry
+from gateways.core import eventloop, oldconnections, registry
+from gateways.core.asgi_host import AsgiHost
 from gateways.core.backoff import Backoff
 from gateways.core.config import Config
 from gateways.core.daemon import LAYER_ERRORS
@@ -72,10 +78,35 @@ def run_worker(config: Config, channels: list[str]) -> int:
     concurrency = config.django.concurrency if config.django else 64
     parallel_sync = config.django.parallel_sync if config.django else False
     worker = ConcurrentWorker(get_default_application(), channels, get_channel_layer(), concurrency,
-                              parallel_sync=parallel_sync)
+                              parallel_sync=parallel_sync, gateway_layer=gateway_layer(config))
     log.info("Running worker for channels %s (%d at once per channel; sync handlers %s)", channels,
              concurrency, "in parallel, a thread per lane" if parallel_sync else "on one thread")
     return eventloop.run(worker.run())
+
+
+def gateway_layer(config: Config) -> Any | None:
+    """The layer the YAML describes, which the worker takes messages off and
+    per-connection instances answer the gateway through (``None`` when the YAML
+    names no server, or an in-process one: then the project's layer does both).
+
+    A project written for Daphne keeps its own ``CHANNEL_LAYERS`` for what its
+    consumers do (channel names, groups), often channels_redis with one
+    message per round trip and a capacity of 100; the worker's own traffic
+    needs the batched layer's round trips and the room the YAML gives reply
+    channels (``layer.reply_capacity``): all replies go to the gateway's one
+    process channel. Both layers read and write the same Redis data.
+    """
+    from dataclasses import replace
+
+    from gateways.core.layer import build_layer
+
+    layer = config.layer
+    override = os.environ.get("GATEWAY_LAYER_URL")  # set by `gateway up` for its embedded server
+    if override:
+        layer = replace(layer, url=override)
+    if not layer.url or layer.url.startswith("memory:"):  # in-process: only the project's layer is shared
+        return None
+    return build_layer(layer)
 
 
 # --------------------------------------------------------------------------
@@ -164,6 +195,38 @@ def consumer_class_for(application: Any, channel: str) -> type | None:
     return None
 
 
+def channel_application(application: Any, channel: str) -> Any | None:
+    """The application a ``ChannelNameRouter`` in ``application`` routes ``channel``
+    to, or ``None`` when no router in sight names it (custom routers)."""
+    node = application
+    for _ in range(20):
+        mapping = getattr(node, "application_mapping", None)
+        if isinstance(mapping, dict):
+            if channel in mapping:
+                return mapping[channel]
+            if "channel" in mapping:
+                node = mapping["channel"]
+                continue
+            return None
+        inner = getattr(node, "inner", None) or getattr(node, "app", None)
+        if inner is None:
+            return None
+        node = inner
+    return None
+
+
+def hosts_connections(consumer_class: type | None) -> bool:
+    """True when a channel served by ``consumer_class`` (``None``: not visible, as
+    behind ``URLRouter`` or middleware) gets an application instance per connection.
+
+    Only a gateway consumer (``consumers.base.GatewayConsumer``) serves every
+    connection from one instance; anything else is written for Daphne's model.
+    """
+    from consumers.base import GatewayConsumer
+
+    return not (isinstance(consumer_class, type) and issubclass(consumer_class, GatewayConsumer))
+
+
 # --------------------------------------------------------------------------
 # The worker.
 
@@ -178,18 +241,22 @@ class ConcurrentWorker:
         concurrency: messages handled at once per channel.
         parallel_sync: sync handlers of different conversations run in parallel
             threads (a thread per lane) instead of on the one thread-sensitive thread.
+        gateway_layer: the layer messages are taken off and per-connection
+            instances reply through (default: ``channel_layer``).
     """
 
     def __init__(self, application: Any, channels: list[str], channel_layer: Any, concurrency: int = 64,
-                 parallel_sync: bool = False) -> None:
+                 parallel_sync: bool = False, gateway_layer: Any | None = None) -> None:
         if channel_layer is None:
             raise ValueError("the worker needs a channel layer (CHANNEL_LAYERS is not set)")
         self.application = application
         self.channels = channels
         self.layer = channel_layer
+        self.transport = gateway_layer if gateway_layer is not None else channel_layer
         self.concurrency = concurrency
         self.parallel_sync = parallel_sync
         self.lanes: dict[str, ChannelLanes] = {}
+        self.hosts: dict[str, AsgiHost] = {}
         self.stopping: asyncio.Event | None = None
         self._idle_listeners: set[asyncio.Task] = set()
 
@@ -201,11 +268,20 @@ class ConcurrentWorker:
                 raise SystemExit(f"gateway worker: {exc} (add it to the project's ChannelNameRouter)") from exc
             self.lanes[channel] = ChannelLanes(channel, self.application, conversation_key(consumer),
                                                self.concurrency, parallel_sync=self.parallel_sync)
+            routed = channel_application(self.application, channel)
+            if routed is not None and hosts_connections(consumer):
+                self.hosts[channel] = AsgiHost(channel, routed, self.transport, limit=4 * self.concurrency)
+                log.info("%s: %s gets an instance per connection (keep one worker process on this channel)",
+                         channel, getattr(consumer, "__name__", None) or type(routed).__name__)
+        if self.hosts:
+            # Instances of different connections then share Channels' per-message hop to the sync thread.
+            oldconnections.install()
 
     def stop(self) -> None:
         """Ask the worker to drain and exit."""
         if self.stopping is not None and not self.stopping.is_set():
             inflight = sum(lanes.inflight for lanes in self.lanes.values())
+            inflight += sum(host.inflight for host in self.hosts.values())
             log.info("stopping: draining %d message(s) in flight and what was prefetched (up to %ss)",
                      inflight, GRACE_PERIOD)
             self.stopping.set()
@@ -251,7 +327,7 @@ class ConcurrentWorker:
             self._idle_listeners.add(me)
             try:
                 try:
-                    message = await self.layer.receive(channel)
+                    message = await self.transport.receive(channel)
                 except LAYER_ERRORS as exc:
                     log.warning("receiving on %s failed (%s: %s); retrying", channel, type(exc).__name__, exc)
                     await backoff.wait()
@@ -278,33 +354,47 @@ class ConcurrentWorker:
             lanes.stats["invalid"] += 1
             log.error("message without a type on %s dropped: %.200r", lanes.channel, message)
             return
-        await lanes.submit(message)
+        host = self.hosts.get(lanes.channel)
+        if host is not None and host.accepts(message):
+            await host.submit(message)
+        else:
+            await lanes.submit(message)
 
     async def _drain(self, grace: float) -> None:
         """Handle what was taken off the layer within ``grace`` seconds; close."""
 
         async def finish() -> None:
-            stop_fetching = getattr(self.layer, "stop_fetching", None)
+            stop_fetching = getattr(self.transport, "stop_fetching", None)
             if stop_fetching is not None:
                 await stop_fetching()
                 for channel, lanes in self.lanes.items():
-                    for _target, message in self.layer.take_buffered(channel):
+                    for _target, message in self.transport.take_buffered(channel):
                         await self._submit(lanes, message)
-            await asyncio.gather(*(lanes.idle() for lanes in self.lanes.values()))
+            await asyncio.gather(*(lanes.idle() for lanes in self.lanes.values()),
+                                 *(host.idle() for host in self.hosts.values()))
 
         try:
             await asyncio.wait_for(finish(), grace)
         except asyncio.TimeoutError:
             left = sum(lanes.inflight for lanes in self.lanes.values())
+            left += sum(host.inflight for host in self.hosts.values())
+            for host in self.hosts.values():
+                for line in host.pending():
+                    log.warning("still in flight on %s: %s", host.channel, line)
             log.warning("grace period of %ss over; exiting with %d message(s) unhandled", GRACE_PERIOD, left)
         for lanes in self.lanes.values():
             await lanes.close()
+        for host in self.hosts.values():
+            await host.close()
         totals = {channel: dict(lanes.stats) for channel, lanes in self.lanes.items()}
+        for channel, host in self.hosts.items():
+            totals[channel] = {**totals[channel], **{f"connection {k}": v for k, v in host.stats.items()}}
         log.info("worker stopped: %s", totals)
-        close = getattr(self.layer, "close_pools", None)
-        if close is not None:
-            try:
-                await asyncio.wait_for(close(), 5)
-            except (OSError, asyncio.TimeoutError, ConnectionError):
-                pass
+        for layer in {id(self.layer): self.layer, id(self.transport): self.transport}.values():
+            close = getattr(layer, "close_pools", None)
+            if close is not None:
+                try:
+                    await asyncio.wait_for(close(), 5)
+                except (OSError, asyncio.TimeoutError, ConnectionError):
+                    pass
 

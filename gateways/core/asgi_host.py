@@ -1,0 +1,312 @@
+"""One ASGI application instance per connection, as Daphne runs them.
+
+A channel that ``ChannelNameRouter`` routes to anything other than a gateway
+consumer (a stock ``AsyncWebsocketConsumer.as_asgi()``, the project's
+``AuthMiddlewareStack(URLRouter(...))``, any ASGI application) gets, for
+each connection, its own instance of that application, with:
+
+- the connection's scope, built from the message that opens it;
+- a ``receive`` fed the connection's messages in order, one at a time (the
+  instance asks for the next one when it is done with the last);
+- a ``send`` that turns what the instance sends into a message on the
+  connection's reply channel.
+
+The instance takes its own ``channel_name`` from the layer as every Channels
+consumer does, so groups, ``group_send`` and handler methods work as under
+Daphne. Different connections run concurrently; sync code runs on asgiref's
+one thread-sensitive thread, as under Daphne.
+
+The translation between a protocol's messages and ASGI lives with the
+protocol's consumers, in a module named ``consumers.asgi_<protocol>``
+(:func:`adapter_for`): the core names no protocol, and the consumers side
+already depends only on the specs. A protocol without such a module is
+served the gateway way only.
+
+A message for a connection this process has no instance for (the worker
+restarted, or another worker process saw the connect) gets a new instance
+that first handles a connect built from the message (its accept absorbed,
+since the connection is open already), then the message. A connection whose
+instance ended (disconnect handled, the application returned or raised) is
+remembered for a while so that late messages are dropped rather than
+starting a new instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import importlib
+import logging
+from typing import Any, Hashable, Protocol
+
+from gateways.core import registry
+from gateways.core.describe import describe
+
+log = logging.getLogger("gateway.worker")
+
+#: Connections whose instance ended, remembered to drop their late messages.
+ENDED_REMEMBERED = 50_000
+
+#: Seconds an instance may take to end after it took its connection's last
+#: message; then it is cancelled and forgotten (Daphne's application_close_timeout
+#: is 10). Channels' consumers end by cancelling their channel-layer receive, and
+#: channels_redis on redis-py 8 occasionally loses that cancellation, leaving the
+#: receive blocked for good; the connection must not hold the worker's drain.
+END_TIMEOUT = 5.0
+
+
+class AsgiAdapter(Protocol):
+    """What :class:`AsgiHost` needs of a protocol (``consumers.asgi_<protocol>``)."""
+
+    def handles(self, message: dict[str, Any]) -> bool: ...  # noqa: D102
+    def connection(self, message: dict[str, Any]) -> Hashable | None: ...  # noqa: D102
+    def starts(self, message: dict[str, Any]) -> bool: ...  # noqa: D102
+    def ends(self, message: dict[str, Any]) -> bool: ...  # noqa: D102
+    def scope(self, message: dict[str, Any]) -> dict[str, Any]: ...  # noqa: D102
+    def event(self, message: dict[str, Any]) -> dict[str, Any]: ...  # noqa: D102
+    def recreated_connect(self, message: dict[str, Any]) -> dict[str, Any]: ...  # noqa: D102
+    def reply(self, sent: dict[str, Any], start: dict[str, Any],  # noqa: D102
+              recreated: bool = False) -> dict[str, Any] | None: ...
+    def failed(self, start: dict[str, Any]) -> dict[str, Any]: ...  # noqa: D102
+
+
+@functools.cache
+def adapter_for(protocol: str) -> AsgiAdapter | None:
+    """The ASGI translation of an installed ``protocol``, or None when it has none."""
+    if protocol not in registry.protocol_names():
+        return None
+    name = f"consumers.asgi_{protocol}"
+    try:
+        return importlib.import_module(name)  # type: ignore[return-value]
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and name.startswith(exc.name):
+            return None
+        raise
+
+
+def adapter_for_message(message: dict[str, Any]) -> AsgiAdapter | None:
+    """The adapter that serves ``message`` per connection, if any."""
+    mtype = message.get("type")
+    if not isinstance(mtype, str):
+        return None
+    adapter = adapter_for(mtype.partition(".")[0])
+    return adapter if adapter is not None and adapter.handles(message) else None
+
+
+class _Instance:
+    """One connection's application instance and its queue of messages."""
+
+    def __init__(self, host: "AsgiHost", key: Hashable, adapter: AsgiAdapter, start: dict[str, Any],
+                 recreated: bool) -> None:
+        self.host = host
+        self.key = key
+        self.adapter = adapter
+        self.start = start
+        self.recreated = recreated
+        self.reply_channel = start.get("reply_channel")
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.current: dict[str, Any] | None = None
+        self.end_taken = False
+        self.stopping_after_end = False
+        self.failed = False
+        self.over = False
+        self.task: asyncio.Task | None = None
+
+    def run(self, application: Any) -> None:
+        scope = self.adapter.scope(self.start)
+        self.task = asyncio.get_running_loop().create_task(
+            self._run(application, scope), name=f"connection {self.host.channel} {self.key}")
+
+    async def _run(self, application: Any, scope: dict[str, Any]) -> None:
+        host = self.host
+        try:
+            await application(scope, self.receive, self.send)
+        except asyncio.CancelledError:
+            if not self.stopping_after_end:
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        except Exception:
+            self.failed = True
+            host.stats["failed"] += 1
+            what = describe(self.current) if self.current is not None else "no message yet"
+            log.exception("application on %s failed handling %s (connection %s); closing the connection",
+                          host.channel, what, self.key)
+            if not self.end_taken:
+                await self._send_reply(self.adapter.failed(self.start))
+        finally:
+            host._ended(self)
+
+    async def receive(self) -> dict[str, Any]:
+        """The instance's ASGI ``receive``: asking for the next message means the
+        previous one is done."""
+        if self.current is not None:
+            self.host.stats["handled"] += 1
+            self.current = None
+            self.host._message_done()
+        if self.end_taken:
+            # The connection is over and the instance handled its end without
+            # stopping (a consumer that does not raise StopConsumer): end it.
+            self.stopping_after_end = True
+            assert self.task is not None
+            self.task.cancel()
+            await asyncio.Event().wait()
+        message = await self.queue.get()
+        self.current = message
+        if self.adapter.ends(message):
+            self.end_taken = True
+            asyncio.get_running_loop().call_later(END_TIMEOUT, self._end_overdue)
+        return self.adapter.event(message)
+
+    def _end_overdue(self) -> None:
+        if self.over or self.task is None or self.task.done():
+            return
+        self.host.stats["end_overdue"] += 1
+        log.warning("application on %s did not end within %ss of the end of connection %s; cancelled",
+                    self.host.channel, END_TIMEOUT, self.key)
+        self.stopping_after_end = True
+        self.task.cancel()
+        self.host._ended(self)
+
+    async def send(self, event: dict[str, Any]) -> None:
+        """The instance's ASGI ``send``: a message on the connection's reply channel.
+
+        Raises:
+            ValueError: the event has no counterpart in the protocol's spec.
+        """
+        message = self.adapter.reply(event, self.start, self.recreated)
+        if message is not None:
+            await self.host.layer.send(self.reply_channel, message)
+
+    async def _send_reply(self, message: dict[str, Any]) -> None:
+        try:
+            await self.host.layer.send(self.reply_channel, message)
+        except Exception as exc:  # the gateway closes it on its own when the connection dies
+            log.warning("could not close connection %s: %s: %s", self.key, type(exc).__name__, exc)
+
+
+class AsgiHost:
+    """Runs an ASGI application per connection for the messages of one channel.
+
+    Args:
+        channel: the channel name.
+        application: the ASGI application the channel is routed to.
+        layer: the channel layer (replies go out through it).
+        limit: most messages in flight (queued in instances or being handled);
+            past that, :meth:`submit` waits, which stops the listener taking more.
+    """
+
+    def __init__(self, channel: str, application: Any, layer: Any, limit: int = 256) -> None:
+        self.channel = channel
+        self.application = application
+        self.layer = layer
+        self.limit = max(1, limit)
+        self.instances: dict[Hashable, _Instance] = {}
+        self.ended: collections.OrderedDict[Hashable, None] = collections.OrderedDict()
+        self.inflight = 0
+        self.stats: collections.Counter = collections.Counter()
+        self._changed = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @staticmethod
+    def accepts(message: dict[str, Any]) -> bool:
+        """True when ``message`` belongs to a connection this host can serve."""
+        return adapter_for_message(message) is not None
+
+    async def submit(self, message: dict[str, Any]) -> None:
+        """Queue ``message`` for its connection's instance (starting one if needed);
+        wait while the channel is at its limit."""
+        adapter = adapter_for_message(message)
+        assert adapter is not None, "submit only what accepts() took"
+        key = adapter.connection(message)
+        if key is None:
+            self.stats["invalid"] += 1
+            log.error("%s on %s names no connection; dropped", describe(message), self.channel)
+            return
+        while self.inflight >= self.limit:
+            self._changed.clear()
+            await self._changed.wait()
+        instance = self.instances.get(key)
+        if instance is None:
+            if key in self.ended:
+                self.stats["dropped"] += 1
+                log.debug("%s for connection %s, whose instance ended; dropped", describe(message), key)
+                return
+            if adapter.starts(message):
+                instance = self._start(key, adapter, message, recreated=False)
+            else:
+                # The instance that saw the connect is not in this process.
+                self.stats["recreated"] += 1
+                log.info("no instance for connection %s on %s (the worker restarted?); a new one "
+                         "handles a connect first, then %s", key, self.channel, describe(message))
+                instance = self._start(key, adapter, message, recreated=True)
+                self._queue(instance, adapter.recreated_connect(message))
+        self._queue(instance, message)
+
+    def _start(self, key: Hashable, adapter: AsgiAdapter, message: dict[str, Any], recreated: bool) -> _Instance:
+        instance = _Instance(self, key, adapter, message, recreated)
+        self.instances[key] = instance
+        self.stats["connections"] += 1
+        instance.run(self.application)
+        return instance
+
+    def _queue(self, instance: _Instance, message: dict[str, Any]) -> None:
+        self.inflight += 1
+        self._idle.clear()
+        instance.queue.put_nowait(message)
+
+    def _message_done(self, count: int = 1) -> None:
+        self.inflight -= count
+        self._changed.set()
+        if not self.inflight:
+            self._idle.set()
+
+    def _ended(self, instance: _Instance) -> None:
+        """An instance is over: forget it, drop what it left, remember its connection."""
+        if instance.over:
+            return
+        instance.over = True
+        if self.instances.get(instance.key) is instance:
+            del self.instances[instance.key]
+        self.ended[instance.key] = None
+        while len(self.ended) > ENDED_REMEMBERED:
+            self.ended.popitem(last=False)
+        left = instance.queue.qsize() + (instance.current is not None)
+        if instance.current is not None:
+            if not instance.failed:
+                self.stats["handled"] += 1
+            instance.current = None
+            left -= 1
+            self._message_done()
+        if left:
+            self.stats["dropped"] += left
+            while not instance.queue.empty():
+                instance.queue.get_nowait()
+            self._message_done(left)
+
+    def pending(self, most: int = 5) -> list[str]:
+        """What holds messages in flight (for the log of a worker that cannot drain)."""
+        found = []
+        for instance in self.instances.values():
+            if instance.current is not None or not instance.queue.empty():
+                what = describe(instance.current) if instance.current is not None else "nothing yet"
+                found.append(f"connection {instance.key}: handling {what}, {instance.queue.qsize()} queued")
+                if len(found) >= most:
+                    break
+        return found
+
+    async def idle(self) -> None:
+        """Wait until every submitted message was handled."""
+        await self._idle.wait()
+
+    async def close(self) -> None:
+        """End every instance (the worker is stopping); wait at most :data:`END_TIMEOUT`
+        for them, since an instance can swallow its cancellation (see there)."""
+        tasks = [i.task for i in self.instances.values() if i.task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _done, stuck = await asyncio.wait(tasks, timeout=END_TIMEOUT)
+            if stuck:
+                log.warning("%d application instance(s) on %s did not end when cancelled", len(stuck), self.channel)
