@@ -26,12 +26,12 @@ from protocol_specs.email import (
     Envelope,
     OutboundError,
     address_domain,
-    address_list,
     compose_message,
     decode_header,
     failed_message,
     parse_message,
     receive_message,
+    send_recipients,
     sent_message,
     single_line,
 )
@@ -299,7 +299,7 @@ def _envelope_sender(message: dict[str, Any]) -> str:
 
 
 def _envelope_recipients(message: dict[str, Any]) -> list[str]:
-    recipients = [_addr_spec(a) for key in ("to", "cc", "bcc") for a in address_list(message, key)]
+    recipients = [_addr_spec(a) for a in send_recipients(message)]
     if not recipients:
         raise OutboundError("no recipient in to, cc or bcc")
     return recipients
