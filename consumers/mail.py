@@ -44,6 +44,7 @@ from django.core.mail.message import sanitize_address
 
 from consumers.send import outbound_channel, request
 from gateways.core.specs import load_schema
+from protocol_specs.email import send_recipients
 
 
 class GatewayEmailError(Exception):
@@ -72,8 +73,6 @@ def email_send_message(message: EmailMessage) -> dict[str, Any]:
     def addresses(values: Sequence[str]) -> list[str]:
         return [sanitize_address(value, encoding) for value in values if value]
 
-    if not message.recipients():
-        raise ValueError("the message has no recipient in to, cc or bcc")
     send = {
         "type": "email.send",
         "from": header_from,
@@ -84,6 +83,8 @@ def email_send_message(message: EmailMessage) -> dict[str, Any]:
         # What Django's SMTP backend hands to sendmail(): the gateway sends it as is.
         "raw": message.message().as_bytes(linesep="\r\n"),
     }
+    if not send_recipients(send):  # the rule the gateway applies, checked before anything is sent
+        raise ValueError("the message has no recipient in to, cc or bcc")
     load_schema("email").validate(send)
     return send
 

@@ -10,118 +10,45 @@
         assert await mail.acked(received)
 
 :func:`email_receive` builds the ``email.receive`` a gateway would hand to
-the consumer, from a short description or from raw RFC 5322 bytes.
+the consumer, from a short description or from raw RFC 5322 bytes, with the
+gateway's own builder (:mod:`protocol_specs.email`): what a test sees is what
+the gateway hands over.
 """
 
 from __future__ import annotations
 
-import email.header
-import email.parser
-import email.policy
 import email.utils
 import re
-import time
 import uuid
-from email.message import EmailMessage, Message
 from typing import Any, Iterable
 
 from consumers.testing.harness import TIMEOUT, Communicator
+from protocol_specs.email import (
+    Delivery,
+    Envelope,
+    compose_message,
+    failed_message,
+    parse_message,
+    receive_message,
+    send_recipients,
+    sent_message,
+)
 
 __all__ = ["EmailCommunicator", "email_receive"]
 
 #: Where the test gateway wants acks and sends.
 REPLY_CHANNEL = "email.test-gateway"
+#: The domain of the Message-IDs the kit makes up.
+DOMAIN = "example.test"
 
 
 def _compose(from_: str, to: str | list[str], subject: str, body: str, html: str | None,
              headers: dict[str, str] | None, message_id: str | None) -> bytes:
-    message = EmailMessage(policy=email.policy.SMTP)
-    message["From"] = from_
-    message["To"] = ", ".join([to] if isinstance(to, str) else to)
-    message["Subject"] = subject
-    message["Date"] = email.utils.formatdate(localtime=False)
-    message["Message-ID"] = message_id or email.utils.make_msgid(domain="example.test")
-    for name, value in (headers or {}).items():
-        message[name] = value
-    message.set_content(body)
-    if html is not None:
-        message.add_alternative(html, subtype="html")
-    return message.as_bytes()
-
-
-def _decode(value: Any) -> str:
-    """A header value as text: folded lines joined, RFC 2047 words decoded."""
-    text = re.sub(r"\r?\n(?=[ \t])", "", str(value))
-    if "=?" not in text:
-        return text
-    try:
-        return str(email.header.make_header(email.header.decode_header(text)))
-    except Exception:  # a broken encoded word: keep it as it is
-        return text
-
-
-def _addresses(values: list[str]) -> list[dict[str, str]]:
-    return [{"name": name, "address": address} for name, address in email.utils.getaddresses(values)
-            if address or name]
-
-
-def _text(data: bytes, charset: str | None) -> str:
-    for candidate in (charset, "utf-8"):
-        if candidate:
-            try:
-                return data.decode(candidate)
-            except (LookupError, UnicodeDecodeError):
-                continue
-    return data.decode("cp1252", "replace")
-
-
-def _parse(raw: bytes) -> dict[str, Any]:
-    """The parsed keys of an ``email.receive`` (``protocol_specs/email.md``)."""
-    msg = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(raw)
-    headers = [[name, _decode(value)] for name, value in msg.raw_items()]
-    found: dict[str, Any] = {"text": None, "html": None, "attachments": []}
-
-    def first(name: str) -> str | None:
-        values = [v for k, v in headers if k.lower() == name]
-        return values[0].strip() if values else None
-
-    def every(name: str) -> list[str]:
-        return [v for k, v in headers if k.lower() == name]
-
-    def part(node: Message, own_headers: list[list[str]] | None = None) -> dict[str, Any]:
-        filename = node.get_filename()
-        out: dict[str, Any] = {
-            "content_type": node.get_content_type(), "charset": node.get_content_charset(),
-            "disposition": node.get_content_disposition(), "filename": _decode(filename) if filename else None,
-            "headers": own_headers if own_headers is not None else [[k, _decode(v)] for k, v in node.raw_items()],
-            "body": None, "attachment": None, "parts": [],
-        }
-        if node.is_multipart():
-            out["parts"] = [part(child) for child in node.get_payload() if isinstance(child, Message)]
-            return out
-        body = node.get_payload(decode=True) or b""
-        if out["disposition"] == "attachment" or filename or out["content_type"] not in ("text/plain", "text/html"):
-            out["attachment"] = len(found["attachments"])
-            found["attachments"].append({
-                "filename": out["filename"], "content_type": out["content_type"],
-                "content_id": _decode(node["content-id"]) if node["content-id"] else None,
-                "disposition": out["disposition"], "size": len(body), "content": body})
-            return out
-        out["body"] = body
-        key = "text" if out["content_type"] == "text/plain" else "html"
-        if found[key] is None:
-            found[key] = _text(body, out["charset"]).replace("\r\n", "\n")
-        return out
-
-    tree = part(msg, [pair[:] for pair in headers])
-    return {
-        "message_id": first("message-id"), "subject": first("subject") or "",
-        "from": _addresses(every("from")), "to": _addresses(every("to")), "cc": _addresses(every("cc")),
-        "reply_to": _addresses(every("reply-to")), "date": first("date"), "in_reply_to": first("in-reply-to"),
-        "references": " ".join(every("references")).split(), "headers": headers,
-        "text": found["text"], "html": found["html"], "attachments": found["attachments"], "parts": tree,
-        "defects": sorted({type(d).__name__ for p in msg.walk() for d in getattr(p, "defects", [])}),
-    }
+    """The message a description stands for, composed as the gateway composes an ``email.send``."""
+    send: dict[str, Any] = {"type": "email.send", "from": from_, "to": to, "subject": subject, "text": body,
+                            "html": html, "headers": [[k, v] for k, v in (headers or {}).items()],
+                            "message_id": message_id}
+    return compose_message(send, domain=DOMAIN)[0]
 
 
 def email_receive(raw: bytes | None = None, *, from_: str = "sender@example.test",
@@ -156,20 +83,16 @@ def email_receive(raw: bytes | None = None, *, from_: str = "sender@example.test
     if raw is None:
         raw = _compose(from_, to, subject, body, html, headers, message_id)
     raw = re.sub(rb"\r?\n", b"\r\n", raw)
-    parsed = _parse(raw)
+    parsed = parse_message(raw)
     if mail_from is None:
         mail_from = parsed["from"][0]["address"] if parsed["from"] else from_
     if rcpt_to is None:
         rcpt_to = [a["address"] for a in parsed["to"] + parsed["cc"]] or ([to] if isinstance(to, str) else to)
     recipients = list(rcpt_to)
-    return {
-        "type": "email.receive", "id": id or uuid.uuid4().hex, "reply_channel": reply_channel,
-        "attempt": attempt, "channel": channel, "recipients": recipients,
-        "route_kwargs": dict(route_kwargs or {}),
-        "envelope": {"mail_from": mail_from, "rcpt_to": recipients, "peer": "127.0.0.1:0", "helo": "test",
-                     "tls": False, "auth": None, "received_at": time.time()},
-        **parsed, "raw": raw,
-    }
+    envelope = Envelope(mail_from, recipients, peer="127.0.0.1:0", helo="test")
+    return receive_message(raw, envelope, id=id or uuid.uuid4().hex, reply_channel=reply_channel,
+                           delivery=Delivery(channel, recipients, dict(route_kwargs or {})), attempt=attempt,
+                           parsed=parsed)
 
 
 class EmailCommunicator(Communicator):
@@ -240,20 +163,12 @@ class EmailCommunicator(Communicator):
         reply_channel = send.get("reply_channel")
         if not reply_channel:
             return None
-        recipients = [*_list(send.get("to")), *_list(send.get("cc")), *_list(send.get("bcc"))]
+        recipients = send_recipients(send)
         if ok:
-            result: dict[str, Any] = {
-                "type": "email.sent", "id": send.get("id"),
-                "message_id": send.get("message_id") or email.utils.make_msgid(domain="example.test"),
-                "recipients": recipients, "response": "250 2.0.0 OK", "attempts": 1, "refused": {}}
+            result = sent_message(send, message_id=send.get("message_id") or email.utils.make_msgid(domain=DOMAIN),
+                                  recipients=recipients, response="250 2.0.0 OK", attempts=1)
         else:
-            result = {"type": "email.failed", "id": send.get("id"), "error": error,
-                      "code": code, "permanent": True, "attempts": 1, "recipients": recipients}
+            result = failed_message(send, error, code=code, permanent=True, attempts=1, recipients=recipients)
         await self.layer.send(reply_channel, result)
         return result
 
-
-def _list(value: Any) -> list[str]:
-    if not value:
-        return []
-    return [value] if isinstance(value, str) else list(value)

@@ -69,6 +69,8 @@ class EmailGateway(Gateway):
         self._sending: set[asyncio.Task] = set()
         self._send_slots = asyncio.Semaphore(section.outbound_concurrency)
         self._accepting = True
+        #: The name in the SMTP greeting and the domain of the Message-IDs it makes; found in start().
+        self.hostname = section.hostname
 
     # -- what the core asks ---------------------------------------------------
 
@@ -116,9 +118,11 @@ class EmailGateway(Gateway):
         credentials = load_credentials(section.auth_users, section.auth_file and
                                        str(self.runtime.config.resolve(section.auth_file)))
         authenticator = Authenticator(credentials) if credentials else None
+        # Once, here: socket.getfqdn() may block on DNS, and the pure modules take the name as an argument.
+        self.hostname = section.hostname or await asyncio.to_thread(socket.getfqdn)
         handler = InboundHandler(self.policy, self.accept, section.max_recipients)
         options: dict[str, Any] = dict(
-            hostname=section.hostname or socket.getfqdn(), max_message_size=section.max_message_size,
+            hostname=self.hostname, max_message_size=section.max_message_size,
             timeout=section.timeout, max_connections=section.max_connections, tls=tls,
             require_starttls=section.require_starttls, authenticator=authenticator,
             auth_required=section.auth_required,
@@ -186,7 +190,7 @@ class EmailGateway(Gateway):
     async def _send(self, message: dict[str, Any]) -> None:
         section = self.section
         try:
-            outbound = build_outbound(message)
+            outbound = build_outbound(message, domain=self.hostname)
         except OutboundError as exc:
             await self._report(message, failed_message(message, str(exc)))
             return
@@ -227,9 +231,9 @@ class EmailGateway(Gateway):
                 attempts=attempt, recipients=outbound.recipients)))
             raise
         self.runtime.metrics.inc("email_sent_total", "email.send delivered to the relay")
-        reply = sent_message(message, outbound, delivered.response, attempt)
-        reply["refused"] = delivered.refused
-        await self._report(message, reply)
+        await self._report(message, sent_message(
+            message, message_id=outbound.message_id, recipients=outbound.recipients,
+            response=delivered.response, attempts=attempt, refused=delivered.refused))
 
     async def _report(self, send: dict[str, Any], outcome: dict[str, Any]) -> None:
         channel = send.get("reply_channel") if isinstance(send, dict) else None

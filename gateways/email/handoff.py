@@ -23,8 +23,8 @@ from typing import Any, Callable
 
 from gateways.core.backoff import Backoff
 from gateways.core.daemon import HandoffError, Runtime
-from gateways.email.protocol import Delivery, Envelope, receive_message
 from gateways.email.spool import Spool, SpoolEntry
+from protocol_specs.email import Delivery, Envelope, receive_message
 
 log = logging.getLogger("gateway.email")
 
@@ -76,7 +76,7 @@ class Handoff:
         linger: seconds a new delivery waits for others, so that the ones
             arriving together are handed off in one round trip (and reach a
             consumer as one fetch); 0 hands each off at once.
-        parse: asks for :func:`~gateways.email.protocol.parse_message` of raw
+        parse: asks for :func:`~protocol_specs.email.parse_message` of raw
             bytes elsewhere (the parser process), as a future; asked for the
             deliveries of a linger together. ``None``: parsed at hand-off.
     """

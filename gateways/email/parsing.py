@@ -9,7 +9,7 @@ messages (all asked for in one loop iteration: the hand-off asks for a
 linger's messages together, after their 250) down a pipe and gets the
 parsed fields back.
 
-The child is a plain blocking loop over :func:`~gateways.email.protocol.parse_message`
+The child is a plain blocking loop over :func:`~protocol_specs.email.parse_message`
 (``python -m gateways.email.parsing``); frames are a 4-byte length and a
 msgpack list each way. Should the child be missing (it died, it is
 restarting), a parse resolves to ``None`` and the hand-off parses the message
@@ -29,7 +29,7 @@ from typing import Any
 import msgpack
 
 from gateways.core.backoff import Backoff
-from gateways.email.protocol import parse_message
+from protocol_specs.email import parse_message
 
 log = logging.getLogger("gateway.email")
 

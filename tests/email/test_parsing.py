@@ -14,7 +14,7 @@ from corpus import CORPUS
 from email_stack import Layer, start_gateway, write_config
 from gateways.core.specs import load_schema
 from gateways.email.parsing import ParserProcess
-from gateways.email.protocol import parse_message
+from protocol_specs.email import parse_message
 from servers import child_pids
 
 SCHEMA = load_schema("email")

@@ -5,34 +5,40 @@ from __future__ import annotations
 import email
 import email.policy
 import random
+import socket
 
 import pytest
 
 from corpus import CORPUS
 from gateways.core.specs import load_schema
 from gateways.email.protocol import (
-    _PLAIN_ADDRESS,
-    _PLAIN_CONTENT_TYPE,
-    Delivery,
-    Envelope,
     OutboundError,
     RecipientPolicy,
     Route,
     Router,
     build_outbound,
+    header_subject,
+    line_ending_problem,
+    sender_allowed,
+)
+from protocol_specs.email import (
+    _PLAIN_ADDRESS,
+    _PLAIN_CONTENT_TYPE,
+    Delivery,
+    Envelope,
+    compose_message,
     content_fields,
     content_fields_parsed,
     failed_message,
-    header_subject,
-    line_ending_problem,
     receive_message,
-    sender_allowed,
     sent_message,
     _addresses,
     _addresses_parsed,
 )
 
 SCHEMA = load_schema("email")
+#: The host name a gateway passes for Message-IDs of senders without a domain.
+HOST = "mx.demo.local"
 
 
 def receive(raw: bytes, recipients=("inbox@demo.local",)) -> dict:
@@ -161,7 +167,7 @@ def test_build_outbound_threads_and_encodes():
         "text": "body ✓\n", "html": "<p>body</p>", "in_reply_to": "<m1@x>", "references": ["<m0@x>", "<m1@x>"],
         "headers": [["Auto-Submitted", "auto-replied"]],
         "attachments": [{"filename": "a.bin", "content_type": "application/octet-stream", "content": b"\x00\x01"}],
-    })
+    }, domain=HOST)
     assert out.sender == "echo@demo.local"
     assert out.recipients == ["you@example.test", "c@example.test", "hidden@example.test"]
     assert b"\r\n" in out.data and b"\n" not in out.data.replace(b"\r\n", b"")
@@ -180,19 +186,39 @@ def test_build_outbound_threads_and_encodes():
 
 def test_build_outbound_raw_and_refusals():
     out = build_outbound({"type": "email.send", "from": "echo@demo.local", "to": "x@example.test",
-                          "raw": b"Subject: raw\nMessage-ID: <r@x>\n\nbody\n"})
+                          "raw": b"Subject: raw\nMessage-ID: <r@x>\n\nbody\n"}, domain=HOST)
     assert out.data == b"Subject: raw\r\nMessage-ID: <r@x>\r\n\r\nbody\r\n"
     assert out.message_id == "<r@x>"
     with pytest.raises(OutboundError, match="line breaks"):
         build_outbound({"type": "email.send", "from": "echo@demo.local", "to": "x@example.test",
-                        "subject": "hi\r\nBcc: victim@example.test"})
+                        "subject": "hi\r\nBcc: victim@example.test"}, domain=HOST)
     with pytest.raises(OutboundError, match="no recipient"):
-        build_outbound({"type": "email.send", "from": "echo@demo.local"})
+        build_outbound({"type": "email.send", "from": "echo@demo.local"}, domain=HOST)
     with pytest.raises(OutboundError, match="not an email address"):
-        build_outbound({"type": "email.send", "from": "echo@demo.local", "to": "nobody"})
+        build_outbound({"type": "email.send", "from": "echo@demo.local", "to": "nobody"}, domain=HOST)
     with pytest.raises(OutboundError, match="header name"):
         build_outbound({"type": "email.send", "from": "echo@demo.local", "to": "x@example.test",
-                        "headers": [["Bad Name", "v"]]})
+                        "headers": [["Bad Name", "v"]]}, domain=HOST)
+
+
+def test_building_messages_looks_up_no_host_name(monkeypatch):
+    """The pure modules take the Message-ID domain as an argument: no blocking socket.getfqdn()."""
+    def lookup():
+        raise AssertionError("socket.getfqdn() called while building a message")
+
+    monkeypatch.setattr(socket, "getfqdn", lookup)
+    # The null sender has no domain: the Message-ID takes the gateway's host name.
+    bounce = build_outbound({"type": "email.send", "from": "echo@demo.local", "envelope_from": "",
+                             "to": "x@example.test", "text": "t"}, domain=HOST)
+    assert bounce.sender == "" and bounce.message_id.endswith("@mx.demo.local>")
+    reply = build_outbound({"type": "email.send", "from": "echo@demo.local", "to": "x@example.test",
+                            "html": "<p>h</p>"}, domain=HOST)
+    assert reply.message_id.endswith("@demo.local>")
+    data, message_id = compose_message({"type": "email.send", "from": "a@b.test", "to": "c@d.test"},
+                                       domain="given.test")
+    assert message_id.endswith("@given.test>") and message_id.encode() in data
+    for raw in CORPUS.values():
+        receive(raw)
 
 
 def test_sender_allowed():
@@ -206,9 +232,9 @@ def test_sender_allowed():
 def test_outcome_messages_match_the_schema():
     send = {"type": "email.send", "id": "s1", "from": "echo@demo.local", "to": "x@example.test", "text": "t"}
     assert SCHEMA.problem(send) is None
-    sent = sent_message(send, build_outbound(send), "250 OK", 1)
-    sent["refused"] = {}
-    assert SCHEMA.problem(sent) is None and sent["id"] == "s1"
+    out = build_outbound(send, domain=HOST)
+    sent = sent_message(send, message_id=out.message_id, recipients=out.recipients, response="250 OK", attempts=1)
+    assert SCHEMA.problem(sent) is None and sent["id"] == "s1" and sent["refused"] == {}
     failed = failed_message(send, "550 no", code=550, permanent=True, attempts=1, recipients=["x@example.test"])
     assert SCHEMA.problem(failed) is None
     assert SCHEMA.problem({"type": "email.ack", "id": "x.0"}) is None
