@@ -29,12 +29,26 @@ since the connection is open already), then the message. A connection whose
 instance ended (disconnect handled, the application returned or raised) is
 remembered for a while so that late messages are dropped rather than
 starting a new instance.
+
+A stopping worker hands its open connections over (:meth:`AsgiHost.hand_over`)
+instead of leaving them without an instance until their next message: for
+each one it sends the route's channel a *resume* — the connection's
+handshake again, as a connect marked as a resume — so that whichever worker
+takes the channel next re-creates the instance at once (its connect runs
+again, its accept absorbed, so state on ``self`` and group memberships are
+rebuilt even for a connection that stays quiet); then it takes the old
+instance's channel names out of every group the instance joined through
+the project's layer (recorded by :func:`track_groups`) without running the
+application's disconnect handler, since the client did not leave; then it
+cancels the instances. A worker that already hosts the connection (its
+next message arrived first and re-created it) ignores the resume.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import functools
 import importlib
 import logging
@@ -66,6 +80,8 @@ class AsgiAdapter(Protocol):
     def scope(self, message: dict[str, Any]) -> dict[str, Any]: ...  # noqa: D102
     def event(self, message: dict[str, Any]) -> dict[str, Any]: ...  # noqa: D102
     def recreated_connect(self, message: dict[str, Any]) -> dict[str, Any]: ...  # noqa: D102
+    def resume(self, start: dict[str, Any]) -> dict[str, Any]: ...  # noqa: D102
+    def resumes(self, message: dict[str, Any]) -> bool: ...  # noqa: D102
     def reply(self, sent: dict[str, Any], start: dict[str, Any],  # noqa: D102
               recreated: bool = False) -> dict[str, Any] | None: ...
     def failed(self, start: dict[str, Any]) -> dict[str, Any]: ...  # noqa: D102
@@ -94,6 +110,43 @@ def adapter_for_message(message: dict[str, Any]) -> AsgiAdapter | None:
     return adapter if adapter is not None and adapter.handles(message) else None
 
 
+#: The instance whose task runs the current code: group memberships made from
+#: it (also from its sync code, which asgiref runs in a copy of its context)
+#: are recorded on it for the hand-over.
+_running: contextvars.ContextVar["_Instance | None"] = contextvars.ContextVar("asgi_instance", default=None)
+
+
+def track_groups(layer: Any) -> None:
+    """Record, per application instance, the groups it joins through ``layer``.
+
+    ``group_add``/``group_discard`` of the layer object (the project's, which
+    every consumer of the process shares) are wrapped: called from an
+    instance's code they note the (group, channel) pair on the instance, so
+    that :meth:`AsgiHost.hand_over` can take the instance's channel names out
+    of its groups. Calls from anywhere else pass through unchanged. Wrapping
+    twice is a no-op.
+    """
+    if layer is None or getattr(layer, "_gateway_groups_tracked", False):
+        return
+    add, discard = layer.group_add, layer.group_discard
+
+    async def group_add(group: str, channel: str) -> None:
+        await add(group, channel)
+        instance = _running.get()
+        if instance is not None:
+            instance.groups[(group, channel)] = discard
+
+    async def group_discard(group: str, channel: str) -> None:
+        await discard(group, channel)
+        instance = _running.get()
+        if instance is not None:
+            instance.groups.pop((group, channel), None)
+
+    layer.group_add = group_add
+    layer.group_discard = group_discard
+    layer._gateway_groups_tracked = True
+
+
 class _Instance:
     """One connection's application instance and its queue of messages."""
 
@@ -112,6 +165,8 @@ class _Instance:
         self.failed = False
         self.over = False
         self.task: asyncio.Task | None = None
+        #: (group, channel) -> the layer's own group_discard, for the hand-over.
+        self.groups: dict[tuple[str, str], Any] = {}
 
     def run(self, application: Any) -> None:
         scope = self.adapter.scope(self.start)
@@ -120,6 +175,7 @@ class _Instance:
 
     async def _run(self, application: Any, scope: dict[str, Any]) -> None:
         host = self.host
+        _running.set(self)
         try:
             await application(scope, self.receive, self.send)
         except asyncio.CancelledError:
@@ -228,12 +284,21 @@ class AsgiHost:
             self._changed.clear()
             await self._changed.wait()
         instance = self.instances.get(key)
+        resume = adapter.resumes(message)
+        if instance is not None and resume:
+            # Its next message got here first and re-created it.
+            self.stats["resume_ignored"] += 1
+            return
         if instance is None:
             if key in self.ended:
                 self.stats["dropped"] += 1
                 log.debug("%s for connection %s, whose instance ended; dropped", describe(message), key)
                 return
-            if adapter.starts(message):
+            if resume:
+                self.stats["resumed"] += 1
+                log.debug("connection %s handed over by a stopping worker; re-creating its instance", key)
+                instance = self._start(key, adapter, message, recreated=True)
+            elif adapter.starts(message):
                 instance = self._start(key, adapter, message, recreated=False)
             else:
                 # The instance that saw the connect is not in this process.
@@ -299,6 +364,43 @@ class AsgiHost:
     async def idle(self) -> None:
         """Wait until every submitted message was handled."""
         await self._idle.wait()
+
+    async def hand_over(self) -> None:
+        """Hand every open connection to whichever worker takes the channel next.
+
+        Called by a stopping worker once it has handled what it took: for each
+        instance whose connection is still open, a resume goes to the channel
+        (see the module's docstring), then the instance's channel names leave
+        the groups it joined, without its disconnect handler running. The
+        instances are cancelled by :meth:`close` afterwards. A resume or a
+        discard that fails is logged: that connection then gets its instance
+        back with its next message, as without a hand-over.
+        """
+        instances = [i for i in self.instances.values() if not i.over and not i.end_taken]
+        if not instances:
+            return
+
+        async def send(instance: _Instance) -> None:
+            try:
+                await self.layer.send(self.channel, instance.adapter.resume(instance.start))
+                self.stats["handed_over"] += 1
+            except Exception as exc:
+                log.warning("could not hand connection %s over: %s: %s", instance.key, type(exc).__name__, exc)
+
+        async def leave(instance: _Instance, group: str, channel: str, discard: Any) -> None:
+            try:
+                await discard(group, channel)
+                self.stats["groups_left"] += 1
+            except Exception as exc:
+                log.warning("could not take %s (connection %s) out of group %s: %s: %s",
+                            channel, instance.key, group, type(exc).__name__, exc)
+
+        # Resumes first: the new instances join their groups while the old ones
+        # still receive, so a broadcast in between may arrive twice but is not lost.
+        await asyncio.gather(*(send(i) for i in instances))
+        await asyncio.gather(*(leave(i, group, channel, discard) for i in instances
+                               for (group, channel), discard in list(i.groups.items())))
+        log.info("handed %d connection(s) on %s over to the next worker", len(instances), self.channel)
 
     async def close(self) -> None:
         """End every instance (the worker is stopping); wait at most :data:`END_TIMEOUT`

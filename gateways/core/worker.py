@@ -13,7 +13,9 @@ project and the channels taken from the YAML, and three differences:
 - a channel-layer error does not end the worker: it logs, backs off and
   listens again (stock ``runworker`` exits when Redis goes away);
 - SIGTERM/SIGINT drains: stop taking messages, handle every message already
-  taken off the layer (including what the batched layer prefetched), exit 0.
+  taken off the layer (including what the batched layer prefetched), hand
+  open connections of per-connection instances over to the next worker
+  (:meth:`gateways.core.asgi_host.AsgiHost.hand_over`), exit 0.
 
 A channel routed to anything but a gateway consumer (a stock Channels
 consumer, ``URLRouter``, middleware, any ASGI application) gets the messages
@@ -32,7 +34,7 @@ import sys
 from typing import Any, Hashable
 
 from gateways.core import eventloop, oldconnections, registry
-from gateways.core.asgi_host import AsgiHost
+from gateways.core.asgi_host import AsgiHost, track_groups
 from gateways.core.backoff import Backoff
 from gateways.core.config import Config
 from gateways.core.daemon import LAYER_ERRORS
@@ -276,6 +278,8 @@ class ConcurrentWorker:
         if self.hosts:
             # Instances of different connections then share Channels' per-message hop to the sync thread.
             oldconnections.install()
+            # So that a stopping worker can take its instances out of their groups.
+            track_groups(self.layer)
 
     def stop(self) -> None:
         """Ask the worker to drain and exit."""
@@ -382,6 +386,8 @@ class ConcurrentWorker:
                 for line in host.pending():
                     log.warning("still in flight on %s: %s", host.channel, line)
             log.warning("grace period of %ss over; exiting with %d message(s) unhandled", GRACE_PERIOD, left)
+        for host in self.hosts.values():
+            await host.hand_over()
         for lanes in self.lanes.values():
             await lanes.close()
         for host in self.hosts.values():
