@@ -273,7 +273,8 @@ class ConcurrentWorker:
             routed = channel_application(self.application, channel)
             if routed is not None and hosts_connections(consumer):
                 self.hosts[channel] = AsgiHost(channel, routed, self.transport, limit=4 * self.concurrency)
-                log.info("%s: %s gets an instance per connection (keep one worker process on this channel)",
+                log.info("%s: %s gets an instance per connection (keep one worker process on this channel; "
+                         "two only while a rolling restart overlaps them)",
                          channel, getattr(consumer, "__name__", None) or type(routed).__name__)
         if self.hosts:
             # Instances of different connections then share Channels' per-message hop to the sync thread.
