@@ -30,6 +30,7 @@ import functools
 import logging
 import os
 import signal
+import socket
 import sys
 from typing import Any, Hashable
 
@@ -109,6 +110,26 @@ def gateway_layer(config: Config) -> Any | None:
     if not layer.url or layer.url.startswith("memory:"):  # in-process: only the project's layer is shared
         return None
     return build_layer(layer)
+
+
+def notify_ready() -> None:
+    """Tell systemd the worker runs (``Type=notify`` units), when it asked.
+
+    With ``Type=notify``, ``systemctl start`` returns only once the new worker
+    listens, which is what a rolling restart waits for before stopping the
+    old one (docs/worker.md). Without ``NOTIFY_SOCKET`` this does nothing.
+    """
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(b"READY=1")
+    except OSError as exc:
+        log.warning("could not tell systemd the worker is ready (NOTIFY_SOCKET=%s): %s", address, exc)
 
 
 # --------------------------------------------------------------------------
@@ -304,6 +325,7 @@ class ConcurrentWorker:
                 pass
         self._make_lanes()
         listeners = [asyncio.ensure_future(self._listen(channel)) for channel in self.channels]
+        notify_ready()
         stop_wait = asyncio.ensure_future(self.stopping.wait())
         await asyncio.wait([*listeners, stop_wait], return_when=asyncio.FIRST_COMPLETED)
         for listener in listeners:

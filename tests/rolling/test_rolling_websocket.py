@@ -187,3 +187,23 @@ async def test_project_api_echo_under_load_loses_nothing_in_a_rolling_restart(ec
     assert counts["dropped"] == 0
     assert counts["lost"] == 0
     assert counts["echoed"] == counts["sent"]
+
+
+def test_worker_tells_systemd_when_it_runs(redis_server, tmp_path):
+    """``Type=notify`` units: ``systemctl start`` of the new worker returns once
+    it runs, which the rolling restart waits for before stopping the old one."""
+    import socket
+
+    config, _port = write_config(tmp_path, redis_server.url)
+    address = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(address)
+        sock.settimeout(60)
+        worker = Daemon("gateway-worker", [PYTHON, "-m", "gateways", "worker", "--config", str(config),
+                                           "websocket.echo"],
+                        env={"DEMO_DATABASE": str(tmp_path / "db.sqlite3"), "NOTIFY_SOCKET": address})
+        try:
+            assert sock.recv(100) == b"READY=1"
+            assert "Running worker for channels" in worker.log()
+        finally:
+            assert worker.stop() == 0
