@@ -30,7 +30,7 @@ STOCK_PROJECT = TESTS / "stock" / "project"
 sys.path.insert(0, str(TESTS / "websocket"))
 sys.path.insert(0, str(TESTS / "stock"))
 
-from test_stock_consumers import ORIGIN, prepare_database, project_env  # noqa: E402
+from test_stock_consumers import ORIGIN, group_send_elsewhere, prepare_database, project_env  # noqa: E402
 from ws_stack import ORIGIN as WS_ORIGIN, start_gateway, start_gateway_worker, write_config  # noqa: E402
 
 
@@ -85,7 +85,12 @@ async def test_stock_chat_keeps_every_member_across_a_rolling_restart(chat):
     url = f"ws://127.0.0.1:{chat['port']}/ws/chat/"
     sockets = {room: [await websockets.connect(f"{url}{room}/", origin=ORIGIN, open_timeout=20)
                       for _ in range(per_room)] for room in rooms}
+    # A sync consumer (WebsocketConsumer) joins its group through async_to_sync.
+    sync_sockets = [await websockets.connect(f"ws://127.0.0.1:{chat['port']}/ws/sync/", origin=ORIGIN,
+                                             open_timeout=20) for _ in range(2)]
     try:
+        await until(lambda: len(members(chat, "sync_echo")) == 2)
+        old_sync = members(chat, "sync_echo")
         old = {}
         for room in rooms:
             await until(lambda: len(members(chat, f"chat_{room}")) == per_room)
@@ -99,33 +104,34 @@ async def test_stock_chat_keeps_every_member_across_a_rolling_restart(chat):
         chat["workers"].append(start_worker(chat["config"], chat["env"]))
         assert await asyncio.to_thread(worker_a.stop) == 0
         chat["workers"].remove(worker_a)
-        assert f"handed {len(rooms) * per_room} connection(s) on websocket.app over" in worker_a.log()
+        assert f"handed {len(rooms) * per_room + 2} connection(s) on websocket.app over" in worker_a.log()
 
         for room in rooms:
             # Worker B re-created every instance (its connect joined again); A's names left.
             await until(lambda: len(members(chat, f"chat_{room}")) == per_room
                         and not members(chat, f"chat_{room}") & old[room])
+        await until(lambda: len(members(chat, "sync_echo")) == 2 and not members(chat, "sync_echo") & old_sync)
         for room in rooms:
             await sockets[room][1].send(json.dumps({"message": f"after {room}"}))
         for room in rooms:
             for ws in sockets[room]:
                 assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == {"message": f"after {room}"}
-        # Exactly once: a stale member or a doubled instance would bring a second copy.
-        for room in rooms:
-            for ws in sockets[room]:
-                with pytest.raises(asyncio.TimeoutError):
-                    await asyncio.wait_for(ws.recv(), 0.3)
-        for room in rooms:
-            for ws in sockets[room]:
-                assert ws.close_code is None, "a socket closed during the restart"
+        # Exactly once: a stale member or a doubled instance would bring a second copy
+        # (checked below, with the sync consumer's broadcast).
+        await asyncio.to_thread(group_send_elsewhere, chat, "sync_echo", {"type": "echo.announce", "text": "hi"})
+        for ws in sync_sockets:
+            assert await asyncio.wait_for(ws.recv(), 10) == "announced: hi"
+        for ws in [*sync_sockets, *(ws for room in rooms for ws in sockets[room])]:
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(ws.recv(), 0.3)
+            assert ws.close_code is None, "a socket closed during the restart"
     finally:
-        for room_sockets in sockets.values():
-            for ws in room_sockets:
-                await ws.close()
+        for ws in [*sync_sockets, *(ws for room_sockets in sockets.values() for ws in room_sockets)]:
+            await ws.close()
     worker_b = chat["workers"][0]
     assert worker_b.stop() == 0
     chat["workers"].remove(worker_b)
-    assert f"'connection resumed': {len(rooms) * per_room}" in worker_b.log()
+    assert f"'connection resumed': {len(rooms) * per_room + 2}" in worker_b.log()
 
 
 @pytest.fixture()
