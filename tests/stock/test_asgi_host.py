@@ -327,3 +327,72 @@ def test_a_recreated_scope_keeps_wss():
     state = asgi_websocket.reply({"type": "websocket.accept"}, start)["state"]
     assert asgi_websocket.scope(receive_message("specific.g!1", 1, "x", state))["scheme"] == "wss"
     assert asgi_websocket.scope(receive_message("specific.g!1", 1, "x"))["scheme"] == "ws"
+
+
+# -- the hand-over of a stopping worker ----------------------------------------------
+
+
+def test_resumes_are_valid_spec_messages_repeating_the_handshake():
+    connect = connect_message("specific.g!1")
+    resume = asgi_websocket.resume(connect)
+    assert SCHEMA.problem(resume) is None
+    assert resume["resume"] is True and resume["accepted"] is True and resume["id"] != connect["id"]
+    assert asgi_websocket.resumes(resume) and not asgi_websocket.resumes(connect)
+    assert asgi_websocket.scope(resume) == asgi_websocket.scope(connect)
+    # An instance re-created from a later message repeats what the gateway kept.
+    state = asgi_websocket.reply({"type": "websocket.accept"}, connect)["state"]
+    again = asgi_websocket.resume(receive_message("specific.g!1", 3, "x", state))
+    assert SCHEMA.problem(again) is None
+    assert asgi_websocket.scope(again)["headers"] == [(b"cookie", b"sessionid=abc")]
+    assert asgi_websocket.scope(again)["query_string"] == b"q=1"
+
+
+class JoinsRoom(AsyncWebsocketConsumer):
+    """The tutorial's pattern: state on self, a group joined in connect."""
+
+    disconnects = 0
+
+    async def connect(self):
+        self.room = "room"
+        await self.channel_layer.group_add(self.room, self.channel_name)
+        await self.accept()
+
+    async def disconnect(self, code):
+        JoinsRoom.disconnects += 1
+
+    async def receive(self, text_data=None, bytes_data=None):
+        await self.send(text_data=f"{self.room}: {text_data}")
+
+
+async def test_hand_over_moves_the_instance_and_its_groups_to_the_next_host(layer):
+    from channels.layers import get_channel_layer
+
+    from gateways.core.asgi_host import track_groups
+
+    project_layer = get_channel_layer()  # the instances' own (the test settings' in-memory one)
+    track_groups(project_layer)
+    old = AsgiHost("websocket.app", JoinsRoom.as_asgi(), layer)
+    reply = await layer.new_channel()
+    await old.submit(connect_message(reply))
+    assert [m["type"] for m in await replies(layer, reply, 1)] == ["websocket.accept"]
+    (old_name,) = project_layer.groups["room"]
+
+    await old.hand_over()
+    await old.close()
+    resume = await asyncio.wait_for(layer.receive("websocket.app"), 5)
+    assert asgi_websocket.resumes(resume) and resume["reply_channel"] == reply
+    # The old instance left its group, without its disconnect handler running.
+    assert old_name not in project_layer.groups.get("room", {}) and JoinsRoom.disconnects == 0
+    assert old.stats["handed_over"] == 1 and old.stats["groups_left"] == 1
+
+    new = AsgiHost("websocket.app", JoinsRoom.as_asgi(), layer)
+    await new.submit(resume)
+    await asyncio.wait_for(new.idle(), 5)
+    (new_name,) = project_layer.groups["room"]  # connect ran again: the group is joined again
+    assert new_name != old_name and new.stats["resumed"] == 1
+    await new.submit(dict(resume, id="again"))  # the connection is hosted already: ignored
+    await new.submit(receive_message(reply, 1, "hi"))
+    (echo,) = await replies(layer, reply, 1)  # the re-created accept was absorbed
+    assert echo == {"type": "websocket.send", "text": "room: hi"}
+    assert new.stats["resume_ignored"] == 1 and new.stats["connections"] == 1
+    await new.close()
