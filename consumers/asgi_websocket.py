@@ -120,9 +120,11 @@ def recreated_connect(message: dict[str, Any]) -> dict[str, Any]:
             "path": message.get("path", "/"), "kwargs": message.get("kwargs", {}), "recreated": True}
 
 
-def resume(start: dict[str, Any]) -> dict[str, Any]:
-    """The ``websocket.connect`` with ``resume: true`` that hands the connection
-    of an instance started by ``start`` over to another worker.
+def resume(start: dict[str, Any], acknowledge: str) -> dict[str, Any]:
+    """The ``websocket.connect`` with ``resume`` that hands the connection of an
+    instance started by ``start`` over to another worker, which answers
+    :func:`resumed` on the channel ``acknowledge`` once the connection's new
+    instance handled it.
 
     A stopping worker sends it to the route's channel for each connection it
     hosts; the worker that takes it re-creates the instance at once (see
@@ -141,13 +143,21 @@ def resume(start: dict[str, Any]) -> dict[str, Any]:
                    "headers": [[bytes(n), bytes(v)] for n, v in kept.get("headers", [])],
                    "client": None, "server": None, "subprotocols": list(kept.get("subprotocols", [])),
                    "scheme": kept.get("scheme", "ws")}
-    message.update(id=uuid.uuid4().hex, order=0, accepted=True, resume=True)
+    message.update(id=uuid.uuid4().hex, order=0, accepted=True, resume=acknowledge)
     return message
 
 
-def resumes(message: dict[str, Any]) -> bool:
-    """True for a connection handed over by a stopping worker (:func:`resume`)."""
-    return message.get("type") == "websocket.connect" and message.get("resume") is True
+def resumes(message: dict[str, Any]) -> str | None:
+    """For a connection handed over by a stopping worker (:func:`resume`): the
+    channel to acknowledge it on; None for any other message."""
+    if message.get("type") == "websocket.connect" and isinstance(message.get("resume"), str):
+        return message["resume"]
+    return None
+
+
+def resumed(message: dict[str, Any]) -> dict[str, Any]:
+    """The acknowledgement of the resume ``message``: the connection has an instance again."""
+    return {"type": "websocket.resumed", "reply_channel": message.get("reply_channel")}
 
 
 def handshake_state(connect: dict[str, Any]) -> dict[str, Any]:

@@ -105,6 +105,8 @@ async def test_stock_chat_keeps_every_member_across_a_rolling_restart(chat):
         assert await asyncio.to_thread(worker_a.stop) == 0
         chat["workers"].remove(worker_a)
         assert f"handed {len(rooms) * per_room + 2} connection(s) on websocket.app over" in worker_a.log()
+        # Worker B acknowledged every one before A's instances left their groups.
+        assert f"'connection taken_over': {len(rooms) * per_room + 2}" in worker_a.log()
 
         for room in rooms:
             # Worker B re-created every instance (its connect joined again); A's names left.
