@@ -460,9 +460,9 @@ class AsgiHost:
             await asyncio.wait([collector], timeout=max(0.0, wait - (asyncio.get_running_loop().time() - started)))
         if not collector.done():
             collector.cancel()  # not awaited: a layer's receive may swallow its cancellation
-            log.info("%d of %d connection(s) on %s not taken over by another worker within %ss; they "
+            log.info("%d of %d connection(s) on %s not taken over by another worker within %.1fs; they "
                      "get their instance back with their next message", len(waiting), len(instances),
-                     self.channel, wait)
+                     self.channel, asyncio.get_running_loop().time() - started)
         elif collector.exception() is not None:
             log.warning("waiting for the hand-over on %s failed: %r", self.channel, collector.exception())
         self.stats["taken_over"] += len(instances) - len(waiting)
