@@ -39,12 +39,12 @@ again, its accept absorbed, so state on ``self`` and group memberships are
 rebuilt even for a connection that stays quiet) and acknowledges it once
 that connect was handled. The old instances stay in their groups until
 then (at most :data:`HANDOVER_WAIT` seconds; :data:`HANDOVER_FIRST` when no
-other worker runs), so
-a broadcast in between reaches the connection, if anything twice, never
-not at all. Then the stopping worker takes the old instances' channel names
-out of every group they joined through the project's layer (recorded by
-:func:`track_groups`) without running the application's disconnect
-handler, since the client did not leave, and cancels them. A worker that
+other worker runs), so a broadcast in between reaches the connection, if
+anything twice, never not at all. Then the stopping worker takes the old
+instances' channel names out of every group they joined through the
+project's layer (recorded by :func:`track_groups`) without running the
+application's disconnect handler, since the client did not leave, and
+cancels them. A worker that
 already hosts the connection (its next message arrived first and
 re-created it) acknowledges the resume and otherwise ignores it.
 """
