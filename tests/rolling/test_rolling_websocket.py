@@ -215,3 +215,53 @@ def test_worker_tells_systemd_when_it_runs(redis_server, tmp_path):
             assert "Running worker for channels" in worker.log()
         finally:
             assert worker.stop() == 0
+
+
+async def test_stock_chat_broadcasts_during_a_rolling_restart_reach_quiet_members(chat):
+    """Broadcasts sent (as a view would) while worker B starts and worker A stops
+    reach every quiet member: A's instances stay in the room until B's have
+    joined it. A copy may arrive twice during the overlap, none is missing."""
+    from channels_redis.core import RedisChannelLayer
+
+    layer = RedisChannelLayer(hosts=[chat["env"]["CHAT_REDIS_URL"]], prefix=chat["prefix"])
+    url = f"ws://127.0.0.1:{chat['port']}/ws/chat/busy/"
+    sockets = [await websockets.connect(url, origin=ORIGIN, open_timeout=20) for _ in range(3)]
+    received: list[list[str]] = [[] for _ in sockets]
+
+    async def read(n: int) -> None:
+        async for text in sockets[n]:
+            received[n].append(json.loads(text)["message"])
+
+    readers = [asyncio.create_task(read(n)) for n in range(len(sockets))]
+    sent = 0
+    stop = asyncio.Event()
+
+    async def broadcast() -> None:
+        nonlocal sent
+        while not stop.is_set():
+            await layer.group_send("chat_busy", {"type": "chat.message", "message": f"b{sent}"})
+            sent += 1
+            await asyncio.sleep(0.02)
+
+    try:
+        await until(lambda: len(members(chat, "chat_busy")) == len(sockets))
+        sender = asyncio.create_task(broadcast())
+        await until(lambda: all(len(r) >= 10 for r in received))
+        worker_a = chat["workers"][0]
+        chat["workers"].append(await asyncio.to_thread(start_worker, chat["config"], chat["env"]))
+        assert await asyncio.to_thread(worker_a.stop) == 0
+        chat["workers"].remove(worker_a)
+        assert f"'connection taken_over': {len(sockets)}" in worker_a.log()
+        settled = sent
+        await until(lambda: all(f"b{settled + 10}" in r for r in received))
+        stop.set()
+        await sender
+        await until(lambda: all(f"b{sent - 1}" in r for r in received))
+        for n, got in enumerate(received):
+            missing = {f"b{i}" for i in range(sent)} - set(got)
+            assert not missing, f"member {n} missed {sorted(missing)}"
+            assert sockets[n].close_code is None
+    finally:
+        for ws in sockets:
+            await ws.close()
+        await asyncio.gather(*readers, return_exceptions=True)
