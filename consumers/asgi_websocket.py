@@ -19,6 +19,7 @@ consumer module; the core finds it by the name ``consumers.asgi_<protocol>``
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 from urllib.parse import quote
 
@@ -117,6 +118,46 @@ def recreated_connect(message: dict[str, Any]) -> dict[str, Any]:
     """The ``websocket.connect`` event an instance re-created for ``message`` starts with."""
     return {"type": "websocket.connect", "reply_channel": message.get("reply_channel"),
             "path": message.get("path", "/"), "kwargs": message.get("kwargs", {}), "recreated": True}
+
+
+def resume(start: dict[str, Any], acknowledge: str) -> dict[str, Any]:
+    """The ``websocket.connect`` with ``resume`` that hands the connection of an
+    instance started by ``start`` over to another worker, which answers
+    :func:`resumed` on the channel ``acknowledge`` once the connection's new
+    instance handled it.
+
+    A stopping worker sends it to the route's channel for each connection it
+    hosts; the worker that takes it re-creates the instance at once (see
+    :mod:`gateways.core.asgi_host`). It repeats the handshake: the original
+    connect's keys when the instance started from it, else what the gateway
+    kept (:func:`handshake_state`); the handshake is complete, so ``accepted``
+    is true and the new instance's accept is absorbed.
+    """
+    if starts(start):
+        message = dict(start)
+    else:
+        kept = (start.get("state") or {}).get(HANDSHAKE_STATE) or {}
+        message = {"type": "websocket.connect", "reply_channel": start.get("reply_channel"),
+                   "path": start.get("path", "/"), "kwargs": start.get("kwargs", {}),
+                   "query_string": bytes(kept.get("query_string", b"")),
+                   "headers": [[bytes(n), bytes(v)] for n, v in kept.get("headers", [])],
+                   "client": None, "server": None, "subprotocols": list(kept.get("subprotocols", [])),
+                   "scheme": kept.get("scheme", "ws")}
+    message.update(id=uuid.uuid4().hex, order=0, accepted=True, resume=acknowledge)
+    return message
+
+
+def resumes(message: dict[str, Any]) -> str | None:
+    """For a connection handed over by a stopping worker (:func:`resume`): the
+    channel to acknowledge it on; None for any other message."""
+    if message.get("type") == "websocket.connect" and isinstance(message.get("resume"), str):
+        return message["resume"]
+    return None
+
+
+def resumed(message: dict[str, Any]) -> dict[str, Any]:
+    """The acknowledgement of the resume ``message``: the connection has an instance again."""
+    return {"type": "websocket.resumed", "reply_channel": message.get("reply_channel")}
 
 
 def handshake_state(connect: dict[str, Any]) -> dict[str, Any]:

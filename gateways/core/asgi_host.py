@@ -29,15 +29,35 @@ since the connection is open already), then the message. A connection whose
 instance ended (disconnect handled, the application returned or raised) is
 remembered for a while so that late messages are dropped rather than
 starting a new instance.
+
+A stopping worker hands its open connections over (:meth:`AsgiHost.hand_over`)
+instead of leaving them without an instance until their next message: for
+each one it sends the route's channel a *resume* — the connection's
+handshake again, as a connect marked as a resume — so that whichever worker
+takes the channel next re-creates the instance at once (its connect runs
+again, its accept absorbed, so state on ``self`` and group memberships are
+rebuilt even for a connection that stays quiet) and acknowledges it once
+that connect was handled. The old instances stay in their groups until
+then (at most :data:`HANDOVER_WAIT` seconds; :data:`HANDOVER_FIRST` when no
+other worker runs), so a broadcast in between reaches the connection, if
+anything twice, never not at all. Then the stopping worker takes the old
+instances' channel names out of every group they joined through the
+project's layer (recorded by :func:`track_groups`) without running the
+application's disconnect handler, since the client did not leave, and
+cancels them. A worker that
+already hosts the connection (its next message arrived first and
+re-created it) acknowledges the resume and otherwise ignores it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import functools
 import importlib
 import logging
+import uuid
 from typing import Any, Hashable, Protocol
 
 from gateways.core import registry
@@ -55,6 +75,14 @@ ENDED_REMEMBERED = 50_000
 #: receive blocked for good; the connection must not hold the worker's drain.
 END_TIMEOUT = 5.0
 
+#: Seconds a stopping worker waits for another worker to acknowledge the
+#: connections it handed over before its instances leave their groups. A
+#: rolling restart's new worker answers the first within milliseconds; with
+#: no acknowledgement within :data:`HANDOVER_FIRST`, no other worker runs and
+#: the stopping one stops waiting.
+HANDOVER_WAIT = 5.0
+HANDOVER_FIRST = 1.0
+
 
 class AsgiAdapter(Protocol):
     """What :class:`AsgiHost` needs of a protocol (``consumers.asgi_<protocol>``)."""
@@ -66,6 +94,9 @@ class AsgiAdapter(Protocol):
     def scope(self, message: dict[str, Any]) -> dict[str, Any]: ...  # noqa: D102
     def event(self, message: dict[str, Any]) -> dict[str, Any]: ...  # noqa: D102
     def recreated_connect(self, message: dict[str, Any]) -> dict[str, Any]: ...  # noqa: D102
+    def resume(self, start: dict[str, Any], acknowledge: str) -> dict[str, Any]: ...  # noqa: D102
+    def resumes(self, message: dict[str, Any]) -> str | None: ...  # noqa: D102
+    def resumed(self, message: dict[str, Any]) -> dict[str, Any]: ...  # noqa: D102
     def reply(self, sent: dict[str, Any], start: dict[str, Any],  # noqa: D102
               recreated: bool = False) -> dict[str, Any] | None: ...
     def failed(self, start: dict[str, Any]) -> dict[str, Any]: ...  # noqa: D102
@@ -94,6 +125,43 @@ def adapter_for_message(message: dict[str, Any]) -> AsgiAdapter | None:
     return adapter if adapter is not None and adapter.handles(message) else None
 
 
+#: The instance whose task runs the current code: group memberships made from
+#: it (also from its sync code, which asgiref runs in a copy of its context)
+#: are recorded on it for the hand-over.
+_running: contextvars.ContextVar["_Instance | None"] = contextvars.ContextVar("asgi_instance", default=None)
+
+
+def track_groups(layer: Any) -> None:
+    """Record, per application instance, the groups it joins through ``layer``.
+
+    ``group_add``/``group_discard`` of the layer object (the project's, which
+    every consumer of the process shares) are wrapped: called from an
+    instance's code they note the (group, channel) pair on the instance, so
+    that :meth:`AsgiHost.hand_over` can take the instance's channel names out
+    of its groups. Calls from anywhere else pass through unchanged. Wrapping
+    twice is a no-op.
+    """
+    if layer is None or getattr(layer, "_gateway_groups_tracked", False):
+        return
+    add, discard = layer.group_add, layer.group_discard
+
+    async def group_add(group: str, channel: str) -> None:
+        await add(group, channel)
+        instance = _running.get()
+        if instance is not None:
+            instance.groups[(group, channel)] = discard
+
+    async def group_discard(group: str, channel: str) -> None:
+        await discard(group, channel)
+        instance = _running.get()
+        if instance is not None:
+            instance.groups.pop((group, channel), None)
+
+    layer.group_add = group_add
+    layer.group_discard = group_discard
+    layer._gateway_groups_tracked = True
+
+
 class _Instance:
     """One connection's application instance and its queue of messages."""
 
@@ -112,6 +180,10 @@ class _Instance:
         self.failed = False
         self.over = False
         self.task: asyncio.Task | None = None
+        #: (group, channel) -> the layer's own group_discard, for the hand-over.
+        self.groups: dict[tuple[str, str], Any] = {}
+        #: Where to acknowledge the resume this instance was re-created for, once handled.
+        self.acknowledge: str | None = None
 
     def run(self, application: Any) -> None:
         scope = self.adapter.scope(self.start)
@@ -120,6 +192,7 @@ class _Instance:
 
     async def _run(self, application: Any, scope: dict[str, Any]) -> None:
         host = self.host
+        _running.set(self)
         try:
             await application(scope, self.receive, self.send)
         except asyncio.CancelledError:
@@ -144,6 +217,7 @@ class _Instance:
             self.host.stats["handled"] += 1
             self.current = None
             self.host._message_done()
+            self.host._acknowledge(self)
         if self.end_taken:
             # The connection is over and the instance handled its end without
             # stopping (a consumer that does not raise StopConsumer): end it.
@@ -208,6 +282,7 @@ class AsgiHost:
         self._changed = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._acknowledgements: set[asyncio.Task] = set()
 
     @staticmethod
     def accepts(message: dict[str, Any]) -> bool:
@@ -228,12 +303,23 @@ class AsgiHost:
             self._changed.clear()
             await self._changed.wait()
         instance = self.instances.get(key)
+        acknowledge = adapter.resumes(message)
+        if acknowledge is not None and (instance is not None or key in self.ended):
+            # Its next message got here first and re-created it (or it has ended).
+            self.stats["resume_ignored"] += 1
+            self._send_acknowledgement(acknowledge, adapter.resumed(message))
+            return
         if instance is None:
             if key in self.ended:
                 self.stats["dropped"] += 1
                 log.debug("%s for connection %s, whose instance ended; dropped", describe(message), key)
                 return
-            if adapter.starts(message):
+            if acknowledge is not None:
+                self.stats["resumed"] += 1
+                log.debug("connection %s handed over by a stopping worker; re-creating its instance", key)
+                instance = self._start(key, adapter, message, recreated=True)
+                instance.acknowledge = acknowledge
+            elif adapter.starts(message):
                 instance = self._start(key, adapter, message, recreated=False)
             else:
                 # The instance that saw the connect is not in this process.
@@ -262,11 +348,30 @@ class AsgiHost:
         if not self.inflight:
             self._idle.set()
 
+    def _acknowledge(self, instance: _Instance) -> None:
+        """The instance handled the resume it was re-created for: tell the stopping worker."""
+        if instance.acknowledge is not None:
+            self._send_acknowledgement(instance.acknowledge, instance.adapter.resumed(instance.start))
+            instance.acknowledge = None
+
+    def _send_acknowledgement(self, channel: str, message: dict[str, Any]) -> None:
+        async def send() -> None:
+            try:
+                await self.layer.send(channel, message)
+            except Exception as exc:  # the stopping worker waits HANDOVER_WAIT at most
+                log.warning("could not acknowledge a handed-over connection on %s: %s: %s",
+                            channel, type(exc).__name__, exc)
+
+        task = asyncio.ensure_future(send())
+        self._acknowledgements.add(task)
+        task.add_done_callback(self._acknowledgements.discard)
+
     def _ended(self, instance: _Instance) -> None:
         """An instance is over: forget it, drop what it left, remember its connection."""
         if instance.over:
             return
         instance.over = True
+        self._acknowledge(instance)
         if self.instances.get(instance.key) is instance:
             del self.instances[instance.key]
         self.ended[instance.key] = None
@@ -300,12 +405,79 @@ class AsgiHost:
         """Wait until every submitted message was handled."""
         await self._idle.wait()
 
+    async def hand_over(self, wait: float = HANDOVER_WAIT, first: float = HANDOVER_FIRST) -> None:
+        """Hand every open connection to whichever worker takes the channel next.
+
+        Called by a stopping worker once it has handled what it took: for each
+        instance whose connection is still open, a resume goes to the channel
+        (see the module's docstring); once another worker acknowledged them
+        all, or after ``wait`` seconds (``first`` when none is acknowledged by
+        then: no other worker runs), the instances' channel names leave the
+        groups they joined, without their disconnect handler running. The
+        instances are cancelled by :meth:`close` afterwards. A resume or a
+        discard that fails is logged: that connection then gets its instance
+        back with its next message, as without a hand-over.
+        """
+        instances = [i for i in self.instances.values() if not i.over and not i.end_taken]
+        if not instances:
+            return
+        acknowledgements = f"handover.{uuid.uuid4().hex}"
+        waiting = {i.key for i in instances}
+
+        async def send(instance: _Instance) -> None:
+            try:
+                await self.layer.send(self.channel, instance.adapter.resume(instance.start, acknowledgements))
+                self.stats["handed_over"] += 1
+            except Exception as exc:
+                waiting.discard(instance.key)
+                log.warning("could not hand connection %s over: %s: %s", instance.key, type(exc).__name__, exc)
+
+        answered = asyncio.Event()
+
+        async def collect() -> None:
+            while waiting:
+                message = await self.layer.receive(acknowledgements)
+                waiting.discard(instances[0].adapter.connection(message))
+                answered.set()
+
+        async def leave(instance: _Instance, group: str, channel: str, discard: Any) -> None:
+            try:
+                await discard(group, channel)
+                self.stats["groups_left"] += 1
+            except Exception as exc:
+                log.warning("could not take %s (connection %s) out of group %s: %s: %s",
+                            channel, instance.key, group, type(exc).__name__, exc)
+
+        await asyncio.gather(*(send(i) for i in instances))
+        # The old instances stay in their groups until the new ones joined theirs:
+        # a broadcast in between may arrive twice, but is not lost.
+        collector = asyncio.ensure_future(collect())
+        started = asyncio.get_running_loop().time()
+        one = asyncio.ensure_future(answered.wait())
+        await asyncio.wait([collector, one], timeout=min(first, wait), return_when=asyncio.FIRST_COMPLETED)
+        one.cancel()
+        if answered.is_set() and not collector.done():
+            await asyncio.wait([collector], timeout=max(0.0, wait - (asyncio.get_running_loop().time() - started)))
+        if not collector.done():
+            collector.cancel()  # not awaited: a layer's receive may swallow its cancellation
+            log.info("%d of %d connection(s) on %s not taken over by another worker within %.1fs; they "
+                     "get their instance back with their next message", len(waiting), len(instances),
+                     self.channel, asyncio.get_running_loop().time() - started)
+        elif collector.exception() is not None:
+            log.warning("waiting for the hand-over on %s failed: %r", self.channel, collector.exception())
+        self.stats["taken_over"] += len(instances) - len(waiting)
+        await asyncio.gather(*(leave(i, group, channel, discard) for i in instances
+                               for (group, channel), discard in list(i.groups.items())))
+        log.info("handed %d connection(s) on %s over to the next worker", len(instances), self.channel)
+
     async def close(self) -> None:
         """End every instance (the worker is stopping); wait at most :data:`END_TIMEOUT`
         for them, since an instance can swallow its cancellation (see there)."""
         tasks = [i.task for i in self.instances.values() if i.task is not None]
         for task in tasks:
             task.cancel()
+        if self._acknowledgements:
+            await asyncio.wait(list(self._acknowledgements), timeout=END_TIMEOUT)
         if tasks:
             _done, stuck = await asyncio.wait(tasks, timeout=END_TIMEOUT)
             if stuck:

@@ -13,7 +13,9 @@ project and the channels taken from the YAML, and three differences:
 - a channel-layer error does not end the worker: it logs, backs off and
   listens again (stock ``runworker`` exits when Redis goes away);
 - SIGTERM/SIGINT drains: stop taking messages, handle every message already
-  taken off the layer (including what the batched layer prefetched), exit 0.
+  taken off the layer (including what the batched layer prefetched), hand
+  open connections of per-connection instances over to the next worker
+  (:meth:`gateways.core.asgi_host.AsgiHost.hand_over`), exit 0.
 
 A channel routed to anything but a gateway consumer (a stock Channels
 consumer, ``URLRouter``, middleware, any ASGI application) gets the messages
@@ -28,11 +30,12 @@ import functools
 import logging
 import os
 import signal
+import socket
 import sys
 from typing import Any, Hashable
 
 from gateways.core import eventloop, oldconnections, registry
-from gateways.core.asgi_host import AsgiHost
+from gateways.core.asgi_host import AsgiHost, track_groups
 from gateways.core.backoff import Backoff
 from gateways.core.config import Config
 from gateways.core.daemon import LAYER_ERRORS
@@ -107,6 +110,26 @@ def gateway_layer(config: Config) -> Any | None:
     if not layer.url or layer.url.startswith("memory:"):  # in-process: only the project's layer is shared
         return None
     return build_layer(layer)
+
+
+def notify_ready() -> None:
+    """Tell systemd the worker runs (``Type=notify`` units), when it asked.
+
+    With ``Type=notify``, ``systemctl start`` returns only once the new worker
+    listens, which is what a rolling restart waits for before stopping the
+    old one (docs/worker.md). Without ``NOTIFY_SOCKET`` this does nothing.
+    """
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(b"READY=1")
+    except OSError as exc:
+        log.warning("could not tell systemd the worker is ready (NOTIFY_SOCKET=%s): %s", address, exc)
 
 
 # --------------------------------------------------------------------------
@@ -271,11 +294,14 @@ class ConcurrentWorker:
             routed = channel_application(self.application, channel)
             if routed is not None and hosts_connections(consumer):
                 self.hosts[channel] = AsgiHost(channel, routed, self.transport, limit=4 * self.concurrency)
-                log.info("%s: %s gets an instance per connection (keep one worker process on this channel)",
+                log.info("%s: %s gets an instance per connection (keep one worker process on this channel; "
+                         "two only while a rolling restart overlaps them)",
                          channel, getattr(consumer, "__name__", None) or type(routed).__name__)
         if self.hosts:
             # Instances of different connections then share Channels' per-message hop to the sync thread.
             oldconnections.install()
+            # So that a stopping worker can take its instances out of their groups.
+            track_groups(self.layer)
 
     def stop(self) -> None:
         """Ask the worker to drain and exit."""
@@ -299,6 +325,7 @@ class ConcurrentWorker:
                 pass
         self._make_lanes()
         listeners = [asyncio.ensure_future(self._listen(channel)) for channel in self.channels]
+        notify_ready()
         stop_wait = asyncio.ensure_future(self.stopping.wait())
         await asyncio.wait([*listeners, stop_wait], return_when=asyncio.FIRST_COMPLETED)
         for listener in listeners:
@@ -382,6 +409,8 @@ class ConcurrentWorker:
                 for line in host.pending():
                     log.warning("still in flight on %s: %s", host.channel, line)
             log.warning("grace period of %ss over; exiting with %d message(s) unhandled", GRACE_PERIOD, left)
+        for host in self.hosts.values():
+            await host.hand_over()
         for lanes in self.lanes.values():
             await lanes.close()
         for host in self.hosts.values():

@@ -327,3 +327,104 @@ def test_a_recreated_scope_keeps_wss():
     state = asgi_websocket.reply({"type": "websocket.accept"}, start)["state"]
     assert asgi_websocket.scope(receive_message("specific.g!1", 1, "x", state))["scheme"] == "wss"
     assert asgi_websocket.scope(receive_message("specific.g!1", 1, "x"))["scheme"] == "ws"
+
+
+# -- the hand-over of a stopping worker ----------------------------------------------
+
+
+def test_resumes_are_valid_spec_messages_repeating_the_handshake():
+    connect = connect_message("specific.g!1")
+    resume = asgi_websocket.resume(connect, "handover.x")
+    assert SCHEMA.problem(resume) is None
+    assert resume["accepted"] is True and resume["id"] != connect["id"]
+    assert asgi_websocket.resumes(resume) == "handover.x" and asgi_websocket.resumes(connect) is None
+    assert SCHEMA.problem(asgi_websocket.resumed(resume)) is None
+    assert asgi_websocket.scope(resume) == asgi_websocket.scope(connect)
+    # An instance re-created from a later message repeats what the gateway kept.
+    state = asgi_websocket.reply({"type": "websocket.accept"}, connect)["state"]
+    again = asgi_websocket.resume(receive_message("specific.g!1", 3, "x", state), "handover.x")
+    assert SCHEMA.problem(again) is None
+    assert asgi_websocket.scope(again)["headers"] == [(b"cookie", b"sessionid=abc")]
+    assert asgi_websocket.scope(again)["query_string"] == b"q=1"
+
+
+class JoinsRoom(AsyncWebsocketConsumer):
+    """The tutorial's pattern: state on self, a group joined in connect."""
+
+    disconnects = 0
+
+    async def connect(self):
+        self.room = "room"
+        await self.channel_layer.group_add(self.room, self.channel_name)
+        await self.accept()
+
+    async def disconnect(self, code):
+        JoinsRoom.disconnects += 1
+
+    async def receive(self, text_data=None, bytes_data=None):
+        await self.send(text_data=f"{self.room}: {text_data}")
+
+
+async def test_hand_over_moves_the_instance_and_its_groups_to_the_next_host(layer):
+    from channels.layers import get_channel_layer
+
+    from gateways.core.asgi_host import track_groups
+
+    project_layer = get_channel_layer()  # the instances' own (the test settings' in-memory one)
+    project_layer.groups.pop("room", None)
+    track_groups(project_layer)
+    old = AsgiHost("websocket.app", JoinsRoom.as_asgi(), layer)
+    reply = await layer.new_channel()
+    await old.submit(connect_message(reply))
+    assert [m["type"] for m in await replies(layer, reply, 1)] == ["websocket.accept"]
+    (old_name,) = project_layer.groups["room"]
+
+    # Another worker takes the resume while the old one waits for its acknowledgement.
+    new = AsgiHost("websocket.app", JoinsRoom.as_asgi(), layer)
+
+    async def next_worker() -> dict:
+        resume = await asyncio.wait_for(layer.receive("websocket.app"), 5)
+        # Until the new instance joined, the old one stays in the group.
+        assert old_name in project_layer.groups["room"]
+        await new.submit(resume)
+        return resume
+
+    taking = asyncio.ensure_future(next_worker())
+    await old.hand_over(wait=10)
+    await old.close()
+    resume = await taking
+    assert asgi_websocket.resumes(resume) and resume["reply_channel"] == reply
+    # The old instance left its group once the new one joined, without its disconnect handler running.
+    (new_name,) = project_layer.groups["room"]  # connect ran again: the group is joined again
+    assert new_name != old_name and JoinsRoom.disconnects == 0
+    assert old.stats["handed_over"] == 1 and old.stats["taken_over"] == 1 and old.stats["groups_left"] == 1
+    assert new.stats["resumed"] == 1
+    await new.submit(dict(resume, id="again"))  # the connection is hosted already: acknowledged, ignored
+    acknowledgement = await asyncio.wait_for(layer.receive(asgi_websocket.resumes(resume)), 5)
+    assert acknowledgement == {"type": "websocket.resumed", "reply_channel": reply}
+    await new.submit(receive_message(reply, 1, "hi"))
+    (echo,) = await replies(layer, reply, 1)  # the re-created accept was absorbed
+    assert echo == {"type": "websocket.send", "text": "room: hi"}
+    assert new.stats["resume_ignored"] == 1 and new.stats["connections"] == 1
+    await new.close()
+
+
+async def test_with_no_other_worker_the_hand_over_gives_up_after_its_wait(layer):
+    from channels.layers import get_channel_layer
+
+    from gateways.core.asgi_host import track_groups
+
+    project_layer = get_channel_layer()
+    project_layer.groups.pop("room", None)  # what other tests' cancelled instances left
+    track_groups(project_layer)
+    old = AsgiHost("websocket.app", JoinsRoom.as_asgi(), layer)
+    reply = await layer.new_channel()
+    await old.submit(connect_message(reply))
+    await replies(layer, reply, 1)
+    assert len(project_layer.groups["room"]) == 1
+    await old.hand_over(wait=10, first=0.2)  # no acknowledgement within `first`: nobody else runs
+    await old.close()
+    assert old.stats["handed_over"] == 1 and old.stats["taken_over"] == 0
+    assert not project_layer.groups.get("room")
+    # The resume waits on the channel for the next worker to start.
+    assert asgi_websocket.resumes(await asyncio.wait_for(layer.receive("websocket.app"), 5))

@@ -245,14 +245,15 @@ async def test_each_connection_in_order_while_connections_run_concurrently(stack
         assert [await asyncio.wait_for(b.recv(), 10) for _ in range(50)] == [f"{i + 1}: b{i}" for i in range(50)]
 
 
-async def test_a_restarted_worker_recreates_the_instance_with_the_same_user(stack):
-    """After a worker restart, the open connection's next message gets a new
-    instance: it runs connect (its accept absorbed) with the handshake the gateway
-    kept, so the user is still logged in."""
+async def test_a_killed_worker_recreates_the_instance_with_the_same_user(stack):
+    """After a worker died without handing its connections over, the open
+    connection's next message gets a new instance: it runs connect (its accept
+    absorbed) with the handshake the gateway kept, so the user is still logged in."""
     cookie = f"sessionid={stack['session']}"
     async with connect(stack, "/ws/whoami/", additional_headers={"Cookie": cookie}) as ws:
         assert (await recv_json(ws))["user"] == "alice"
-        assert stack["worker"].stop() == 0
+        stack["worker"].proc.kill()
+        stack["worker"].stop()
         stack["worker"] = start_worker(stack["config"], stack["env"])
         await ws.send(json.dumps({"say": "still me?"}))
         # The new instance's connect sends its greeting, then handles the message.
@@ -260,6 +261,23 @@ async def test_a_restarted_worker_recreates_the_instance_with_the_same_user(stac
                                            "session_color": "green"}
         assert (await recv_json(ws))["said"] == "still me?"
     assert "a new one handles a connect first" in stack["worker"].log()
+
+
+async def test_a_stopped_worker_hands_a_quiet_connection_to_the_next(stack):
+    """A worker stopped with SIGTERM hands its connections over: the next worker
+    re-creates the instance at once, before the connection says anything, with
+    the same handshake (the user is still logged in)."""
+    cookie = f"sessionid={stack['session']}"
+    async with connect(stack, "/ws/whoami/", additional_headers={"Cookie": cookie}) as ws:
+        greeting = {"said": "connect", "user": "alice", "users_in_db": 1, "session_color": "green"}
+        assert await recv_json(ws) == greeting
+        assert stack["worker"].stop() == 0
+        stack["worker"] = start_worker(stack["config"], stack["env"])
+        # The re-created instance's connect greets again, unprompted.
+        assert await recv_json(ws, 20) == greeting
+        await ws.send(json.dumps({"say": "still me?"}))
+        assert (await recv_json(ws))["said"] == "still me?"
+    assert "a new one handles a connect first" not in stack["worker"].log()
 
 
 async def test_a_gateway_kept_group_reaches_the_socket_across_a_worker_restart(stack):
