@@ -29,7 +29,7 @@ from typing import Any, Hashable
 from gateways.core import eventloop, registry
 from gateways.core.backoff import Backoff
 from gateways.core.config import Config
-from gateways.core.daemon import LAYER_ERRORS
+from gateways.core.runtime import LAYER_ERRORS
 from gateways.core.lanes import ChannelLanes, KeyFunction
 
 log = logging.getLogger("gateway.worker")

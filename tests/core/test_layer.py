@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from gateways.core.config import LayerConfig, load_config, parse_config
-from gateways.core.daemon import HandoffError, Runtime
+from gateways.core.runtime import HandoffError, Runtime
 from gateways.core.layer import build_layer, channel_layers_setting, close_layer
 from gateways.core.layer_classes import GatewayRedisChannelLayer
 
