@@ -51,7 +51,7 @@ from channels.exceptions import ChannelFull
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
-from gateways.core.layer import SOCKET_TIMEOUT, GatewayRedisChannelLayer
+from gateways.core.layer_classes import SOCKET_TIMEOUT, GatewayRedisChannelLayer
 
 #: Writes a batch of messages; ARGV = expiry, cutoff, then (key index, capacity,
 #: score, member) per message. Returns 1 (stored) or 0 (channel full) per message.

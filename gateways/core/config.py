@@ -36,6 +36,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from gateways.core import registry
+
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -577,9 +579,7 @@ def parse_config(
         environ: where ``${VAR}`` references are looked up (``os.environ``).
     """
     if section_classes is None:
-        from gateways.core.registry import section_classes as installed
-
-        section_classes = installed()
+        section_classes = registry.section_classes()
     reader = _Reader(filename, os.environ if environ is None else environ)
     root = _compose(text, filename)
     top = reader.read(root, "") if root is not None else _Node({}, 1)

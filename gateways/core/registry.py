@@ -13,16 +13,16 @@ protocol may be registered but not runnable here. The section is registered
 on its own because its module needs no extra: ``gateway check`` still reads
 the section and then says which extra to install, where importing the
 gateway class would only fail with the missing module's name.
+
+This module imports nothing of the core: :mod:`gateways.core.config` asks it
+for the section classes, and the gateway classes it loads import the config.
 """
 
 from __future__ import annotations
 
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
-from typing import TYPE_CHECKING, Any, Iterable
-
-if TYPE_CHECKING:
-    from gateways.core.daemon import Gateway
+from typing import Any, Iterable
 
 GROUP = "gateways.protocols"
 SECTIONS_GROUP = "gateways.sections"
@@ -90,8 +90,10 @@ def protocol_names() -> tuple[str, ...]:
 
 
 @cache
-def gateway_class(name: str) -> type["Gateway"]:
-    """The gateway class registered for protocol ``name``.
+def gateway_class(name: str) -> type[Any]:
+    """The gateway class registered for protocol ``name``: a subclass of
+    :class:`gateways.core.gateway.Gateway` (not named in the annotation, as
+    importing it here would close a circle through the config).
 
     Raises:
         MissingExtra: the gateway needs a library that is not installed.

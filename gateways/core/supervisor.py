@@ -33,7 +33,7 @@ from pathlib import Path
 from gateways.core import eventloop, registry
 from gateways.core.backoff import Backoff
 from gateways.core.config import Config
-from gateways.core.daemon import Service, StackUnavailable
+from gateways.core.gateway import Service, StackUnavailable
 from gateways.core.layer import remove_runtime_file, write_runtime_file
 from gateways.core.worker import worker_channels
 

@@ -38,7 +38,7 @@ from gateways.core import eventloop, oldconnections, registry
 from gateways.core.asgi_host import AsgiHost, track_groups
 from gateways.core.backoff import Backoff
 from gateways.core.config import Config
-from gateways.core.daemon import LAYER_ERRORS
+from gateways.core.runtime import LAYER_ERRORS
 from gateways.core.lanes import ChannelLanes, KeyFunction
 
 log = logging.getLogger("gateway.worker")

@@ -16,7 +16,8 @@ from typing import Any
 
 from gateways.core.backoff import Backoff
 from gateways.core.config import Config, split_host_port
-from gateways.core.daemon import Gateway, HandoffError, Runtime
+from gateways.core.gateway import Gateway
+from gateways.core.runtime import HandoffError, Runtime
 from gateways.email.config import EmailSection
 from gateways.email.handoff import Handoff
 from gateways.email.parsing import ParserProcess

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from gateways.core.backoff import Backoff
-from gateways.core.daemon import HandoffError, Runtime
+from gateways.core.runtime import HandoffError, Runtime
 from gateways.email.spool import Spool, SpoolEntry
 from protocol_specs.email import Delivery, Envelope, receive_message
 

@@ -8,7 +8,8 @@ import socket
 from typing import Any
 
 from gateways.core.config import Config
-from gateways.core.daemon import Gateway, HandoffError, Runtime, Service, StackUnavailable
+from gateways.core.gateway import Gateway, Service, StackUnavailable
+from gateways.core.runtime import HandoffError, Runtime
 from gateways.mqtt.config import MqttSection
 from gateways.mqtt.connection import BrokerConnection
 from gateways.mqtt.inbound import HandoffPipeline

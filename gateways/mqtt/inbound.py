@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from gateways.core.backoff import Backoff
-from gateways.core.daemon import HandoffError
+from gateways.core.runtime import HandoffError
 from gateways.core.metrics import Metrics
 from gateways.core.specs import InvalidMessage
 

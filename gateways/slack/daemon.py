@@ -20,7 +20,8 @@ from urllib.parse import urlsplit
 
 from gateways.core.backoff import Backoff
 from gateways.core.config import Config, split_host_port
-from gateways.core.daemon import Gateway, HandoffError, Runtime, Service, StackUnavailable
+from gateways.core.gateway import Gateway, Service, StackUnavailable
+from gateways.core.runtime import HandoffError, Runtime
 from gateways.slack import protocol
 from gateways.slack.config import SlackSection
 from gateways.slack.dedup import Dedup, MemoryDedup, RedisDedup

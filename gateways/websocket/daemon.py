@@ -23,7 +23,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from gateways.core.config import split_host_port
-from gateways.core.daemon import Gateway, HandoffError
+from gateways.core.gateway import Gateway
+from gateways.core.runtime import HandoffError
 from gateways.websocket.config import WebSocketSection
 from gateways.websocket.protocol import (
     CLOSE_GOING_AWAY,

@@ -8,8 +8,9 @@ import uuid
 import pytest
 
 from gateways.core.config import LayerConfig, load_config, parse_config
-from gateways.core.daemon import HandoffError, Runtime
-from gateways.core.layer import GatewayRedisChannelLayer, build_layer, channel_layers_setting, close_layer
+from gateways.core.runtime import HandoffError, Runtime
+from gateways.core.layer import build_layer, channel_layers_setting, close_layer
+from gateways.core.layer_classes import GatewayRedisChannelLayer
 
 
 def layer_for(url: str, **kwargs) -> GatewayRedisChannelLayer:
@@ -94,7 +95,7 @@ def test_django_setting_comes_from_the_same_yaml(tmp_path, monkeypatch):
     path.write_text("layer:\n  url: redis://127.0.0.1:6390/2\n  capacity: 5000\n  expiry: 30\n  batched: false\n")
     monkeypatch.delenv("GATEWAY_LAYER_URL", raising=False)
     setting = channel_layers_setting(str(path))["default"]
-    assert setting["BACKEND"] == "gateways.core.layer.GatewayRedisChannelLayer"
+    assert setting["BACKEND"] == "gateways.core.layer_classes.GatewayRedisChannelLayer"
     assert setting["CONFIG"]["hosts"] == [{"address": "redis://127.0.0.1:6390/2"}]
     assert (setting["CONFIG"]["capacity"], setting["CONFIG"]["expiry"]) == (5000, 30)
     monkeypatch.setenv("GATEWAY_LAYER_URL", "redis://127.0.0.1:7000/0")

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from gateways.core.config import load_config
-from gateways.core.daemon import HandoffError, Runtime
+from gateways.core.runtime import HandoffError, Runtime
 from gateways.email.handoff import TIMERS_SLACK, Handoff
 from gateways.email.protocol import parse_message
 from gateways.email.spool import Spool, SpoolEntry, new_id

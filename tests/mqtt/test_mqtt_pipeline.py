@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from gateways.core.daemon import HandoffError
+from gateways.core.runtime import HandoffError
 from gateways.core.metrics import Metrics
 from gateways.mqtt.inbound import HandoffPipeline
 

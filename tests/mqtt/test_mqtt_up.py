@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from gateways.core.config import parse_config
-from gateways.core.daemon import StackUnavailable
+from gateways.core.gateway import StackUnavailable
 from gateways.mqtt import daemon as mqtt_daemon
 from gateways.mqtt.daemon import MqttGateway
 from mqtt_stack import Subscriber, mosquitto_pub

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateways.core.config import ConfigError, load_config, parse_config, reference
-from gateways.core.daemon import StackUnavailable
+from gateways.core.gateway import StackUnavailable
 from gateways.slack.config import SlackSection
 from gateways.slack.daemon import SlackGateway
 

@@ -15,7 +15,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from consumers import asgi_websocket
 from gateways.core.asgi_host import AsgiHost, adapter_for
-from gateways.core.layer import MemoryChannelLayer
+from gateways.core.layer_classes import MemoryChannelLayer
 from gateways.core.specs import load_schema
 from gateways.core.worker import channel_application, consumer_class_for, hosts_connections
 

@@ -1,0 +1,234 @@
+"""What a gateway gets from the core: the :class:`Runtime`.
+
+The layer side of a gateway: hand-offs to the layer (:meth:`Runtime.send`,
+:meth:`Runtime.send_many`) with the layer's state and metrics kept as they
+go, groups, reply channels, and the tracked tasks a daemon cancels on exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any, Callable, Coroutine
+
+from channels.exceptions import ChannelFull
+
+from gateways.core.config import Config, GatewaySection
+from gateways.core.layer import build_layer
+from gateways.core.metrics import Metrics
+from gateways.core.specs import ProtocolSchema, load_schema
+
+#: Errors that mean "the layer did not take the message".
+LAYER_ERRORS: tuple[type[BaseException], ...] = (ChannelFull, OSError, ConnectionError, asyncio.TimeoutError)
+try:  # redis-py's errors do not all derive from OSError
+    from redis.exceptions import RedisError
+
+    LAYER_ERRORS += (RedisError,)
+except ImportError:  # pragma: no cover - redis is a dependency
+    pass
+
+
+class HandoffError(Exception):
+    """The layer refused or could not take a message.
+
+    Args:
+        reason: ``"full"`` (ChannelFull) or ``"unavailable"`` (layer down).
+        detail: the underlying error, for logs.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"layer {reason}: {detail}")
+
+
+class Runtime:
+    """What a gateway gets from the core: the layer, metrics, logging and tasks.
+
+    Args:
+        config: the whole configuration.
+        section: this protocol's section.
+        protocol: the protocol name.
+        layer: the channel layer (built from ``config.layer`` when omitted).
+    """
+
+    def __init__(self, config: Config, section: GatewaySection, protocol: str, layer: Any = None) -> None:
+        self.config = config
+        self.section = section
+        self.protocol = protocol
+        self.layer = layer if layer is not None else build_layer(config.layer)
+        self.metrics = Metrics()
+        self.log = logging.getLogger(f"gateway.{protocol}")
+        self.schema: ProtocolSchema = load_schema(protocol)
+        self.stopping = asyncio.Event()
+        self.layer_ok = True
+        self.strict = os.environ.get("GATEWAY_STRICT") == "1"
+        #: Called when the layer answers again after failing (e.g. to re-add groups).
+        self.on_layer_recovered: list[Callable[[], None]] = []
+        self._tasks: set[asyncio.Task] = set()
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- hand-off to the layer -------------------------------------------
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        """Hand ``message`` to the layer on ``channel``.
+
+        Raises :class:`HandoffError` when the layer is full or unreachable;
+        the caller answers its peer the protocol's way.
+        """
+        if self.strict:
+            self.schema.validate(message)
+        mtype = message.get("type", "?")
+        self._inflight += 1
+        self._idle.clear()
+        started = time.perf_counter()
+        try:
+            await self.layer.send(channel, message)
+        except ChannelFull as exc:
+            self.metrics.inc("handoff_failures_total", "messages the layer refused", reason="full", type=mtype)
+            raise HandoffError("full", f"channel {channel!r} is full") from exc
+        except LAYER_ERRORS as exc:
+            self.metrics.inc("handoff_failures_total", "messages the layer refused", reason="unavailable", type=mtype)
+            self.layer_down(exc)
+            raise HandoffError("unavailable", f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.set()
+        self.layer_up()
+        self.metrics.observe("layer_send_seconds", time.perf_counter() - started, "layer send latency")
+        self.metrics.inc("messages_in_total", "messages handed to the layer", type=mtype)
+
+    async def send_many(self, channel: str, messages: list[dict[str, Any]]) -> int:
+        """Hand ``messages`` to the layer on ``channel``, in order; how many it took.
+
+        The layer took the first ``n`` returned, in this order, and refused
+        every later one (full): send those again, in order, to keep it. With
+        a layer that has ``send_many`` (the batched one) that is one round
+        trip; with another, the messages are sent one at a time, stopping at
+        the first refusal. More than the layer's ``send_batch`` go in several
+        round trips. Raises :class:`HandoffError` when the layer took none of them.
+        """
+        if not messages:
+            return 0
+        bulk = getattr(self.layer, "send_many", None)
+        limit = getattr(self.layer, "send_batch", len(messages))
+        if bulk is not None and len(messages) > limit:  # the layer's round trip holds so many
+            taken = 0
+            for start in range(0, len(messages), limit):
+                chunk = messages[start:start + limit]
+                try:
+                    took = await self.send_many(channel, chunk)
+                except HandoffError:
+                    if not taken:
+                        raise
+                    return taken
+                taken += took
+                if took < len(chunk):
+                    return taken
+            return taken
+        if bulk is None or len(messages) == 1:
+            taken = 0
+            for message in messages:
+                try:
+                    await self.send(channel, message)
+                except HandoffError:
+                    if not taken:
+                        raise
+                    break
+                taken += 1
+            return taken
+        if self.strict:
+            for message in messages:
+                self.schema.validate(message)
+        self._inflight += 1
+        self._idle.clear()
+        started = time.perf_counter()
+        try:
+            taken = await bulk(channel, messages)
+        except LAYER_ERRORS as exc:
+            for message in messages:
+                self.metrics.inc("handoff_failures_total", "messages the layer refused", reason="unavailable",
+                                 type=message.get("type", "?"))
+            self.layer_down(exc)
+            raise HandoffError("unavailable", f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            self._inflight -= 1
+            if not self._inflight:
+                self._idle.set()
+        self.layer_up()
+        seconds = time.perf_counter() - started
+        types: dict[str, int] = {}
+        for message in messages[:taken]:
+            mtype = message.get("type", "?")
+            types[mtype] = types.get(mtype, 0) + 1
+            self.metrics.observe("layer_send_seconds", seconds, "layer send latency")
+        for mtype, count in types.items():
+            self.metrics.inc("messages_in_total", "messages handed to the layer", amount=count, type=mtype)
+        for message in messages[taken:]:
+            self.metrics.inc("handoff_failures_total", "messages the layer refused", reason="full",
+                             type=message.get("type", "?"))
+        if not taken:
+            raise HandoffError("full", f"channel {channel!r} is full")
+        return taken
+
+    async def group_add(self, group: str, channel: str) -> None:
+        """Add ``channel`` to ``group`` on the layer."""
+        await self.layer.group_add(group, channel)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        """Remove ``channel`` from ``group`` on the layer."""
+        await self.layer.group_discard(group, channel)
+
+    async def new_channel(self) -> str:
+        """A new process-specific channel name (a reply channel)."""
+        return await self.layer.new_channel()
+
+    def layer_down(self, exc: BaseException) -> None:
+        """Note that the layer failed (logged once per outage, /healthz turns 503)."""
+        if self.layer_ok:
+            self.log.warning("channel layer unavailable: %s: %s", type(exc).__name__, exc)
+        self.layer_ok = False
+
+    def layer_up(self) -> None:
+        """Note that the layer answered; after an outage, run ``on_layer_recovered``."""
+        if not self.layer_ok:
+            self.log.info("channel layer available again")
+            self.layer_ok = True
+            for callback in self.on_layer_recovered:
+                callback()
+
+    async def handoffs_done(self) -> None:
+        """Wait until no :meth:`send` is in flight."""
+        await self._idle.wait()
+
+    # -- tasks -------------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:
+        """Run ``coro`` as a tracked task; an exception is logged, not lost."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("task %s failed", task.get_name(), exc_info=task.exception())
+
+    async def cancel_tasks(self) -> None:
+        """Cancel every tracked task and wait for them."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def reject(self, channel: str, message: Any, problem: str) -> None:
+        """Log and count a message a consumer sent that the gateway cannot use."""
+        mtype = message.get("type", "?") if isinstance(message, dict) else "?"
+        self.metrics.inc("invalid_messages_total", "consumer messages rejected", type=str(mtype))
+        self.log.error("invalid message on %s: %s", channel, problem)
