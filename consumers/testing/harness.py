@@ -128,14 +128,19 @@ class TestLayer(InMemoryChannelLayer):
         super().__init__(capacity=100_000)
         self.harness = harness
 
-    async def send(self, channel: str, message: dict[str, Any]) -> None:
-        """Validate, then let the harness absorb it (group changes) or queue it."""
+    def _check(self, message: dict[str, Any], where: str) -> None:
+        """Validate ``message`` against its schema (when the harness validates);
+        an invalid one is recorded as the test's failure, then raised."""
         if self.harness.validate:
             try:
-                check_message(message, f"sent to {channel!r}")
+                check_message(message, where)
             except InvalidMessage as exc:
                 self.harness._record(exc)
                 raise
+
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        """Validate, then let the harness absorb it (group changes) or queue it."""
+        self._check(message, f"sent to {channel!r}")
         if not await self.harness._absorb(channel, message):
             await super().send(channel, message)
             self.harness._sent_to(channel)
@@ -143,12 +148,7 @@ class TestLayer(InMemoryChannelLayer):
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         """Validate, then send to every member (each through :meth:`send`)."""
-        if self.harness.validate:
-            try:
-                check_message(message, f"sent to group {group!r}")
-            except InvalidMessage as exc:
-                self.harness._record(exc)
-                raise
+        self._check(message, f"sent to group {group!r}")
         await super().group_send(group, message)
 
     def take(self, channel: str) -> dict[str, Any] | None:
@@ -514,3 +514,26 @@ class Communicator:
         """Stop the harness if this communicator owns it (``async with`` does it)."""
         if self._owns_harness:
             await self.harness.close()
+
+
+class GatewayCommunicator(Communicator):
+    """A communicator for a gateway that takes consumers' requests on one channel.
+
+    Args:
+        consumer: the consumer class, or a harness/communicator to share.
+        channel: the channel the gateway sends to.
+        send_channel: the gateway's outbound channel (``default_send_channel``).
+        timeout: upper bound, in seconds, on every wait.
+        raise_errors: see :class:`ConsumerHarness`.
+    """
+
+    default_send_channel = "test.send"
+
+    def __init__(self, consumer: Any, channel: str | None = None, *, send_channel: str | None = None,
+                 timeout: float = TIMEOUT, raise_errors: bool = True) -> None:
+        super().__init__(consumer, channel, timeout=timeout, raise_errors=raise_errors)
+        self.send_channel = send_channel or self.default_send_channel
+
+    async def receive_nothing(self, timeout: float | None = None) -> bool:
+        """True when the consumer, done with everything it was given, sent the gateway nothing."""
+        return await self.harness.receive_nothing(self.send_channel, timeout)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from consumers.testing.harness import TIMEOUT, Communicator
+from consumers.testing.harness import GatewayCommunicator
 
 __all__ = ["MqttCommunicator", "mqtt_publish"]
 
@@ -44,7 +44,7 @@ def mqtt_publish(topic: str, payload: Any = b"", qos: int = 1, retain: bool = Fa
     }
 
 
-class MqttCommunicator(Communicator):
+class MqttCommunicator(GatewayCommunicator):
     """An MQTT gateway's side of an :class:`~consumers.mqtt.MqttConsumer`.
 
     Args:
@@ -56,11 +56,7 @@ class MqttCommunicator(Communicator):
     """
 
     default_channel = "mqtt.publish"
-
-    def __init__(self, consumer: Any, channel: str | None = None, *, send_channel: str = SEND_CHANNEL,
-                 timeout: float = TIMEOUT, raise_errors: bool = True) -> None:
-        super().__init__(consumer, channel, timeout=timeout, raise_errors=raise_errors)
-        self.send_channel = send_channel
+    default_send_channel = SEND_CHANNEL
 
     async def publish(self, topic: str, payload: Any = b"", **fields: Any) -> dict[str, Any]:
         """Deliver a message received on ``topic`` (keywords as in :func:`mqtt_publish`); return it."""
@@ -86,10 +82,6 @@ class MqttCommunicator(Communicator):
         request = await self.receive_request(timeout)
         assert request["type"] == "mqtt.publish", f"expected an mqtt.publish request, got {request!r}"
         return request
-
-    async def receive_nothing(self, timeout: float | None = None) -> bool:
-        """True when the consumer, done with everything it was given, asked the gateway nothing."""
-        return await self.harness.receive_nothing(self.send_channel, timeout)
 
     async def answer(self, request: dict[str, Any], ok: bool = True, error: str | None = None,
                      **fields: Any) -> dict[str, Any] | None:

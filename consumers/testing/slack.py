@@ -15,7 +15,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from consumers.testing.harness import TIMEOUT, Communicator
+from consumers.testing.harness import GatewayCommunicator
 
 __all__ = ["SlackCommunicator", "slack_event"]
 
@@ -69,7 +69,7 @@ def slack_event(mtype: str = "slack.message", **fields: Any) -> dict[str, Any]:
     return message
 
 
-class SlackCommunicator(Communicator):
+class SlackCommunicator(GatewayCommunicator):
     """A Slack gateway's side of a :class:`~consumers.slack.SlackConsumer`.
 
     Args:
@@ -81,11 +81,7 @@ class SlackCommunicator(Communicator):
     """
 
     default_channel = "slack.receive"
-
-    def __init__(self, consumer: Any, channel: str | None = None, *, send_channel: str = SEND_CHANNEL,
-                 timeout: float = TIMEOUT, raise_errors: bool = True) -> None:
-        super().__init__(consumer, channel, timeout=timeout, raise_errors=raise_errors)
-        self.send_channel = send_channel
+    default_send_channel = SEND_CHANNEL
 
     # -- events in ----------------------------------------------------------------
 
@@ -138,10 +134,6 @@ class SlackCommunicator(Communicator):
         """The ``slack.ack`` the consumer sent for ``message`` (a command, view submission or options)."""
         assert message.get("ack_channel"), f"{message['type']} has no ack_channel"
         return await self.harness.receive(message["ack_channel"], timeout=timeout)
-
-    async def receive_nothing(self, timeout: float | None = None) -> bool:
-        """True when the consumer, done with everything it was given, sent the gateway nothing."""
-        return await self.harness.receive_nothing(self.send_channel, timeout)
 
     async def answer(self, send: dict[str, Any], ok: bool = True, response: dict[str, Any] | None = None,
                      error: str | None = None) -> dict[str, Any] | None:
