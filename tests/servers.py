@@ -74,6 +74,24 @@ async def async_wait_until(predicate: Callable[[], Any | Awaitable[Any]], timeou
         await asyncio.sleep(interval)
 
 
+async def wait_for_group(url: str, prefix: str, group: str, members: int, timeout: float = 20.0) -> None:
+    """Wait until the layer group ``group`` (under ``prefix`` in the Redis at
+    ``url``) has ``members`` channels: a consumer joins a group with a message
+    it sends after accept, so a connection being open does not mean it joined."""
+    from redis import asyncio as aioredis
+
+    client = aioredis.from_url(url)
+    try:
+        await async_wait_until(lambda: _has_members(client, f"{prefix}:group:{group}", members), timeout,
+                               f"{members} channels in group {group!r}")
+    finally:
+        await client.aclose()
+
+
+async def _has_members(client: Any, key: str, members: int) -> bool:
+    return await client.zcard(key) == members
+
+
 def child_pids(pid: int) -> list[int]:
     """The live child processes of process ``pid`` (from /proc)."""
     found = []
