@@ -6,6 +6,8 @@ A test that needs a server and cannot find its binary fails under CI
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import shutil
 import socket
@@ -13,6 +15,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Awaitable, Callable
 
 import pytest
 
@@ -35,6 +38,58 @@ def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> 
             if time.monotonic() > deadline:
                 raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
             time.sleep(0.05)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition",
+               interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy, and return that.
+
+    Tests wait on the condition they need instead of sleeping a fixed time:
+    fast when the machine is fast, patient when it is loaded. Fails with
+    ``what`` (say what should have happened) after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"after {timeout}s still not: {what}")
+        time.sleep(interval)
+
+
+async def async_wait_until(predicate: Callable[[], Any | Awaitable[Any]], timeout: float = 10.0,
+                           what: str = "condition", interval: float = 0.05) -> Any:
+    """:func:`wait_until` for async tests: ``predicate`` may be a plain or an
+    async function, and the event loop keeps running between polls."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"after {timeout}s still not: {what}")
+        await asyncio.sleep(interval)
+
+
+async def wait_for_group(url: str, prefix: str, group: str, members: int, timeout: float = 20.0) -> None:
+    """Wait until the layer group ``group`` (under ``prefix`` in the Redis at
+    ``url``) has ``members`` channels: a consumer joins a group with a message
+    it sends after accept, so a connection being open does not mean it joined."""
+    from redis import asyncio as aioredis
+
+    client = aioredis.from_url(url)
+    try:
+        await async_wait_until(lambda: _has_members(client, f"{prefix}:group:{group}", members), timeout,
+                               f"{members} channels in group {group!r}")
+    finally:
+        await client.aclose()
+
+
+async def _has_members(client: Any, key: str, members: int) -> bool:
+    return await client.zcard(key) == members
 
 
 def child_pids(pid: int) -> list[int]:

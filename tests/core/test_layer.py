@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import pytest
+from redis import asyncio as aioredis
+from servers import async_wait_until
 
 from gateways.core.config import LayerConfig, load_config, parse_config
 from gateways.core.runtime import HandoffError, Runtime
@@ -21,12 +24,30 @@ async def test_receive_survives_idling_past_redis_py_socket_timeout(redis_server
     """redis-py 8's 5 s socket timeout equals channels_redis's 5 s BZPOPMIN:
     a stock receive that idles fails with TimeoutError. Ours must not."""
     layer = layer_for(redis_server.url)
+    admin = aioredis.from_url(redis_server.url)
+    before = await blocking_pops(admin)
+    started = time.monotonic()
     receiver = asyncio.create_task(layer.receive("idle.channel"))
-    await asyncio.sleep(7)
+
+    async def idled_past_socket_timeout() -> bool:
+        # Idling past redis-py's 5 s is the point, so time is part of the
+        # condition; the pops Redis answered empty show the receive was
+        # blocked in Redis all along and kept asking again.
+        return time.monotonic() - started > 5.5 and await blocking_pops(admin) >= before + 2
+
+    await async_wait_until(idled_past_socket_timeout, timeout=30,
+                           what="the receive idled 5.5 s, asking Redis again after empty blocking pops")
+    await admin.aclose()
     assert not receiver.done(), receiver.exception() if receiver.done() else None
     await layer_for_send(redis_server.url, layer.prefix).send("idle.channel", {"type": "x.y", "n": 1})
     assert await asyncio.wait_for(receiver, 10) == {"type": "x.y", "n": 1}
     await close_layer(layer)
+
+
+async def blocking_pops(admin: aioredis.Redis) -> int:
+    """How many blocking pops (BZMPOP, or BZPOPMIN before Redis 7) this Redis ran."""
+    stats = await admin.info("commandstats")
+    return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("bzmpop", "bzpopmin"))
 
 
 def layer_for_send(url: str, prefix: str) -> GatewayRedisChannelLayer:

@@ -12,7 +12,8 @@ import pytest
 import websockets
 import yaml
 
-from servers import REPO, Daemon, free_port, wait_for_port
+from gateways.core.layer import embedded_layer_url
+from servers import REPO, Daemon, free_port, wait_for_group, wait_for_port
 
 pytestmark = pytest.mark.e2e
 
@@ -44,7 +45,7 @@ async def test_demo_echo_and_chat_then_ctrl_c_stops_everything(demo_stack):
         assert await asyncio.wait_for(ws.recv(), 10) == b"\x01\x02"
     async with websockets.connect(f"ws://127.0.0.1:{port}/chat/demo/") as a, \
             websockets.connect(f"ws://127.0.0.1:{port}/chat/demo/") as b:
-        await asyncio.sleep(0.5)
+        await wait_for_group(embedded_layer_url(up.proc.args[-1]), "asgi", "chat.demo", 2)
         await a.send("hi room")
         assert await asyncio.wait_for(b.recv(), 10) == "hi room"
         assert await asyncio.wait_for(a.recv(), 10) == "hi room"

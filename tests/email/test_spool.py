@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import msgpack
 import pytest
 
 from gateways.email import spool as spool_module
 from gateways.email.spool import RECORD_MAGIC, GroupCommit, Spool, SpoolEntry, new_id
+from servers import wait_until
 
 
 def entry(n: int) -> SpoolEntry:
@@ -58,9 +58,8 @@ async def test_released_segment_is_deleted_once_idle(tmp_path, monkeypatch):
     assert spool.needs_sweep()
     spool.sweep()
     assert segments(spool) == [entries[0].batch], "the active segment went while still written to"
-    time.sleep(0.25)
     assert spool.needs_sweep()
-    spool.sweep()
+    wait_until(spool.sweep, 5, "a sweep deleted the released segment once idle past IDLE_RETIRE")
     assert segments(spool) == [] and list(spool.new.iterdir()) == []
     later = entry(9)
     spool.write(later)  # a fresh segment, from the spare the sweep made ready

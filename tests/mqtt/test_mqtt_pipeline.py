@@ -8,6 +8,7 @@ import logging
 from gateways.core.runtime import HandoffError
 from gateways.core.metrics import Metrics
 from gateways.mqtt.inbound import HandoffPipeline
+from servers import async_wait_until
 
 log = logging.getLogger("test.mqtt")
 
@@ -19,8 +20,10 @@ class Layer:
         self.sent: list[tuple[str, dict]] = []
         self.gates: dict[str, asyncio.Event] = {}
         self.refusing = 0
+        self.started: list[dict] = []  # sends under way or done, so tests can wait for one
 
     async def send(self, channel: str, message: dict) -> None:
+        self.started.append(message)
         gate = self.gates.get(message["topic"])
         if gate is not None:
             await gate.wait()
@@ -87,7 +90,9 @@ async def test_qos0_beyond_its_backlog_is_dropped_and_counted_while_qos1_waits()
     assert metrics.value("mqtt_qos0_dropped_total") == 1
     assert await pipeline.put("t", "c", {"topic": "t", "n": 4}, 1, acker(acks, 4))
     waiting = asyncio.create_task(pipeline.put("t", "c", {"topic": "t", "n": 5}, 1, acker(acks, 5)))
-    await asyncio.sleep(0.05)
+    # Nothing to await for "keeps waiting": give the pipeline a few turns of the loop.
+    for _ in range(20):
+        await asyncio.sleep(0)
     assert not waiting.done()  # QoS 1 past the bound waits (unread, unacknowledged), never dropped
     layer.gates["t"].set()
     await asyncio.wait_for(waiting, 5)
@@ -104,7 +109,7 @@ async def test_abandon_leaves_unsent_qos1_to_the_broker_and_acks_nothing_for_it(
     await pipeline.put("t", "c", {"topic": "t", "n": 1}, 1, acker(acks, 1), old)  # its send is under way
     await pipeline.put("t", "c", {"topic": "t", "n": 2}, 1, acker(acks, 2), old)  # waits behind it
     await pipeline.put("t", "c", {"topic": "t", "n": 3}, 0, acker(acks, 3), old)
-    await asyncio.sleep(0.01)
+    await async_wait_until(lambda: layer.started, 5, "the first hand-off is under way")
     assert pipeline.abandon(old) == 2
     await pipeline.put("t", "c", {"topic": "t", "n": 4}, 1, acker(acks, 4), new)
     layer.gates["t"].set()
@@ -131,7 +136,7 @@ async def test_layer_sends_at_once_stay_below_the_bound_however_many_topics():
         nonlocal active, peak
         active += 1
         peak = max(peak, active)
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # a send that takes a while, so sends overlap: the test's point
         active -= 1
         sent.append(message["topic"])
 
@@ -152,6 +157,7 @@ class ManyLayer(Layer):
         self.room: int | None = None
 
     async def send_many(self, channel: str, messages: list[dict]) -> int:
+        self.started.extend(messages)
         gate = self.gates.get(messages[0]["topic"])
         if gate is not None:
             await gate.wait()
@@ -195,7 +201,7 @@ async def test_batched_what_the_layer_refused_is_retried_in_order_and_acked_only
     for n in range(6):
         await pipeline.put("t", "c", {"topic": "t", "n": n}, 1, acker(acks, n))
     layer.gates["t"].set()
-    await asyncio.sleep(0.2)
+    await async_wait_until(lambda: len(layer.calls) >= 2, 5, "the refused rest was handed off again")
     assert [m["n"] for _, m in layer.sent] == [0, 1, 2]
     assert acks == []  # 0..2 are taken, but they share a hand-off with 3..5, which wait
     layer.room = None
@@ -215,7 +221,7 @@ async def test_batched_an_unavailable_layer_is_retried_and_abandoned_messages_ar
     await pipeline.put("t", "c", {"topic": "t", "n": 1}, 1, acker(acks, 1), old)  # all three under way
     await pipeline.put("t", "c", {"topic": "t", "n": 2}, 1, acker(acks, 2), old)
     await pipeline.put("t", "c", {"topic": "t", "n": 3}, 0, acker(acks, 3), old)
-    await asyncio.sleep(0.01)
+    await async_wait_until(lambda: layer.started, 5, "the first hand-off is under way")
     assert pipeline.abandon(old) == 2
     await pipeline.put("t", "c", {"topic": "t", "n": 4}, 1, acker(acks, 4), new)
     layer.refusing = 3

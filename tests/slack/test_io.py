@@ -144,7 +144,8 @@ async def test_serializer_keeps_arrival_order_per_key_and_survives_cancellation(
     tasks.append(asyncio.create_task(work("b", "b0", 0)))
     victim = asyncio.create_task(work("a", "cancelled", 0))
     tasks.append(asyncio.create_task(work("a", "a-last", 0)))
-    await asyncio.sleep(0.01)
+    for _ in range(20):  # every task queued behind a0 (which works 0.1 s) before one is cancelled
+        await asyncio.sleep(0)
     victim.cancel()
     started = time.monotonic()
     await asyncio.gather(*tasks)

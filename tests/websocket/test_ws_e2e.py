@@ -10,6 +10,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from servers import wait_for_group
 from ws_stack import ORIGIN, start_gateway, start_worker, write_config
 
 pytestmark = pytest.mark.e2e
@@ -23,7 +24,8 @@ def stack(redis_server, tmp_path_factory):
     second, port2 = write_config(directory, redis_server.url, prefix="wse2e")
     gateways = [start_gateway(first, port1), start_gateway(second, port2)]
     worker = start_worker(first)
-    yield {"ports": (port1, port2), "gateways": gateways, "worker": worker, "config": first}
+    yield {"ports": (port1, port2), "gateways": gateways, "worker": worker, "config": first,
+           "redis": redis_server.url}
     worker.stop()
     for gateway in gateways:
         gateway.stop()
@@ -53,8 +55,7 @@ async def test_chat_room_spans_two_gateway_processes(stack):
     port1, port2 = stack["ports"]
     async with connect(port1, "/chat/lobby/") as alice, connect(port2, "/chat/lobby/") as bob, \
             connect(port2, "/chat/other/") as carol:
-        # Joining is a message the consumer sends after accept; give it a moment to land.
-        await asyncio.sleep(0.5)
+        await wait_for_group(stack["redis"], "wse2e", "chat.lobby", 2)
         await alice.send("hello from gateway 1")
         assert await asyncio.wait_for(alice.recv(), 10) == "hello from gateway 1"
         assert await asyncio.wait_for(bob.recv(), 10) == "hello from gateway 1"

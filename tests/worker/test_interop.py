@@ -20,6 +20,7 @@ from redis import asyncio as aioredis
 from gateways.core.batched import BatchedRedisChannelLayer
 from gateways.core.config import parse_config
 from gateways.core.layer import build_layer, channel_layers_setting
+from servers import async_wait_until
 
 KEY = "0123456789abcdef0123456789abcdef"
 
@@ -35,6 +36,16 @@ def layers(redis_server):
         return cls(hosts=hosts, prefix=prefix, **kwargs)
 
     return make
+
+
+async def blocked_clients(url: str, at_least: int | None = None) -> int | bool:
+    """How many clients this Redis holds blocked in a pop (or whether at least ``at_least``)."""
+    admin = aioredis.from_url(url)
+    try:
+        count = (await admin.info("clients"))["blocked_clients"]
+    finally:
+        await admin.aclose()
+    return count if at_least is None else count >= at_least
 
 
 async def close(*layers):
@@ -175,10 +186,12 @@ async def test_encrypted_messages_interoperate(layers):
     await close(stock, batched)
 
 
-async def test_a_receive_cancelled_mid_wait_loses_nothing(layers):
+async def test_a_receive_cancelled_mid_wait_loses_nothing(layers, redis_server):
     stock, batched = layers("stock"), layers("batched")
+    before = await blocked_clients(redis_server.url)
     waiting = asyncio.ensure_future(batched.receive("quiet"))
-    await asyncio.sleep(0.3)  # the fetch is blocked in BZPOPMIN now
+    await async_wait_until(lambda: blocked_clients(redis_server.url, before + 1), 10,
+                           "the fetch is blocked in Redis")
     waiting.cancel()
     await stock.send("quiet", {"type": "t", "n": 1})
     assert await asyncio.wait_for(batched.receive("quiet"), 10) == {"type": "t", "n": 1}
@@ -191,6 +204,8 @@ async def test_a_channel_nobody_reads_is_not_drained(layers, redis_server):
     assert await batched.receive("a") == {"type": "t", "n": 1}
     for i in range(3):
         await stock.send("a", {"type": "t", "n": i})
+    # A fetch left running would take them now; nothing to await for "does not
+    # happen", so give it time to misbehave.
     await asyncio.sleep(0.5)
     # Nobody waits on "a" now: the messages stay in Redis for any receiver.
     assert [(await asyncio.wait_for(stock.receive("a"), 10))["n"] for _ in range(3)] == [0, 1, 2]
@@ -273,11 +288,14 @@ async def test_closing_returns_prefetched_messages_of_named_channels_in_order(la
     await close(stock)
 
 
-async def test_stop_fetching_releases_a_blocked_fetch_at_once_without_taking_anything(layers):
+async def test_stop_fetching_releases_a_blocked_fetch_at_once_without_taking_anything(layers, redis_server):
     stock = layers("stock")
     batched = layers("batched", block_timeout=30)  # at most half the socket timeout: 15 s
+    before = await blocked_clients(redis_server.url)
     waiting = asyncio.ensure_future(batched.receive("idle"))
-    await asyncio.sleep(0.5)  # blocked in BZMPOP for up to 15 s
+    # blocked in BZMPOP for up to 15 s
+    await async_wait_until(lambda: blocked_clients(redis_server.url, before + 1), 10,
+                           "the fetch is blocked in Redis")
     waiting.cancel()
     # CLIENT UNBLOCK ends it now; without it this would take the whole 15 s block.
     await asyncio.wait_for(batched.stop_fetching(), 10)

@@ -20,7 +20,7 @@ import websockets
 import yaml
 from channels_redis.core import RedisChannelLayer
 
-from servers import PYTHON, REPO, Daemon, free_port, gateway_daemon, runworker, wait_for_port
+from servers import PYTHON, REPO, Daemon, free_port, gateway_daemon, runworker, wait_for_group, wait_for_port
 
 pytestmark = pytest.mark.e2e
 
@@ -178,7 +178,7 @@ async def test_a_stock_layer_process_and_a_batched_one_serve_websocket_together(
             assert await asyncio.wait_for(ws.recv(), 20) == b"\x00\xff"
         async with websockets.connect(f"{url}/chat/lobby/", origin=ORIGIN, open_timeout=20) as alice, \
                 websockets.connect(f"{url}/chat/lobby/", origin=ORIGIN, open_timeout=20) as bob:
-            await asyncio.sleep(1)  # joining is a message the consumer sends after accept
+            await wait_for_group(redis_server.url, prefix, "chat.lobby", 2)
             await alice.send("hello")
             assert await asyncio.wait_for(bob.recv(), 20) == "hello"
             assert await asyncio.wait_for(alice.recv(), 20) == "hello"
