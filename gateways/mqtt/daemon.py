@@ -63,7 +63,9 @@ class MqttGateway(Gateway):
         ``mqtt.publish`` also gets messages no known subscription matches;
         list it in ``django.channels`` to have workers for those.
         """
-        return sorted({s.channel for s in section.subscriptions} or {PUBLISH})
+        from protocol_specs.mqtt import consumer_channels
+
+        return consumer_channels(section)
 
     @classmethod
     def conversation_key(cls, message: dict[str, Any]) -> Any:
@@ -72,9 +74,9 @@ class MqttGateway(Gateway):
         Every inbound message has the same reply_channel (``mqtt.send``), so
         the core's default would put all topics into one conversation.
         """
-        if message.get("type") in (PUBLISH, UNDECODABLE):
-            return message.get("topic")
-        return None
+        from protocol_specs.mqtt import conversation_key
+
+        return conversation_key(message)
 
     @classmethod
     def stack_services(cls, section: MqttSection, config: Config) -> list[Service]:

@@ -80,7 +80,15 @@ class WebSocketGateway(Gateway):
 
     @classmethod
     def consumer_channels(cls, section: WebSocketSection) -> list[str]:
-        return sorted({route.channel for route in section.routes})
+        from protocol_specs.websocket import consumer_channels
+
+        return consumer_channels(section)
+
+    @classmethod
+    def conversation_key(cls, message: dict[str, Any]) -> Any:
+        from protocol_specs.websocket import conversation_key
+
+        return conversation_key(message)
 
     def uses_process_channel(self) -> bool:
         return True

@@ -8,11 +8,16 @@
 - ``consumers/`` (the Django side) depends on the core and the specs only,
   never on a protocol's gateway package; ``protocol_specs/`` depends on
   neither gateways nor consumers.
+- ``gateway worker`` finds each protocol's channels and conversations
+  without the protocol's extra installed.
 """
 
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -144,3 +149,79 @@ def test_protocol_specs_import_nothing_from_gateways():
              for target, line in edges.items() if target.split(".")[0] in ("gateways", "consumers")]
     assert not found, "protocol_specs imports gateways or consumers:\n" + "\n".join(found)
 
+
+#: Run in a fresh interpreter where the protocol extras cannot be imported.
+WORKER_WITHOUT_EXTRAS = '''
+import importlib.abc, json, sys
+
+BLOCKED = ("aiosmtpd", "aiomqtt", "paho", "slack_sdk")
+attempts = []
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in BLOCKED:
+            attempts.append(name)
+            raise ModuleNotFoundError(f"blocked: {name}", name=name)
+        return None
+
+sys.meta_path.insert(0, Block())
+
+from gateways.core.config import parse_config
+from gateways.core.worker import conversation_key, worker_channels
+
+config = parse_config(sys.stdin.read(), environ={})
+key = conversation_key(None)
+messages = [
+    {"type": "email.receive", "reply_channel": "email.ack!x", "id": "1"},
+    {"type": "mqtt.publish", "topic": "a/1", "reply_channel": "mqtt.send"},
+    {"type": "mqtt.undecodable", "topic": "a/2", "reply_channel": "mqtt.send"},
+    {"type": "mqtt.result", "id": "2"},
+    {"type": "slack.message", "team": "T1", "channel": "C1", "reply_channel": "slack.send"},
+    {"type": "slack.event", "team": "T1", "reply_channel": "slack.send"},
+    {"type": "websocket.receive", "reply_channel": "specific.p!c1"},
+]
+print(json.dumps({"sections": sorted(config.sections), "channels": worker_channels(config),
+                  "keys": [key(m) for m in messages], "attempts": attempts,
+                  "loaded": sorted(m for m in sys.modules if m.partition(".")[0] in BLOCKED)}))
+'''
+
+ALL_FOUR = """
+django:
+  settings: x.settings
+  channels: [extra.one]
+email:
+  listen: 127.0.0.1:2525
+  domains: [example.com]
+  relay: console://
+  routes:
+    - channel: mail.support
+      address: support@.*
+mqtt:
+  broker: mqtt://127.0.0.1:1883
+  subscriptions:
+    - filter: a/#
+      channel: mqtt.a
+slack:
+  routes:
+    - channel: slack.deploys
+      commands: [/deploy]
+websocket:
+  routes:
+    - path: ^/chat/$
+      channel: websocket.chat
+"""
+
+
+def test_worker_finds_channels_and_conversations_without_the_protocol_extras():
+    """`gateway worker` runs only Django consumers: what it needs of each protocol
+    (the channels to consume, the conversation of a message) comes from the
+    specs, not from the gateways that import aiosmtpd, aiomqtt and slack_sdk."""
+    result = subprocess.run([sys.executable, "-c", WORKER_WITHOUT_EXTRAS], input=ALL_FOUR, cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert found["sections"] == ["email", "mqtt", "slack", "websocket"]
+    assert found["channels"] == ["extra.one", "mail.support", "email.receive", "mqtt.a", "slack.deploys",
+                                 "slack.receive", "websocket.chat"]
+    assert found["keys"] == [None, "a/1", "a/2", None, ["T1", "C1"], None, "specific.p!c1"]
+    assert found["attempts"] == [] and found["loaded"] == []
