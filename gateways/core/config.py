@@ -11,7 +11,20 @@ are collected before failing, so ``gateway check`` can list them at once.
 
 Section dataclasses describe themselves with ordinary type hints (``str``,
 ``int``, ``float``, ``bool``, ``list[X]``, ``dict[str, X]``, ``X | None``,
-``Literal[...]`` and nested dataclasses) and ``field(metadata=...)`` keys:
+``Literal[...]`` and nested dataclasses) and one declaration per key::
+
+    @dataclass
+    class ChatSection(GatewaySection):
+        listen: str = host_port("127.0.0.1:6667", "HOST:PORT to listen on")
+        rooms: list[str] = setting([], "rooms to join")
+        send_channel: str = channel_name("chat.send", "channel consumers send chat.send on")
+        timeout: float = positive(30.0, "seconds a client may stay silent")
+        tls_cert: str | None = config_file("PEM certificate")
+
+:func:`setting` is the general form; :func:`positive`, :func:`non_negative`,
+:func:`channel_name`, :func:`host_port`, :func:`regex`, :func:`url` and
+:func:`config_file` add the check their name says. They fill these
+``field(metadata=...)`` keys, which a plain ``field`` may also set:
 
 - ``doc``: one line for the configuration reference (required);
 - ``check``: ``callable(value) -> str | None`` returning a problem;
@@ -24,7 +37,9 @@ Section dataclasses describe themselves with ordinary type hints (``str``,
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import os
 import re
 import types
@@ -157,6 +172,72 @@ def tls_files_problem(cert: str | None = None, key: str | None = None, ca: str |
     return None
 
 
+# --------------------------------------------------------------------------
+# Field declarations: one call per key, so a section reads as a table of keys.
+
+#: A field check: the value in, the problem (or None) out.
+Check = Callable[[Any], str | None]
+
+
+def setting(default: Any, doc: str, *, check: Check | None = None, required: bool = False,
+            file: bool = False) -> Any:
+    """A section key: a dataclass ``field`` with the metadata this module reads.
+
+    Args:
+        default: the value when the file does not set the key; a list, a
+            dict or a dataclass instance is copied for each section.
+        doc: one line for the configuration reference.
+        check: returns the problem with a value (each item of a list), or None.
+        required: the key must be in the file.
+        file: the value names a file read relative to the configuration file.
+    """
+    metadata: dict[str, Any] = {"doc": doc}
+    if check is not None:
+        metadata["check"] = check
+    if required:
+        metadata["required"] = True
+    if file:
+        metadata["file"] = True
+    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
+        return field(default_factory=functools.partial(copy.deepcopy, default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def positive(default: float, doc: str) -> Any:
+    """A number key that must be greater than zero."""
+    return setting(default, doc, check=check_positive)
+
+
+def non_negative(default: float, doc: str) -> Any:
+    """A number key that may be zero but not negative."""
+    return setting(default, doc, check=check_non_negative)
+
+
+def channel_name(default: str | None, doc: str, *, required: bool = False) -> Any:
+    """A key naming a channel of the layer."""
+    return setting(default, doc, check=check_channel_name, required=required)
+
+
+def host_port(default: str | None, doc: str, *, required: bool = False) -> Any:
+    """A ``HOST:PORT`` key: where a listener listens."""
+    return setting(default, doc, check=check_host_port, required=required)
+
+
+def regex(default: str | list[str] | None, doc: str, *, required: bool = False) -> Any:
+    """A regular expression key (or a list of them)."""
+    return setting(default, doc, check=check_regex, required=required)
+
+
+def url(default: str | None, doc: str, schemes: tuple[str, ...], *, required: bool = False) -> Any:
+    """A URL key with one of ``schemes``."""
+    return setting(default, doc, check=check_url(*schemes), required=required)
+
+
+def config_file(doc: str) -> Any:
+    """An optional key naming a file the daemon reads, relative to the configuration file."""
+    return setting(None, f"{doc}; relative to the config file", file=True)
+
+
 #: Why the gateway commands refuse ``layer.url: memory://``.
 MEMORY_LAYER_NOTE = (
     "memory:// keeps channels inside one Python process, so a daemon on it never meets consumers in "
@@ -186,114 +267,60 @@ def is_memory_layer(url: str | None) -> bool:
 class HealthConfig:
     """The optional HTTP port with ``/healthz`` and Prometheus ``/metrics``."""
 
-    listen: str | None = field(
-        default=None,
-        metadata={"doc": "HOST:PORT for /healthz and /metrics; off when unset", "check": check_host_port},
-    )
+    listen: str | None = host_port(None, "HOST:PORT for /healthz and /metrics; off when unset")
 
 
 @dataclass
 class GatewaySection:
     """Keys every protocol section has; protocol sections subclass this."""
 
-    grace_period: float = field(
-        default=10.0,
-        metadata={"doc": "seconds to finish in-flight work on SIGTERM before closing", "check": check_positive},
-    )
-    health: HealthConfig = field(
-        default_factory=HealthConfig, metadata={"doc": "health and metrics HTTP endpoint"}
-    )
-    outbound_concurrency: int = field(
-        default=64,
-        metadata={"doc": "outbound messages handled at once", "check": check_positive},
-    )
+    grace_period: float = positive(10.0, "seconds to finish in-flight work on SIGTERM before closing")
+    health: HealthConfig = setting(HealthConfig(), "health and metrics HTTP endpoint")
+    outbound_concurrency: int = positive(64, "outbound messages handled at once")
 
 
 @dataclass
 class LayerConfig:
     """The channel layer every daemon and worker of the stack shares."""
 
-    url: str | None = field(
-        default=None,
-        metadata={
-            "doc": "redis://, rediss://, unix://, sentinel://h1:p1,h2:p2/master, or memory:// (a daemon "
-            "and its consumers in one process: tests; the gateway commands refuse it); "
-            "unset: `gateway up` embeds a server",
-            "check": check_layer_url,
-        },
-    )
-    prefix: str = field(default="asgi", metadata={"doc": "key prefix in Redis"})
-    capacity: int = field(
-        default=1000,
-        metadata={"doc": "messages a channel holds before sends raise ChannelFull", "check": check_positive},
-    )
-    channel_capacity: dict[str, int] = field(
-        default_factory=dict,
-        metadata={"doc": "per-channel capacities: glob pattern -> capacity"},
-    )
-    expiry: int = field(
-        default=60, metadata={"doc": "seconds an unread message lives", "check": check_positive}
-    )
-    group_expiry: int = field(
-        default=86400, metadata={"doc": "seconds a group membership lives", "check": check_positive}
-    )
-    symmetric_encryption_keys: list[str] = field(
-        default_factory=list, metadata={"doc": "keys to encrypt messages at rest (use ${ENV})"}
-    )
-    reply_capacity: int = field(
-        default=10000,
-        metadata={"doc": "messages one process's reply channels hold together (they share one Redis key); "
-                  "a channel_capacity entry for specific.* overrides it", "check": check_positive},
-    )
-    max_connections: int = field(
-        default=64,
-        metadata={"doc": "Redis connections per process; operations beyond wait", "check": check_positive},
-    )
-    batched: bool = field(
-        default=True,
-        metadata={"doc": "use the batched layer (same Redis data as channels_redis, many messages per "
-                  "round trip); false: channels_redis's own one-message round trips"},
-    )
+    url: str | None = setting(None, "redis://, rediss://, unix://, sentinel://h1:p1,h2:p2/master, "
+                              "or memory:// (a daemon and its consumers in one process: tests; "
+                              "the gateway commands refuse it); unset: `gateway up` embeds a server",
+                              check=check_layer_url)
+    prefix: str = setting("asgi", "key prefix in Redis")
+    capacity: int = positive(1000, "messages a channel holds before sends raise ChannelFull")
+    channel_capacity: dict[str, int] = setting({}, "per-channel capacities: glob pattern -> capacity")
+    expiry: int = positive(60, "seconds an unread message lives")
+    group_expiry: int = positive(86400, "seconds a group membership lives")
+    symmetric_encryption_keys: list[str] = setting([], "keys to encrypt messages at rest (use ${ENV})")
+    reply_capacity: int = positive(10000, "messages one process's reply channels hold together "
+                                   "(they share one Redis key); "
+                                   "a channel_capacity entry for specific.* overrides it")
+    max_connections: int = positive(64, "Redis connections per process; operations beyond wait")
+    batched: bool = setting(True, "use the batched layer (same Redis data as channels_redis, "
+                            "many messages per round trip); false: channels_redis's own one-message round trips")
 
 
 @dataclass
 class DjangoConfig:
     """The Django project whose consumers handle the gateways' messages."""
 
-    settings: str = field(
-        default="", metadata={"doc": "settings module, e.g. demo.settings", "required": True}
-    )
-    path: list[str] = field(
-        default_factory=list,
-        metadata={"doc": "directories added to sys.path, relative to this file"},
-    )
-    workers: int = field(
-        default=1, metadata={"doc": "worker processes `gateway up` starts", "check": check_positive}
-    )
-    concurrency: int = field(
-        default=64,
-        metadata={"doc": "messages of different conversations `gateway worker` handles at once, per channel",
-                  "check": check_positive},
-    )
-    parallel_sync: bool = field(
-        default=False,
-        metadata={"doc": "run sync handlers of different conversations in parallel threads (one per lane); "
-                  "false: all on one thread, as Channels does, safe on SQLite"},
-    )
-    channels: list[str] = field(
-        default_factory=list,
-        metadata={"doc": "extra channels the workers consume, beyond those the routes name"},
-    )
+    settings: str = setting("", "settings module, e.g. demo.settings", required=True)
+    path: list[str] = setting([], "directories added to sys.path, relative to this file")
+    workers: int = positive(1, "worker processes `gateway up` starts")
+    concurrency: int = positive(64, "messages of different conversations `gateway worker` "
+                                "handles at once, per channel")
+    parallel_sync: bool = setting(False, "run sync handlers of different conversations in parallel threads "
+                                  "(one per lane); false: all on one thread, as Channels does, safe on SQLite")
+    channels: list[str] = setting([], "extra channels the workers consume, beyond those the routes name")
 
 
 @dataclass
 class LogConfig:
     """Logging of every daemon."""
 
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = field(
-        default="INFO", metadata={"doc": "log level"}
-    )
-    json: bool = field(default=False, metadata={"doc": "one JSON object per line instead of text"})
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting("INFO", "log level")
+    json: bool = setting(False, "one JSON object per line instead of text")
 
 
 @dataclass
