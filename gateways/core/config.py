@@ -464,44 +464,67 @@ class _Builder:
     def build(self, tp: Any, node: _Node, path: str) -> Any:
         """Convert ``node`` to ``tp``; on a problem, record it and return None."""
         origin = typing.get_origin(tp)
-        value = node.value
-        if origin in (typing.Union, types.UnionType):
-            args = typing.get_args(tp)
-            if value is None and type(None) in args:
-                return None
-            for arg in args:
-                if arg is type(None):
-                    continue
-                if self._matches(arg, value):
-                    return self.build(arg, node, path)
-            return self._wrong(tp, node, path)
-        if origin is Literal:
-            if value in typing.get_args(tp):
-                return value
-            return self._wrong(tp, node, path)
-        if origin is list:
-            if not isinstance(value, list):
-                return self._wrong(tp, node, path)
-            (item,) = typing.get_args(tp)
-            return [self.build(item, n, f"{path}[{i}]") for i, n in enumerate(value)]
-        if origin is dict:
-            if not isinstance(value, dict):
-                return self._wrong(tp, node, path)
-            _, item = typing.get_args(tp)
-            return {k: self.build(item, n, f"{path}.{k}") for k, n in value.items()}
+        if origin in self._BY_ORIGIN:
+            return self._BY_ORIGIN[origin](self, tp, node, path)
         if dataclasses.is_dataclass(tp):
-            if value is None:
-                value = {}
-            if not isinstance(value, dict):
-                return self._wrong(tp, node, path)
-            return self.build_dataclass(tp, value, node.line, path)
-        if tp is float and isinstance(value, int) and not isinstance(value, bool):
+            return self._build_section(tp, node, path)
+        return self._build_scalar(tp, node, path)
+
+    def _build_union(self, tp: Any, node: _Node, path: str) -> Any:
+        """``X | Y | None``: None when allowed, else the first member the value fits."""
+        args = typing.get_args(tp)
+        if node.value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is not type(None) and self._matches(arg, node.value):
+                return self.build(arg, node, path)
+        return self._wrong(tp, node, path)
+
+    def _build_literal(self, tp: Any, node: _Node, path: str) -> Any:
+        if node.value in typing.get_args(tp):
+            return node.value
+        return self._wrong(tp, node, path)
+
+    def _build_list(self, tp: Any, node: _Node, path: str) -> Any:
+        if not isinstance(node.value, list):
+            return self._wrong(tp, node, path)
+        (item,) = typing.get_args(tp)
+        return [self.build(item, n, f"{path}[{i}]") for i, n in enumerate(node.value)]
+
+    def _build_dict(self, tp: Any, node: _Node, path: str) -> Any:
+        if not isinstance(node.value, dict):
+            return self._wrong(tp, node, path)
+        _, item = typing.get_args(tp)
+        return {k: self.build(item, n, f"{path}.{k}") for k, n in node.value.items()}
+
+    def _build_section(self, tp: Any, node: _Node, path: str) -> Any:
+        """A nested dataclass; an empty key (``health:``) is one with every default."""
+        value = {} if node.value is None else node.value
+        if not isinstance(value, dict):
+            return self._wrong(tp, node, path)
+        return self.build_dataclass(tp, value, node.line, path)
+
+    def _build_scalar(self, tp: Any, node: _Node, path: str) -> Any:
+        """A string, number or boolean: an int is a float too, a number a string,
+        never a boolean a number."""
+        value = node.value
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if tp is float and is_number:
             return float(value)
         if tp is Any or (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
             return value
-        if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if tp is str and is_number:
             return str(value)
         return self._wrong(tp, node, path)
+
+    #: How a generic type (its ``typing.get_origin``) is built.
+    _BY_ORIGIN: dict[Any, Callable[[_Builder, Any, _Node, str], Any]] = {
+        typing.Union: _build_union,
+        types.UnionType: _build_union,
+        Literal: _build_literal,
+        list: _build_list,
+        dict: _build_dict,
+    }
 
     @staticmethod
     def _matches(tp: Any, value: Any) -> bool:
@@ -524,38 +547,45 @@ class _Builder:
         return None
 
     def build_dataclass(self, cls: type, values: dict[str, _Node], line: int, path: str) -> Any:
+        """The dataclass ``cls`` from a mapping's ``values``; None when it cannot be made."""
         hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
         kwargs: dict[str, Any] = {}
         for key, node in values.items():
             sub = f"{path}.{key}" if path else key
             if key not in fields:
-                known = ", ".join(sorted(fields))
-                self.reader.problem(node.line, sub, f"unknown key (known: {known})")
+                self.reader.problem(node.line, sub, f"unknown key (known: {', '.join(sorted(fields))})")
                 continue
             value = self.build(hints[key], node, sub)
             if value is None and node.value is not None:
-                continue
-            if fields[key].metadata.get("file") and isinstance(value, str):
-                value, problem = self.readable_file(value)
-                if problem:
-                    self.reader.problem(node.line, sub, problem)
-            check = fields[key].metadata.get("check")
-            if check is not None and value is not None:
-                for item in value if isinstance(value, list) else [value]:
-                    problem = check(item)
-                    if problem:
-                        self.reader.problem(node.line, sub, problem)
-            kwargs[key] = value
-        for name, f in fields.items():
-            if f.metadata.get("required") and name not in values:
-                sub = f"{path}.{name}" if path else name
-                self.reader.problem(line, sub, "required key is missing")
+                continue  # the wrong type, already reported
+            kwargs[key] = self._checked(fields[key], value, node.line, sub)
+        self._report_missing(fields, values, line, path)
         try:
             return cls(**kwargs)
         except (TypeError, ValueError) as exc:
             self.reader.problem(line, path, str(exc))
             return None
+
+    def _checked(self, f: dataclasses.Field, value: Any, line: int, path: str) -> Any:
+        """``value`` after the key's ``file`` and ``check`` metadata, their problems recorded."""
+        if f.metadata.get("file") and isinstance(value, str):
+            value, problem = self.readable_file(value)
+            if problem:
+                self.reader.problem(line, path, problem)
+        check = f.metadata.get("check")
+        if check is not None and value is not None:
+            for item in value if isinstance(value, list) else [value]:
+                problem = check(item)
+                if problem:
+                    self.reader.problem(line, path, problem)
+        return value
+
+    def _report_missing(self, fields: dict[str, dataclasses.Field], values: dict[str, _Node], line: int,
+                        path: str) -> None:
+        for name, f in fields.items():
+            if f.metadata.get("required") and name not in values:
+                self.reader.problem(line, f"{path}.{name}" if path else name, "required key is missing")
 
 
 def _plain(value: Any) -> Any:
@@ -624,18 +654,24 @@ def parse_config(
     log = builder.build(LogConfig, items.get("log", empty), "log") or LogConfig()
     sections: dict[str, GatewaySection] = {}
     for name, cls in section_classes.items():
-        if name in items:
-            section = builder.build(cls, items[name], name)
-            if section is not None:
-                for key, message in section_problems(section):
-                    line = _line_of(items[name], key) or items[name].key_line
-                    reader.problem(line, f"{name}.{key}" if key else name, message)
-                sections[name] = section
+        section = _build_section(builder, cls, items[name], name) if name in items else None
+        if section is not None:
+            sections[name] = section
     _check_layer(layer, items.get("layer", empty), reader)
     if reader.problems:
         raise ConfigError(sorted(reader.problems, key=lambda p: p.line))
     return Config(Path(filename).resolve() if filename != "<string>" else Path.cwd() / filename,
                   layer, django, log, sections)
+
+
+def _build_section(builder: _Builder, cls: type, node: _Node, name: str) -> GatewaySection | None:
+    """A protocol section, its cross-field problems recorded at the keys they name."""
+    section = builder.build(cls, node, name)
+    if section is not None:
+        for key, message in section_problems(section):
+            line = _line_of(node, key) or node.key_line
+            builder.reader.problem(line, f"{name}.{key}" if key else name, message)
+    return section
 
 
 def _check_layer(layer: LayerConfig, node: _Node, reader: _Reader) -> None:
