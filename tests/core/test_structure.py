@@ -225,3 +225,14 @@ def test_worker_finds_channels_and_conversations_without_the_protocol_extras():
                                  "slack.receive", "websocket.chat"]
     assert found["keys"] == [None, "a/1", "a/2", None, ["T1", "C1"], None, "specific.p!c1"]
     assert found["attempts"] == [] and found["loaded"] == []
+
+
+def test_routing_finds_the_spec_modules_and_leaves_others_to_their_gateway():
+    import protocol_specs
+
+    for protocol in ("email", "mqtt", "slack", "websocket"):
+        module = protocol_specs.routing(protocol)
+        assert module is not None and module.__name__ == f"protocol_specs.{protocol}"
+    # A plug-in protocol has no module here: the worker asks its gateway class instead.
+    assert protocol_specs.routing("irc") is None
+    assert protocol_specs.routing("../email") is None
