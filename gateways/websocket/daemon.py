@@ -84,12 +84,6 @@ class WebSocketGateway(Gateway):
 
         return consumer_channels(section)
 
-    @classmethod
-    def conversation_key(cls, message: dict[str, Any]) -> Any:
-        from protocol_specs.websocket import conversation_key
-
-        return conversation_key(message)
-
     def uses_process_channel(self) -> bool:
         return True
 
