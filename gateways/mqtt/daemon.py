@@ -16,7 +16,6 @@ from gateways.mqtt.inbound import HandoffPipeline
 from gateways.mqtt.outbound import Pending, RequestQueue
 from gateways.mqtt.protocol import (
     PUBLISH,
-    UNDECODABLE,
     SubscribeRequest,
     parse_request,
     reply_channel_of,
