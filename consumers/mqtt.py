@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
@@ -36,6 +35,9 @@ from channels.db import database_sync_to_async
 
 from consumers.base import GatewayConsumer, MessageContext
 from consumers.send import DEFAULT_TIMEOUT, request
+# The request builders live next to the spec, where consumers.send finds them too;
+# imported here as part of this module's API.
+from protocol_specs.mqtt import publish_message, subscribe_message, unsubscribe_message
 
 logger = logging.getLogger("consumers.mqtt")
 
@@ -119,55 +121,6 @@ def topic(pattern: str) -> Callable[[Callable], Callable]:
         return method
 
     return decorate
-
-
-def publish_message(topic: str, payload: bytes | str | None = b"", qos: int = 0, retain: bool = False,
-                    properties: dict[str, Any] | None = None, reply_channel: str | None = None,
-                    id: str | None = None) -> dict[str, Any]:
-    """An outbound ``mqtt.publish`` request.
-
-    Args:
-        topic: the topic name.
-        payload: bytes, or str (sent as UTF-8).
-        qos: 0, 1 or 2.
-        retain: the retain flag.
-        properties: MQTT 5 properties (content_type, response_topic, correlation_data,
-            user_properties, message_expiry, payload_format).
-        reply_channel: where the gateway sends the ``mqtt.result``.
-        id: echoed in the result.
-    """
-    message: dict[str, Any] = {"type": "mqtt.publish", "topic": topic, "payload": payload, "qos": qos,
-                               "retain": retain}
-    if properties:
-        message["properties"] = properties
-    if reply_channel:
-        message["reply_channel"] = reply_channel
-        message["id"] = id or uuid.uuid4().hex
-    elif id:
-        message["id"] = id
-    return message
-
-
-def subscribe_message(filter: str, qos: int = 1, channel: str | None = None, decode: str = "bytes",
-                      reply_channel: str | None = None, id: str | None = None) -> dict[str, Any]:
-    """An ``mqtt.subscribe`` request (arguments as in :meth:`MqttContext.subscribe`)."""
-    message: dict[str, Any] = {"type": "mqtt.subscribe", "filter": filter, "qos": qos, "decode": decode}
-    if channel:
-        message["channel"] = channel
-    return _correlated(message, reply_channel, id)
-
-
-def unsubscribe_message(filter: str, reply_channel: str | None = None, id: str | None = None) -> dict[str, Any]:
-    """An ``mqtt.unsubscribe`` request."""
-    return _correlated({"type": "mqtt.unsubscribe", "filter": filter}, reply_channel, id)
-
-
-def _correlated(message: dict[str, Any], reply_channel: str | None, id: str | None) -> dict[str, Any]:
-    if reply_channel:
-        message["reply_channel"] = reply_channel
-    if id:
-        message["id"] = id
-    return message
 
 
 class MqttContext(MessageContext):

@@ -43,6 +43,7 @@ from typing import Any, Awaitable, Callable, ParamSpec, TypeVar
 from asgiref.sync import async_to_sync
 
 from gateways.core.specs import load_schema
+from protocol_specs.mqtt import publish_message
 
 #: Seconds a helper waits for a delivery result by default.
 DEFAULT_TIMEOUT = 5.0
@@ -230,8 +231,6 @@ async def async_mqtt_publish(topic: str, payload: bytes | str | None = b"", qos:
         timeout: seconds to wait for it.
         layer: the channel layer (default: the project's).
     """
-    from consumers.mqtt import publish_message
-
     message = publish_message(topic, payload, qos, retain, properties)
     return await request(outbound_channel("mqtt"), _validated("mqtt", message), wait=wait,
                          timeout=timeout, layer=layer)

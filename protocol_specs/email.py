@@ -12,6 +12,8 @@ message, kept next to the spec so that consumers never import a gateway:
   MIME message the relay gets; :func:`send_recipients` lists its envelope
   recipients.
 - **email.sent / email.failed**: :func:`sent_message` and :func:`failed_message`.
+- **gateway worker**: :func:`consumer_channels` (which channels Django
+  workers consume) and :func:`conversation_key` (the unit of ordering).
 
 Nothing here does I/O, not even a host-name lookup: the domain of a generated
 Message-ID is an argument. Parsing never raises on hostile input: the
@@ -33,7 +35,8 @@ from typing import Any
 
 __all__ = [
     "MAX_DEPTH", "MAX_HEADER_VALUE", "Delivery", "Envelope", "OutboundError", "address_domain",
-    "address_list", "compose_message", "content_fields", "content_fields_parsed", "decode_header",
+    "address_list", "compose_message", "consumer_channels", "content_fields", "content_fields_parsed",
+    "conversation_key", "decode_header",
     "failed_message", "parse_message", "receive_message", "send_recipients", "sent_message", "single_line",
 ]
 
@@ -493,3 +496,25 @@ def failed_message(send: dict[str, Any], error: str, *, code: int | None = None,
     return {"type": "email.failed", "id": send.get("id") if isinstance(send, dict) else None,
             "error": error, "code": code, "permanent": permanent, "attempts": attempts,
             "recipients": recipients or []}
+
+
+# --------------------------------------------------------------------------
+# What `gateway worker` needs: the channels to consume and the conversations.
+
+
+def consumer_channels(section: Any) -> list[str]:
+    """The route channels and the default channel, each once.
+
+    Args:
+        section: the ``email:`` section (``routes`` with a ``channel`` each,
+            and ``default_channel``).
+    """
+    channels = [r.channel for r in section.routes] + [section.default_channel]
+    return list(dict.fromkeys(channels))
+
+
+def conversation_key(message: dict[str, Any]) -> None:
+    """None: each message is its own conversation (email.md), so ``gateway
+    worker`` handles them concurrently. Every email.receive carries the same
+    reply_channel, which as a key would serialise all mail."""
+    return None

@@ -11,7 +11,20 @@ are collected before failing, so ``gateway check`` can list them at once.
 
 Section dataclasses describe themselves with ordinary type hints (``str``,
 ``int``, ``float``, ``bool``, ``list[X]``, ``dict[str, X]``, ``X | None``,
-``Literal[...]`` and nested dataclasses) and ``field(metadata=...)`` keys:
+``Literal[...]`` and nested dataclasses) and one declaration per key::
+
+    @dataclass
+    class ChatSection(GatewaySection):
+        listen: str = host_port("127.0.0.1:6667", "HOST:PORT to listen on")
+        rooms: list[str] = setting([], "rooms to join")
+        send_channel: str = channel_name("chat.send", "channel consumers send chat.send on")
+        timeout: float = positive(30.0, "seconds a client may stay silent")
+        tls_cert: str | None = config_file("PEM certificate")
+
+:func:`setting` is the general form; :func:`positive`, :func:`non_negative`,
+:func:`channel_name`, :func:`host_port`, :func:`regex`, :func:`url` and
+:func:`config_file` add the check their name says. They fill these
+``field(metadata=...)`` keys, which a plain ``field`` may also set:
 
 - ``doc``: one line for the configuration reference (required);
 - ``check``: ``callable(value) -> str | None`` returning a problem;
@@ -24,7 +37,9 @@ Section dataclasses describe themselves with ordinary type hints (``str``,
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import os
 import re
 import types
@@ -157,6 +172,72 @@ def tls_files_problem(cert: str | None = None, key: str | None = None, ca: str |
     return None
 
 
+# --------------------------------------------------------------------------
+# Field declarations: one call per key, so a section reads as a table of keys.
+
+#: A field check: the value in, the problem (or None) out.
+Check = Callable[[Any], str | None]
+
+
+def setting(default: Any, doc: str, *, check: Check | None = None, required: bool = False,
+            file: bool = False) -> Any:
+    """A section key: a dataclass ``field`` with the metadata this module reads.
+
+    Args:
+        default: the value when the file does not set the key; a list, a
+            dict or a dataclass instance is copied for each section.
+        doc: one line for the configuration reference.
+        check: returns the problem with a value (each item of a list), or None.
+        required: the key must be in the file.
+        file: the value names a file read relative to the configuration file.
+    """
+    metadata: dict[str, Any] = {"doc": doc}
+    if check is not None:
+        metadata["check"] = check
+    if required:
+        metadata["required"] = True
+    if file:
+        metadata["file"] = True
+    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
+        return field(default_factory=functools.partial(copy.deepcopy, default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def positive(default: float, doc: str) -> Any:
+    """A number key that must be greater than zero."""
+    return setting(default, doc, check=check_positive)
+
+
+def non_negative(default: float, doc: str) -> Any:
+    """A number key that may be zero but not negative."""
+    return setting(default, doc, check=check_non_negative)
+
+
+def channel_name(default: str | None, doc: str, *, required: bool = False) -> Any:
+    """A key naming a channel of the layer."""
+    return setting(default, doc, check=check_channel_name, required=required)
+
+
+def host_port(default: str | None, doc: str, *, required: bool = False) -> Any:
+    """A ``HOST:PORT`` key: where a listener listens."""
+    return setting(default, doc, check=check_host_port, required=required)
+
+
+def regex(default: str | list[str] | None, doc: str, *, required: bool = False) -> Any:
+    """A regular expression key (or a list of them)."""
+    return setting(default, doc, check=check_regex, required=required)
+
+
+def url(default: str | None, doc: str, schemes: tuple[str, ...], *, required: bool = False) -> Any:
+    """A URL key with one of ``schemes``."""
+    return setting(default, doc, check=check_url(*schemes), required=required)
+
+
+def config_file(doc: str) -> Any:
+    """An optional key naming a file the daemon reads, relative to the configuration file."""
+    return setting(None, f"{doc}; relative to the config file", file=True)
+
+
 #: Why the gateway commands refuse ``layer.url: memory://``.
 MEMORY_LAYER_NOTE = (
     "memory:// keeps channels inside one Python process, so a daemon on it never meets consumers in "
@@ -186,114 +267,60 @@ def is_memory_layer(url: str | None) -> bool:
 class HealthConfig:
     """The optional HTTP port with ``/healthz`` and Prometheus ``/metrics``."""
 
-    listen: str | None = field(
-        default=None,
-        metadata={"doc": "HOST:PORT for /healthz and /metrics; off when unset", "check": check_host_port},
-    )
+    listen: str | None = host_port(None, "HOST:PORT for /healthz and /metrics; off when unset")
 
 
 @dataclass
 class GatewaySection:
     """Keys every protocol section has; protocol sections subclass this."""
 
-    grace_period: float = field(
-        default=10.0,
-        metadata={"doc": "seconds to finish in-flight work on SIGTERM before closing", "check": check_positive},
-    )
-    health: HealthConfig = field(
-        default_factory=HealthConfig, metadata={"doc": "health and metrics HTTP endpoint"}
-    )
-    outbound_concurrency: int = field(
-        default=64,
-        metadata={"doc": "outbound messages handled at once", "check": check_positive},
-    )
+    grace_period: float = positive(10.0, "seconds to finish in-flight work on SIGTERM before closing")
+    health: HealthConfig = setting(HealthConfig(), "health and metrics HTTP endpoint")
+    outbound_concurrency: int = positive(64, "outbound messages handled at once")
 
 
 @dataclass
 class LayerConfig:
     """The channel layer every daemon and worker of the stack shares."""
 
-    url: str | None = field(
-        default=None,
-        metadata={
-            "doc": "redis://, rediss://, unix://, sentinel://h1:p1,h2:p2/master, or memory:// (a daemon "
-            "and its consumers in one process: tests; the gateway commands refuse it); "
-            "unset: `gateway up` embeds a server",
-            "check": check_layer_url,
-        },
-    )
-    prefix: str = field(default="asgi", metadata={"doc": "key prefix in Redis"})
-    capacity: int = field(
-        default=1000,
-        metadata={"doc": "messages a channel holds before sends raise ChannelFull", "check": check_positive},
-    )
-    channel_capacity: dict[str, int] = field(
-        default_factory=dict,
-        metadata={"doc": "per-channel capacities: glob pattern -> capacity"},
-    )
-    expiry: int = field(
-        default=60, metadata={"doc": "seconds an unread message lives", "check": check_positive}
-    )
-    group_expiry: int = field(
-        default=86400, metadata={"doc": "seconds a group membership lives", "check": check_positive}
-    )
-    symmetric_encryption_keys: list[str] = field(
-        default_factory=list, metadata={"doc": "keys to encrypt messages at rest (use ${ENV})"}
-    )
-    reply_capacity: int = field(
-        default=10000,
-        metadata={"doc": "messages one process's reply channels hold together (they share one Redis key); "
-                  "a channel_capacity entry for specific.* overrides it", "check": check_positive},
-    )
-    max_connections: int = field(
-        default=64,
-        metadata={"doc": "Redis connections per process; operations beyond wait", "check": check_positive},
-    )
-    batched: bool = field(
-        default=True,
-        metadata={"doc": "use the batched layer (same Redis data as channels_redis, many messages per "
-                  "round trip); false: channels_redis's own one-message round trips"},
-    )
+    url: str | None = setting(None, "redis://, rediss://, unix://, sentinel://h1:p1,h2:p2/master, "
+                              "or memory:// (a daemon and its consumers in one process: tests; "
+                              "the gateway commands refuse it); unset: `gateway up` embeds a server",
+                              check=check_layer_url)
+    prefix: str = setting("asgi", "key prefix in Redis")
+    capacity: int = positive(1000, "messages a channel holds before sends raise ChannelFull")
+    channel_capacity: dict[str, int] = setting({}, "per-channel capacities: glob pattern -> capacity")
+    expiry: int = positive(60, "seconds an unread message lives")
+    group_expiry: int = positive(86400, "seconds a group membership lives")
+    symmetric_encryption_keys: list[str] = setting([], "keys to encrypt messages at rest (use ${ENV})")
+    reply_capacity: int = positive(10000, "messages one process's reply channels hold together "
+                                   "(they share one Redis key); "
+                                   "a channel_capacity entry for specific.* overrides it")
+    max_connections: int = positive(64, "Redis connections per process; operations beyond wait")
+    batched: bool = setting(True, "use the batched layer (same Redis data as channels_redis, "
+                            "many messages per round trip); false: channels_redis's own one-message round trips")
 
 
 @dataclass
 class DjangoConfig:
     """The Django project whose consumers handle the gateways' messages."""
 
-    settings: str = field(
-        default="", metadata={"doc": "settings module, e.g. demo.settings", "required": True}
-    )
-    path: list[str] = field(
-        default_factory=list,
-        metadata={"doc": "directories added to sys.path, relative to this file"},
-    )
-    workers: int = field(
-        default=1, metadata={"doc": "worker processes `gateway up` starts", "check": check_positive}
-    )
-    concurrency: int = field(
-        default=64,
-        metadata={"doc": "messages of different conversations `gateway worker` handles at once, per channel",
-                  "check": check_positive},
-    )
-    parallel_sync: bool = field(
-        default=False,
-        metadata={"doc": "run sync handlers of different conversations in parallel threads (one per lane); "
-                  "false: all on one thread, as Channels does, safe on SQLite"},
-    )
-    channels: list[str] = field(
-        default_factory=list,
-        metadata={"doc": "extra channels the workers consume, beyond those the routes name"},
-    )
+    settings: str = setting("", "settings module, e.g. demo.settings", required=True)
+    path: list[str] = setting([], "directories added to sys.path, relative to this file")
+    workers: int = positive(1, "worker processes `gateway up` starts")
+    concurrency: int = positive(64, "messages of different conversations `gateway worker` "
+                                "handles at once, per channel")
+    parallel_sync: bool = setting(False, "run sync handlers of different conversations in parallel threads "
+                                  "(one per lane); false: all on one thread, as Channels does, safe on SQLite")
+    channels: list[str] = setting([], "extra channels the workers consume, beyond those the routes name")
 
 
 @dataclass
 class LogConfig:
     """Logging of every daemon."""
 
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = field(
-        default="INFO", metadata={"doc": "log level"}
-    )
-    json: bool = field(default=False, metadata={"doc": "one JSON object per line instead of text"})
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting("INFO", "log level")
+    json: bool = setting(False, "one JSON object per line instead of text")
 
 
 @dataclass
@@ -437,44 +464,67 @@ class _Builder:
     def build(self, tp: Any, node: _Node, path: str) -> Any:
         """Convert ``node`` to ``tp``; on a problem, record it and return None."""
         origin = typing.get_origin(tp)
-        value = node.value
-        if origin in (typing.Union, types.UnionType):
-            args = typing.get_args(tp)
-            if value is None and type(None) in args:
-                return None
-            for arg in args:
-                if arg is type(None):
-                    continue
-                if self._matches(arg, value):
-                    return self.build(arg, node, path)
-            return self._wrong(tp, node, path)
-        if origin is Literal:
-            if value in typing.get_args(tp):
-                return value
-            return self._wrong(tp, node, path)
-        if origin is list:
-            if not isinstance(value, list):
-                return self._wrong(tp, node, path)
-            (item,) = typing.get_args(tp)
-            return [self.build(item, n, f"{path}[{i}]") for i, n in enumerate(value)]
-        if origin is dict:
-            if not isinstance(value, dict):
-                return self._wrong(tp, node, path)
-            _, item = typing.get_args(tp)
-            return {k: self.build(item, n, f"{path}.{k}") for k, n in value.items()}
+        if origin in self._BY_ORIGIN:
+            return self._BY_ORIGIN[origin](self, tp, node, path)
         if dataclasses.is_dataclass(tp):
-            if value is None:
-                value = {}
-            if not isinstance(value, dict):
-                return self._wrong(tp, node, path)
-            return self.build_dataclass(tp, value, node.line, path)
-        if tp is float and isinstance(value, int) and not isinstance(value, bool):
+            return self._build_section(tp, node, path)
+        return self._build_scalar(tp, node, path)
+
+    def _build_union(self, tp: Any, node: _Node, path: str) -> Any:
+        """``X | Y | None``: None when allowed, else the first member the value fits."""
+        args = typing.get_args(tp)
+        if node.value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is not type(None) and self._matches(arg, node.value):
+                return self.build(arg, node, path)
+        return self._wrong(tp, node, path)
+
+    def _build_literal(self, tp: Any, node: _Node, path: str) -> Any:
+        if node.value in typing.get_args(tp):
+            return node.value
+        return self._wrong(tp, node, path)
+
+    def _build_list(self, tp: Any, node: _Node, path: str) -> Any:
+        if not isinstance(node.value, list):
+            return self._wrong(tp, node, path)
+        (item,) = typing.get_args(tp)
+        return [self.build(item, n, f"{path}[{i}]") for i, n in enumerate(node.value)]
+
+    def _build_dict(self, tp: Any, node: _Node, path: str) -> Any:
+        if not isinstance(node.value, dict):
+            return self._wrong(tp, node, path)
+        _, item = typing.get_args(tp)
+        return {k: self.build(item, n, f"{path}.{k}") for k, n in node.value.items()}
+
+    def _build_section(self, tp: Any, node: _Node, path: str) -> Any:
+        """A nested dataclass; an empty key (``health:``) is one with every default."""
+        value = {} if node.value is None else node.value
+        if not isinstance(value, dict):
+            return self._wrong(tp, node, path)
+        return self.build_dataclass(tp, value, node.line, path)
+
+    def _build_scalar(self, tp: Any, node: _Node, path: str) -> Any:
+        """A string, number or boolean: an int is a float too, a number a string,
+        never a boolean a number."""
+        value = node.value
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if tp is float and is_number:
             return float(value)
         if tp is Any or (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
             return value
-        if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if tp is str and is_number:
             return str(value)
         return self._wrong(tp, node, path)
+
+    #: How a generic type (its ``typing.get_origin``) is built.
+    _BY_ORIGIN: dict[Any, Callable[[_Builder, Any, _Node, str], Any]] = {
+        typing.Union: _build_union,
+        types.UnionType: _build_union,
+        Literal: _build_literal,
+        list: _build_list,
+        dict: _build_dict,
+    }
 
     @staticmethod
     def _matches(tp: Any, value: Any) -> bool:
@@ -497,38 +547,45 @@ class _Builder:
         return None
 
     def build_dataclass(self, cls: type, values: dict[str, _Node], line: int, path: str) -> Any:
+        """The dataclass ``cls`` from a mapping's ``values``; None when it cannot be made."""
         hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
         kwargs: dict[str, Any] = {}
         for key, node in values.items():
             sub = f"{path}.{key}" if path else key
             if key not in fields:
-                known = ", ".join(sorted(fields))
-                self.reader.problem(node.line, sub, f"unknown key (known: {known})")
+                self.reader.problem(node.line, sub, f"unknown key (known: {', '.join(sorted(fields))})")
                 continue
             value = self.build(hints[key], node, sub)
             if value is None and node.value is not None:
-                continue
-            if fields[key].metadata.get("file") and isinstance(value, str):
-                value, problem = self.readable_file(value)
-                if problem:
-                    self.reader.problem(node.line, sub, problem)
-            check = fields[key].metadata.get("check")
-            if check is not None and value is not None:
-                for item in value if isinstance(value, list) else [value]:
-                    problem = check(item)
-                    if problem:
-                        self.reader.problem(node.line, sub, problem)
-            kwargs[key] = value
-        for name, f in fields.items():
-            if f.metadata.get("required") and name not in values:
-                sub = f"{path}.{name}" if path else name
-                self.reader.problem(line, sub, "required key is missing")
+                continue  # the wrong type, already reported
+            kwargs[key] = self._checked(fields[key], value, node.line, sub)
+        self._report_missing(fields, values, line, path)
         try:
             return cls(**kwargs)
         except (TypeError, ValueError) as exc:
             self.reader.problem(line, path, str(exc))
             return None
+
+    def _checked(self, f: dataclasses.Field, value: Any, line: int, path: str) -> Any:
+        """``value`` after the key's ``file`` and ``check`` metadata, their problems recorded."""
+        if f.metadata.get("file") and isinstance(value, str):
+            value, problem = self.readable_file(value)
+            if problem:
+                self.reader.problem(line, path, problem)
+        check = f.metadata.get("check")
+        if check is not None and value is not None:
+            for item in value if isinstance(value, list) else [value]:
+                problem = check(item)
+                if problem:
+                    self.reader.problem(line, path, problem)
+        return value
+
+    def _report_missing(self, fields: dict[str, dataclasses.Field], values: dict[str, _Node], line: int,
+                        path: str) -> None:
+        for name, f in fields.items():
+            if f.metadata.get("required") and name not in values:
+                self.reader.problem(line, f"{path}.{name}" if path else name, "required key is missing")
 
 
 def _plain(value: Any) -> Any:
@@ -597,18 +654,24 @@ def parse_config(
     log = builder.build(LogConfig, items.get("log", empty), "log") or LogConfig()
     sections: dict[str, GatewaySection] = {}
     for name, cls in section_classes.items():
-        if name in items:
-            section = builder.build(cls, items[name], name)
-            if section is not None:
-                for key, message in section_problems(section):
-                    line = _line_of(items[name], key) or items[name].key_line
-                    reader.problem(line, f"{name}.{key}" if key else name, message)
-                sections[name] = section
+        section = _build_section(builder, cls, items[name], name) if name in items else None
+        if section is not None:
+            sections[name] = section
     _check_layer(layer, items.get("layer", empty), reader)
     if reader.problems:
         raise ConfigError(sorted(reader.problems, key=lambda p: p.line))
     return Config(Path(filename).resolve() if filename != "<string>" else Path.cwd() / filename,
                   layer, django, log, sections)
+
+
+def _build_section(builder: _Builder, cls: type, node: _Node, name: str) -> GatewaySection | None:
+    """A protocol section, its cross-field problems recorded at the keys they name."""
+    section = builder.build(cls, node, name)
+    if section is not None:
+        for key, message in section_problems(section):
+            line = _line_of(node, key) or node.key_line
+            builder.reader.problem(line, f"{name}.{key}" if key else name, message)
+    return section
 
 
 def _check_layer(layer: LayerConfig, node: _Node, reader: _Reader) -> None:

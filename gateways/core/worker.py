@@ -34,6 +34,7 @@ import socket
 import sys
 from typing import Any, Hashable
 
+import protocol_specs
 from gateways.core import eventloop, oldconnections, registry
 from gateways.core.asgi_host import AsgiHost, track_groups
 from gateways.core.backoff import Backoff
@@ -51,8 +52,15 @@ def worker_channels(config: Config) -> list[str]:
     """Every channel the configured gateways route to, plus ``django.channels``."""
     channels = list(config.django.channels) if config.django else []
     for name, section in config.sections.items():
-        channels.extend(registry.gateway_class(name).consumer_channels(section))
+        channels.extend(_routing(name).consumer_channels(section))
     return list(dict.fromkeys(channels))
+
+
+def _routing(protocol: str) -> Any:
+    """What states ``protocol``'s consumer channels and conversations: its spec
+    module, which needs no protocol extra (aiosmtpd, aiomqtt, slack_sdk), or
+    for a plug-in without one its gateway class."""
+    return protocol_specs.routing(protocol) or registry.gateway_class(protocol)
 
 
 def prepare_django(config: Config) -> None:
@@ -151,7 +159,7 @@ def _protocol_rule(protocol: str) -> KeyFunction | None:
     if protocol not in registry.protocol_names():
         return None
     try:
-        return registry.gateway_class(protocol).conversation_key
+        return _routing(protocol).conversation_key
     except ImportError:  # registered but not importable in this checkout
         return None
 
@@ -173,9 +181,9 @@ def conversation_key(consumer_class: type | None) -> KeyFunction:
        override): a message key name, a tuple of key names, or a
        ``staticmethod`` taking the message and returning a hashable (``None``
        for "no order to keep");
-    2. the protocol's rule, from the message type's prefix:
-       ``Gateway.conversation_key`` of the registered gateway class (the
-       spec of each protocol states it);
+    2. the protocol's rule, from the message type's prefix: the
+       ``conversation_key`` of ``protocol_specs.<protocol>`` (the gateway
+       class's, for a plug-in without such a module);
     3. the message's ``reply_channel``; a message without one is unordered.
 
     Args:

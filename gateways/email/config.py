@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from gateways.core.config import (
     GatewaySection,
-    check_channel_name,
-    check_host_port,
-    check_non_negative,
-    check_positive,
-    check_regex,
+    channel_name,
     check_url,
+    config_file,
+    host_port,
+    non_negative,
+    positive,
+    regex,
+    setting,
     tls_files_problem,
 )
 
@@ -53,145 +55,58 @@ class EmailRoute:
     groups are passed on in the message's ``route_kwargs``.
     """
 
-    channel: str = field(
-        default="",
-        metadata={"doc": "channel the matching messages go to", "required": True, "check": check_channel_name},
-    )
-    address: str | None = field(
-        default=None,
-        metadata={"doc": "regular expression matched (fullmatch, lower case) against the recipient address",
-                  "check": check_regex},
-    )
-    domain: str | None = field(
-        default=None,
-        metadata={"doc": "regular expression matched (fullmatch, lower case) against the recipient's domain",
-                  "check": check_regex},
-    )
-    subject: str | None = field(
-        default=None,
-        metadata={"doc": "regular expression searched for in the decoded Subject", "check": check_regex},
-    )
+    channel: str = channel_name("", "channel the matching messages go to", required=True)
+    address: str | None = regex(None, "regular expression matched (fullmatch, lower case) "
+                                "against the recipient address")
+    domain: str | None = regex(None, "regular expression matched (fullmatch, lower case) "
+                               "against the recipient's domain")
+    subject: str | None = regex(None, "regular expression searched for in the decoded Subject")
 
 
 @dataclass
 class EmailSection(GatewaySection):
     """How the email gateway receives mail over SMTP and sends it through a relay."""
 
-    listen: str = field(
-        default="",
-        metadata={"doc": "HOST:PORT of the SMTP listener", "required": True, "check": check_host_port},
-    )
-    domains: list[str] = field(
-        default_factory=list,
-        metadata={"doc": "domains mail is accepted for (`*.example.com` for subdomains); others get 550 5.1.1",
-                  "required": True, "check": check_domain},
-    )
-    addresses: list[str] = field(
-        default_factory=list,
-        metadata={"doc": "when set, only recipients matching one of these regular expressions are accepted",
-                  "check": check_regex},
-    )
-    relay: str = field(
-        default="",
-        metadata={"doc": "where email.send goes: smtp://[user:pass@]host:port[?starttls=require|off], "
-                  "smtps://host:port, console://, file://DIR (a Maildir)",
-                  "required": True, "check": check_relay},
-    )
-    hostname: str = field(default="", metadata={"doc": "name in the greeting and EHLO; the FQDN when empty"})
-    routes: list[EmailRoute] = field(
-        default_factory=list,
-        metadata={"doc": "inbound routes, first match per recipient wins"},
-    )
-    default_channel: str = field(
-        default="email.receive",
-        metadata={"doc": "channel of mail no route matches", "check": check_channel_name},
-    )
-    send_channel: str = field(
-        default="email.send",
-        metadata={"doc": "channel consumers send email.send on (besides a message's reply_channel)",
-                  "check": check_channel_name},
-    )
-    dead_letter_channel: str = field(
-        default="email.dead",
-        metadata={"doc": "channel a message goes to when its hand-offs are spent", "check": check_channel_name},
-    )
-    spool: str = field(
-        default="var/email-spool",
-        metadata={"doc": "directory of the durable inbound spool, relative to the config file"},
-    )
-    ack_timeout: float = field(
-        default=60.0,
-        metadata={"doc": "seconds to wait for email.ack before handing a message again (doubles each time)",
-                  "check": check_positive},
-    )
-    handoff_linger: float = field(
-        default=0.01,
-        metadata={"doc": "seconds a new message waits for others to be handed to the layer with it "
-                         "(fewer round trips for the layer and the consumers); 0: at once",
-                  "check": check_non_negative},
-    )
-    max_attempts: int = field(
-        default=8,
-        metadata={"doc": "hand-offs of one message before it goes to the dead-letter channel",
-                  "check": check_positive},
-    )
-    max_message_size: int = field(
-        default=10 * 1024 * 1024,
-        metadata={"doc": "bytes; larger mail gets 552 5.3.4 (announced in EHLO SIZE)", "check": check_positive},
-    )
-    max_recipients: int = field(
-        default=100, metadata={"doc": "recipients per message; more get 452 4.5.3", "check": check_positive}
-    )
-    timeout: float = field(
-        default=300.0,
-        metadata={"doc": "seconds a connection may stay idle between commands", "check": check_positive},
-    )
-    max_connections: int = field(
-        default=200, metadata={"doc": "concurrent SMTP connections; more get 421", "check": check_positive}
-    )
-    tls_cert: str | None = field(default=None, metadata={"doc": "PEM certificate for STARTTLS, relative to "
-                                                                "the config file", "file": True})
-    tls_key: str | None = field(default=None, metadata={"doc": "PEM private key for STARTTLS, relative to the "
-                                                               "config file", "file": True})
-    require_starttls: bool = field(
-        default=False, metadata={"doc": "refuse mail transactions before STARTTLS"}
-    )
-    auth_users: dict[str, str] = field(
-        default_factory=dict,
-        metadata={"doc": "AUTH PLAIN/LOGIN user -> password (use ${ENV}); AUTH is off when empty and auth_file unset"},
-    )
-    auth_file: str | None = field(
-        default=None, metadata={"doc": "file of `user:password` lines, read at start (with auth_users); "
-                                       "relative to the config file", "file": True}
-    )
-    auth_required: bool = field(
-        default=False, metadata={"doc": "refuse mail from clients that did not AUTH"}
-    )
-    lmtp_listen: str | None = field(
-        default=None,
-        metadata={"doc": "HOST:PORT of an LMTP listener (behind Postfix); off when unset",
-                  "check": check_host_port},
-    )
-    senders: list[str] = field(
-        default_factory=list,
-        metadata={"doc": "allowed email.send From: `user@domain` or `@domain`; default: @ each of domains",
-                  "check": check_sender},
-    )
-    relay_timeout: float = field(
-        default=30.0, metadata={"doc": "seconds for each relay conversation step", "check": check_positive}
-    )
-    relay_attempts: int = field(
-        default=6,
-        metadata={"doc": "delivery attempts of one email.send on transient failures (4xx, connection errors)",
-                  "check": check_positive},
-    )
-    relay_retry_initial: float = field(
-        default=1.0, metadata={"doc": "seconds before the first relay retry (doubles)", "check": check_positive}
-    )
-    relay_retry_max: float = field(
-        default=300.0, metadata={"doc": "longest pause between relay retries", "check": check_positive}
-    )
-    relay_verify_tls: bool = field(default=True, metadata={"doc": "verify the relay's TLS certificate"})
+    listen: str = host_port("", "HOST:PORT of the SMTP listener", required=True)
+    domains: list[str] = setting([], "domains mail is accepted for (`*.example.com` for subdomains); "
+                                 "others get 550 5.1.1", check=check_domain, required=True)
+    addresses: list[str] = regex([], "when set, only recipients matching one of these "
+                                 "regular expressions are accepted")
+    relay: str = setting("", "where email.send goes: smtp://[user:pass@]host:port[?starttls=require|off], "
+                         "smtps://host:port, console://, file://DIR (a Maildir)", check=check_relay, required=True)
+    hostname: str = setting("", "name in the greeting and EHLO; the FQDN when empty")
+    routes: list[EmailRoute] = setting([], "inbound routes, first match per recipient wins")
+    default_channel: str = channel_name("email.receive", "channel of mail no route matches")
+    send_channel: str = channel_name("email.send", "channel consumers send email.send on "
+                                     "(besides a message's reply_channel)")
+    dead_letter_channel: str = channel_name("email.dead", "channel a message goes to when its hand-offs are spent")
+    spool: str = setting("var/email-spool", "directory of the durable inbound spool, relative to the config file")
+    ack_timeout: float = positive(60.0, "seconds to wait for email.ack before handing a message again "
+                                  "(doubles each time)")
+    handoff_linger: float = non_negative(0.01, "seconds a new message waits for others to be handed to the layer "
+                                         "with it (fewer round trips for the layer and the consumers); 0: at once")
+    max_attempts: int = positive(8, "hand-offs of one message before it goes to the dead-letter channel")
+    max_message_size: int = positive(10 * 1024 * 1024, "bytes; larger mail gets 552 5.3.4 "
+                                     "(announced in EHLO SIZE)")
+    max_recipients: int = positive(100, "recipients per message; more get 452 4.5.3")
+    timeout: float = positive(300.0, "seconds a connection may stay idle between commands")
+    max_connections: int = positive(200, "concurrent SMTP connections; more get 421")
+    tls_cert: str | None = config_file("PEM certificate for STARTTLS")
+    tls_key: str | None = config_file("PEM private key for STARTTLS")
+    require_starttls: bool = setting(False, "refuse mail transactions before STARTTLS")
+    auth_users: dict[str, str] = setting({}, "AUTH PLAIN/LOGIN user -> password (use ${ENV}); "
+                                         "AUTH is off when empty and auth_file unset")
+    auth_file: str | None = config_file("file of `user:password` lines, read at start (with auth_users)")
+    auth_required: bool = setting(False, "refuse mail from clients that did not AUTH")
+    lmtp_listen: str | None = host_port(None, "HOST:PORT of an LMTP listener (behind Postfix); off when unset")
+    senders: list[str] = setting([], "allowed email.send From: `user@domain` or `@domain`; default: "
+                                 "@ each of domains", check=check_sender)
+    relay_timeout: float = positive(30.0, "seconds for each relay conversation step")
+    relay_attempts: int = positive(6, "delivery attempts of one email.send on transient failures "
+                                   "(4xx, connection errors)")
+    relay_retry_initial: float = positive(1.0, "seconds before the first relay retry (doubles)")
+    relay_retry_max: float = positive(300.0, "longest pause between relay retries")
+    relay_verify_tls: bool = setting(True, "verify the relay's TLS certificate")
 
     def problems(self) -> list[tuple[str, str]]:
         """Cross-field problems."""

@@ -77,16 +77,19 @@ class EmailGateway(Gateway):
 
     @classmethod
     def consumer_channels(cls, section: EmailSection) -> list[str]:
-        """The route channels and the default channel."""
-        channels = [r.channel for r in section.routes] + [section.default_channel]
-        return list(dict.fromkeys(channels))
+        """The route channels and the default channel (stated next to the spec)."""
+        from protocol_specs.email import consumer_channels
+
+        return consumer_channels(section)
 
     @classmethod
     def conversation_key(cls, message: dict[str, Any]) -> Any:
         """None: each message is its own conversation (protocol_specs/email.md), so
         ``gateway worker`` handles them concurrently. Every email.receive carries the
         same reply_channel, which as a key would serialise all mail."""
-        return None
+        from protocol_specs.email import conversation_key
+
+        return conversation_key(message)
 
     @classmethod
     def stack_services(cls, section: EmailSection, config: Config) -> list:

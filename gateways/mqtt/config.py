@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import re
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
 from gateways.core.config import (
     GatewaySection,
-    check_channel_name,
-    check_non_negative,
-    check_positive,
-    check_url,
+    channel_name,
+    config_file,
+    non_negative,
+    positive,
+    setting,
     tls_files_problem,
+    url,
 )
 from gateways.mqtt.protocol import PUBLISH, Subscription, filter_problem
 
@@ -35,22 +37,12 @@ def _check_client_id(value: str) -> str | None:
 class MqttSubscription:
     """A topic filter the gateway subscribes to and the channel its messages go to."""
 
-    filter: str = field(
-        default="",
-        metadata={"doc": "topic filter (+ and #; $share/<group>/<filter> to split load between instances)",
-                  "required": True, "check": filter_problem},
-    )
-    qos: Literal[0, 1, 2] = field(
-        default=1, metadata={"doc": "QoS to subscribe at; 2 is served at 1 (with a warning)"}
-    )
-    channel: str = field(
-        default=PUBLISH, metadata={"doc": "channel its mqtt.publish messages go to", "check": check_channel_name}
-    )
-    decode: Literal["bytes", "text", "json"] = field(
-        default="bytes",
-        metadata={"doc": "payload as bytes, UTF-8 text or JSON; one that does not decode arrives as "
-                         "mqtt.undecodable"},
-    )
+    filter: str = setting("", "topic filter (+ and #; $share/<group>/<filter> to split load between "
+                          "instances)", check=filter_problem, required=True)
+    qos: Literal[0, 1, 2] = setting(1, "QoS to subscribe at; 2 is served at 1 (with a warning)")
+    channel: str = channel_name(PUBLISH, "channel its mqtt.publish messages go to")
+    decode: Literal["bytes", "text", "json"] = setting("bytes", "payload as bytes, UTF-8 text or JSON; "
+                                                       "one that does not decode arrives as mqtt.undecodable")
 
     def subscription(self) -> Subscription:
         """The subscription as the translation module uses it."""
@@ -61,68 +53,32 @@ class MqttSubscription:
 class MqttSection(GatewaySection):
     """The MQTT gateway's settings."""
 
-    broker: str = field(
-        default="",
-        metadata={"doc": "mqtt://host[:1883] or mqtts://host[:8883]", "required": True,
-                  "check": check_url("mqtt", "mqtts")},
-    )
-    client_id: str = field(
-        default="",
-        metadata={"doc": "client id, stable per instance so the broker keeps its session across restarts; "
-                         "empty: channels-gateway-<hostname>", "check": _check_client_id},
-    )
-    username: str | None = field(default=None, metadata={"doc": "user name (use ${ENV})"})
-    password: str | None = field(default=None, metadata={"doc": "password (use ${ENV})"})
-    ca_file: str | None = field(
-        default=None, metadata={"doc": "CA bundle to verify an mqtts:// broker (system CAs when unset); "
-                                       "relative to the config file", "file": True}
-    )
-    cert_file: str | None = field(default=None, metadata={"doc": "client certificate (PEM) for mqtts://; "
-                                                                 "relative to the config file", "file": True})
-    key_file: str | None = field(default=None, metadata={"doc": "client certificate's key (PEM) for mqtts://; "
-                                                                "relative to the config file", "file": True})
-    version: str = field(default="5", metadata={"doc": "MQTT version: 3.1.1 or 5", "check": _check_version})
-    keepalive: int = field(
-        default=60, metadata={"doc": "seconds between keepalive pings", "check": check_positive}
-    )
-    session_expiry: int = field(
-        default=86400,
-        metadata={"doc": "seconds the broker keeps the session (subscriptions, queued QoS 1 messages) while "
-                         "the gateway is away; 0: a clean session each time", "check": check_non_negative},
-    )
-    subscriptions: list[MqttSubscription] = field(
-        default_factory=list,
-        metadata={"doc": "topic filters to subscribe to; a message goes to the first that matches"},
-    )
-    send_channel: str = field(
-        default="mqtt.send",
-        metadata={"doc": "channel consumers send mqtt.publish/subscribe/unsubscribe requests on",
-                  "check": check_channel_name},
-    )
-    inflight: int = field(
-        default=100,
-        metadata={"doc": "QoS 1 messages received and not yet acknowledged at most (the MQTT 5 receive "
-                         "maximum; PUBACK waits for the layer)", "check": check_positive},
-    )
-    qos0_backlog: int = field(
-        default=10000,
-        metadata={"doc": "QoS 0 messages waiting for the layer at most; more are dropped, logged and counted",
-                  "check": check_positive},
-    )
-    outage_queue: int = field(
-        default=1000,
-        metadata={"doc": "requests from consumers held while the broker is unreachable; beyond it they "
-                         "fail with an mqtt.result", "check": check_positive},
-    )
-    publish_timeout: float = field(
-        default=30.0,
-        metadata={"doc": "seconds to wait for the broker to confirm a publish, subscribe or unsubscribe",
-                  "check": check_positive},
-    )
-    reconnect_max: float = field(
-        default=30.0, metadata={"doc": "longest wait between reconnect attempts, in seconds",
-                                "check": check_positive},
-    )
+    broker: str = url("", "mqtt://host[:1883] or mqtts://host[:8883]", ("mqtt", "mqtts"), required=True)
+    client_id: str = setting("", "client id, stable per instance so the broker keeps its session across restarts; "
+                             "empty: channels-gateway-<hostname>", check=_check_client_id)
+    username: str | None = setting(None, "user name (use ${ENV})")
+    password: str | None = setting(None, "password (use ${ENV})")
+    ca_file: str | None = config_file("CA bundle to verify an mqtts:// broker (system CAs when unset)")
+    cert_file: str | None = config_file("client certificate (PEM) for mqtts://")
+    key_file: str | None = config_file("client certificate's key (PEM) for mqtts://")
+    version: str = setting("5", "MQTT version: 3.1.1 or 5", check=_check_version)
+    keepalive: int = positive(60, "seconds between keepalive pings")
+    session_expiry: int = non_negative(86400, "seconds the broker keeps the session "
+                                       "(subscriptions, queued QoS 1 messages) while the gateway is away; "
+                                       "0: a clean session each time")
+    subscriptions: list[MqttSubscription] = setting([], "topic filters to subscribe to; "
+                                                    "a message goes to the first that matches")
+    send_channel: str = channel_name("mqtt.send", "channel consumers send "
+                                     "mqtt.publish/subscribe/unsubscribe requests on")
+    inflight: int = positive(100, "QoS 1 messages received and not yet acknowledged at most "
+                             "(the MQTT 5 receive maximum; PUBACK waits for the layer)")
+    qos0_backlog: int = positive(10000, "QoS 0 messages waiting for the layer at most; more are dropped, "
+                                 "logged and counted")
+    outage_queue: int = positive(1000, "requests from consumers held while the broker is unreachable; "
+                                 "beyond it they fail with an mqtt.result")
+    publish_timeout: float = positive(30.0, "seconds to wait for the broker to confirm a publish, "
+                                      "subscribe or unsubscribe")
+    reconnect_max: float = positive(30.0, "longest wait between reconnect attempts, in seconds")
 
     def problems(self) -> list[tuple[str, str]]:
         """Cross-field problems."""

@@ -16,7 +16,6 @@ from gateways.mqtt.inbound import HandoffPipeline
 from gateways.mqtt.outbound import Pending, RequestQueue
 from gateways.mqtt.protocol import (
     PUBLISH,
-    UNDECODABLE,
     SubscribeRequest,
     parse_request,
     reply_channel_of,
@@ -63,7 +62,9 @@ class MqttGateway(Gateway):
         ``mqtt.publish`` also gets messages no known subscription matches;
         list it in ``django.channels`` to have workers for those.
         """
-        return sorted({s.channel for s in section.subscriptions} or {PUBLISH})
+        from protocol_specs.mqtt import consumer_channels
+
+        return consumer_channels(section)
 
     @classmethod
     def conversation_key(cls, message: dict[str, Any]) -> Any:
@@ -72,9 +73,9 @@ class MqttGateway(Gateway):
         Every inbound message has the same reply_channel (``mqtt.send``), so
         the core's default would put all topics into one conversation.
         """
-        if message.get("type") in (PUBLISH, UNDECODABLE):
-            return message.get("topic")
-        return None
+        from protocol_specs.mqtt import conversation_key
+
+        return conversation_key(message)
 
     @classmethod
     def stack_services(cls, section: MqttSection, config: Config) -> list[Service]:

@@ -13,14 +13,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-#: The default inbound channel, and the type of inbound messages.
-PUBLISH = "mqtt.publish"
-#: The type of a message whose payload did not decode as its subscription asks.
-UNDECODABLE = "mqtt.undecodable"
-#: The type of the outcome of a consumer's request, sent to its reply_channel.
-RESULT = "mqtt.result"
-SUBSCRIBE = "mqtt.subscribe"
-UNSUBSCRIBE = "mqtt.unsubscribe"
+# The message types are the spec's, shared with consumers and `gateway worker`.
+from protocol_specs.mqtt import PUBLISH, RESULT, SUBSCRIBE, UNDECODABLE, UNSUBSCRIBE  # noqa: F401
 
 #: Highest QoS the gateway subscribes at: paho sends PUBREC for QoS 2 before
 #: the application sees the message, so QoS 2 cannot wait for the hand-off.

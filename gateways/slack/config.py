@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gateways.core.config import (
     GatewaySection,
-    check_channel_name,
-    check_host_port,
-    check_non_negative,
-    check_positive,
-    check_regex,
-    check_url,
+    channel_name,
+    host_port,
+    non_negative,
+    positive,
+    regex,
+    setting,
+    url,
 )
 
 
@@ -22,118 +23,44 @@ class SlackRoute:
     Every condition given must hold; a rule with no condition matches all.
     """
 
-    channel: str = field(
-        default="",
-        metadata={"doc": "channel-layer channel the matching messages go to",
-                  "check": check_channel_name, "required": True},
-    )
-    types: list[str] = field(
-        default_factory=list,
-        metadata={"doc": "message types to match, e.g. slack.message, slack.command; empty: any"},
-    )
-    slack_channels: list[str] = field(
-        default_factory=list,
-        metadata={"doc": "Slack channel ids to match (C0123...); empty: any"},
-    )
-    text: str | None = field(
-        default=None,
-        metadata={"doc": "regular expression searched in the message text (or a command's text)",
-                  "check": check_regex},
-    )
-    commands: list[str] = field(
-        default_factory=list,
-        metadata={"doc": "slash commands to match, e.g. /deploy; empty: any"},
-    )
+    channel: str = channel_name("", "channel-layer channel the matching messages go to", required=True)
+    types: list[str] = setting([], "message types to match, e.g. slack.message, slack.command; empty: any")
+    slack_channels: list[str] = setting([], "Slack channel ids to match (C0123...); empty: any")
+    text: str | None = regex(None, "regular expression searched in the message text (or a command's text)")
+    commands: list[str] = setting([], "slash commands to match, e.g. /deploy; empty: any")
 
 
 @dataclass
 class SlackSection(GatewaySection):
     """How the Slack gateway connects to Slack and where its messages go."""
 
-    app_token: str = field(
-        default="",
-        metadata={"doc": "app-level token (xapp-...) for Socket Mode; use ${SLACK_APP_TOKEN}"},
-    )
-    bot_token: str = field(
-        default="",
-        metadata={"doc": "bot token (xoxb-...) for Web API calls; use ${SLACK_BOT_TOKEN}"},
-    )
-    api_url: str = field(
-        default="https://slack.com/api/",
-        metadata={"doc": "base URL of every Web API call, apps.connections.open included "
-                         "(point it at a local stand-in for tests)",
-                  "check": check_url("http", "https")},
-    )
-    socket_mode: bool = field(
-        default=True,
-        metadata={"doc": "receive events over Socket Mode (needs app_token)"},
-    )
-    listen: str | None = field(
-        default=None,
-        metadata={"doc": "HOST:PORT of the Events API HTTP listener (needs signing_secret); off when unset",
-                  "check": check_host_port},
-    )
-    events_path: str = field(
-        default="/slack/events",
-        metadata={"doc": "path of the Events API request URL (events, slash commands and interactivity)"},
-    )
-    signing_secret: str = field(
-        default="",
-        metadata={"doc": "signing secret that verifies Events API requests; use ${SLACK_SIGNING_SECRET}"},
-    )
-    signature_window: float = field(
-        default=300.0,
-        metadata={"doc": "seconds a request timestamp may differ from now (replay window)",
-                  "check": check_positive},
-    )
-    ping_interval: float = field(
-        default=5.0,
-        metadata={"doc": "seconds between Socket Mode pings; a link silent for 4 of them is reconnected",
-                  "check": check_positive},
-    )
-    ack_timeout: float = field(
-        default=2.5,
-        metadata={"doc": "seconds to wait for a consumer's slack.ack to slash commands, view "
-                         "submissions and options requests (Slack gives up at 3)",
-                  "check": check_positive},
-    )
-    dedup_ttl: int = field(
-        default=3600,
-        metadata={"doc": "seconds an event id is remembered, so Slack's retries reach consumers once",
-                  "check": check_positive},
-    )
-    dedup_url: str | None = field(
-        default=None,
-        metadata={"doc": "Redis URL of the dedup store shared by all instances; unset: the layer's Redis",
-                  "check": check_url("redis", "rediss", "unix")},
-    )
-    routes: list[SlackRoute] = field(
-        default_factory=list,
-        metadata={"doc": "routing rules, first match wins"},
-    )
-    default_channel: str | None = field(
-        default="slack.receive",
-        metadata={"doc": "channel for messages no route matches; unset: they are acked, logged and counted",
-                  "check": check_channel_name},
-    )
-    outbound_channel: str = field(
-        default="slack.send",
-        metadata={"doc": "channel consumers send slack.send to (every inbound message's reply_channel)",
-                  "check": check_channel_name},
-    )
-    api_timeout: float = field(
-        default=10.0,
-        metadata={"doc": "seconds one Web API request may take", "check": check_positive},
-    )
-    api_retries: int = field(
-        default=3,
-        metadata={"doc": "retries of a Web API call after 429 or a network error", "check": check_non_negative},
-    )
-    max_retry_after: float = field(
-        default=60.0,
-        metadata={"doc": "longest Retry-After the gateway waits before reporting ratelimited",
-                  "check": check_positive},
-    )
+    app_token: str = setting("", "app-level token (xapp-...) for Socket Mode; use ${SLACK_APP_TOKEN}")
+    bot_token: str = setting("", "bot token (xoxb-...) for Web API calls; use ${SLACK_BOT_TOKEN}")
+    api_url: str = url("https://slack.com/api/", "base URL of every Web API call, apps.connections.open included "
+                       "(point it at a local stand-in for tests)", ("http", "https"))
+    socket_mode: bool = setting(True, "receive events over Socket Mode (needs app_token)")
+    listen: str | None = host_port(None, "HOST:PORT of the Events API HTTP listener (needs signing_secret); "
+                                   "off when unset")
+    events_path: str = setting("/slack/events", "path of the Events API request URL "
+                               "(events, slash commands and interactivity)")
+    signing_secret: str = setting("", "signing secret that verifies Events API requests; "
+                                  "use ${SLACK_SIGNING_SECRET}")
+    signature_window: float = positive(300.0, "seconds a request timestamp may differ from now (replay window)")
+    ping_interval: float = positive(5.0, "seconds between Socket Mode pings; "
+                                    "a link silent for 4 of them is reconnected")
+    ack_timeout: float = positive(2.5, "seconds to wait for a consumer's slack.ack to slash commands, "
+                                  "view submissions and options requests (Slack gives up at 3)")
+    dedup_ttl: int = positive(3600, "seconds an event id is remembered, so Slack's retries reach consumers once")
+    dedup_url: str | None = url(None, "Redis URL of the dedup store shared by all instances; unset: "
+                                "the layer's Redis", ("redis", "rediss", "unix"))
+    routes: list[SlackRoute] = setting([], "routing rules, first match wins")
+    default_channel: str | None = channel_name("slack.receive", "channel for messages no route matches; unset: "
+                                               "they are acked, logged and counted")
+    outbound_channel: str = channel_name("slack.send", "channel consumers send slack.send to "
+                                         "(every inbound message's reply_channel)")
+    api_timeout: float = positive(10.0, "seconds one Web API request may take")
+    api_retries: int = non_negative(3, "retries of a Web API call after 429 or a network error")
+    max_retry_after: float = positive(60.0, "longest Retry-After the gateway waits before reporting ratelimited")
 
     def problems(self) -> list[tuple[str, str]]:
         """Cross-field checks; missing tokens are reported when the daemon starts,

@@ -108,17 +108,17 @@ class SlackGateway(Gateway):
 
     @classmethod
     def consumer_channels(cls, section: SlackSection) -> list[str]:
-        channels = [r.channel for r in section.routes]
-        if section.default_channel:
-            channels.append(section.default_channel)
-        return list(dict.fromkeys(channels))
+        from protocol_specs.slack import consumer_channels
+
+        return consumer_channels(section)
 
     @classmethod
     def conversation_key(cls, message: dict[str, Any]) -> Any:
         """One Slack channel of one workspace (the spec's ordering unit); None
         for messages without a channel, which keep no order."""
-        channel = message.get("channel")
-        return (message.get("team"), channel) if channel else None
+        from protocol_specs.slack import conversation_key
+
+        return conversation_key(message)
 
     @classmethod
     def stack_services(cls, section: SlackSection, config: Config) -> list[Service]:

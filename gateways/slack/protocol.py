@@ -13,7 +13,7 @@ import hmac
 import re
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 #: Inbound types whose Slack ack may carry a payload the consumer chooses.
 ACK_PAYLOAD_TYPES = frozenset({"slack.command", "slack.view_submission", "slack.options"})
@@ -179,49 +179,43 @@ def translate_event_callback(
     if not isinstance(event, dict) or not isinstance(event.get("type"), str):
         return Ignored("event_callback without an event type")
     event_id = body.get("event_id")
-    mid = event_id if isinstance(event_id, str) and event_id else uuid.uuid4().hex
-    team = body.get("team_id") or event.get("team")
-    etype = event["type"]
-    mtype = EVENT_TYPES.get(etype, "slack.event")
     dedup = event_id if isinstance(event_id, str) and event_id else None
-
-    if mtype == "slack.message":
-        return _message(event, mid, team, identity, retry_attempt, dedup)
-    if mtype == "slack.app_mention":
-        if _own(identity, event.get("user"), event.get("bot_id")):
-            return Ignored("the bot's own mention")
-        message = _base(mtype, mid, team, event.get("channel"), event.get("user"), event.get("text"),
-                        event.get("ts"), event.get("thread_ts"), event, retry_attempt)
-    elif mtype in ("slack.join", "slack.leave"):
-        message = _base(mtype, mid, team, event.get("channel"), event.get("user"), None,
-                        event.get("event_ts"), None, event, retry_attempt)
-        message["inviter"] = _str(event.get("inviter"))
-        message["channel_type"] = _str(event.get("channel_type"))
-    elif mtype in ("slack.reaction_added", "slack.reaction_removed"):
-        if _own(identity, event.get("user"), None):
-            return Ignored("the bot's own reaction")
-        item = _dict(event.get("item"))
-        message = _base(mtype, mid, team, item.get("channel"), event.get("user"), None,
-                        item.get("ts"), None, event, retry_attempt)
-        message["reaction"] = _str(event.get("reaction")) or ""
-        message["item_user"] = _str(event.get("item_user"))
-        message["item"] = item
-    else:
-        channel = event.get("channel")
-        if isinstance(channel, dict):  # channel_created and friends carry an object
-            channel = channel.get("id")
-        message = _base(mtype, mid, team, channel if isinstance(channel, str) else None,
-                        event.get("user") if isinstance(event.get("user"), str) else None,
-                        event.get("text") if isinstance(event.get("text"), str) else None,
-                        event.get("ts") if isinstance(event.get("ts"), str) else None,
-                        event.get("thread_ts") if isinstance(event.get("thread_ts"), str) else None,
-                        event, retry_attempt)
-        message["event_type"] = etype
-    return Inbound(message, dedup, _order_key(team, message["channel"]))
+    callback = _Callback(dedup or uuid.uuid4().hex, body.get("team_id") or event.get("team"), identity,
+                         retry_attempt, dedup)
+    mtype = EVENT_TYPES.get(event["type"], "slack.event")
+    return _EVENT_TRANSLATORS.get(mtype, _other_event)(mtype, event, callback)
 
 
-def _message(event: dict[str, Any], mid: str, team: Any, identity: Identity | None,
-             retry_attempt: int, dedup: str | None) -> Inbound | Ignored:
+@dataclass(frozen=True)
+class _Callback:
+    """What an ``event_callback`` body says around its event.
+
+    Args:
+        mid: the message id (the event id; a fresh one without).
+        team: the workspace.
+        identity: the bot, whose own messages and reactions are ignored.
+        retry_attempt: Slack's retry counter for this delivery.
+        dedup: the event id retries share, or None.
+    """
+
+    mid: str
+    team: Any
+    identity: Identity | None
+    retry_attempt: int
+    dedup: str | None
+
+    def base(self, mtype: str, event: dict[str, Any], channel: Any, user: Any, text: Any, ts: Any,
+             thread_ts: Any) -> dict[str, Any]:
+        """The keys every message of this event has."""
+        return _base(mtype, self.mid, self.team, channel, user, text, ts, thread_ts, event, self.retry_attempt)
+
+    def inbound(self, message: dict[str, Any], channel: Any) -> Inbound:
+        """``message``, deduplicated by the event id and ordered in ``channel``."""
+        return Inbound(message, self.dedup, _order_key(self.team, channel))
+
+
+def _message_event(mtype: str, event: dict[str, Any], callback: _Callback) -> Inbound | Ignored:
+    """``message`` (and its edits and deletes) as ``slack.message``."""
     subtype = event.get("subtype")
     # Edits and deletes describe another message: the author and text are the inner ones.
     inner = event.get("message") if subtype == "message_changed" else None
@@ -230,19 +224,71 @@ def _message(event: dict[str, Any], mid: str, team: Any, identity: Identity | No
     inner = inner if isinstance(inner, dict) else {}
     user = inner.get("user", event.get("user"))
     bot_id = inner.get("bot_id", event.get("bot_id"))
-    if _own(identity, user, bot_id):
+    if _own(callback.identity, user, bot_id):
         return Ignored("the bot's own message")
     text = inner.get("text", event.get("text"))
     if subtype == "message_deleted":
         ts = event.get("deleted_ts") or inner.get("ts")
     else:
         ts = inner.get("ts", event.get("ts"))
-    message = _base("slack.message", mid, team, event.get("channel"), user, text, ts,
-                    inner.get("thread_ts", event.get("thread_ts")), event, retry_attempt)
+    message = callback.base(mtype, event, event.get("channel"), user, text, ts,
+                            inner.get("thread_ts", event.get("thread_ts")))
     message["subtype"] = _str(subtype)
     message["bot_id"] = _str(bot_id)
     message["channel_type"] = _str(event.get("channel_type"))
-    return Inbound(message, dedup, _order_key(team, event.get("channel")))
+    return callback.inbound(message, event.get("channel"))
+
+
+def _mention_event(mtype: str, event: dict[str, Any], callback: _Callback) -> Inbound | Ignored:
+    """``app_mention`` as ``slack.app_mention``."""
+    if _own(callback.identity, event.get("user"), event.get("bot_id")):
+        return Ignored("the bot's own mention")
+    message = callback.base(mtype, event, event.get("channel"), event.get("user"), event.get("text"),
+                            event.get("ts"), event.get("thread_ts"))
+    return callback.inbound(message, message["channel"])
+
+
+def _membership_event(mtype: str, event: dict[str, Any], callback: _Callback) -> Inbound:
+    """``member_joined_channel``/``member_left_channel`` as ``slack.join``/``slack.leave``."""
+    message = callback.base(mtype, event, event.get("channel"), event.get("user"), None, event.get("event_ts"),
+                            None)
+    message["inviter"] = _str(event.get("inviter"))
+    message["channel_type"] = _str(event.get("channel_type"))
+    return callback.inbound(message, message["channel"])
+
+
+def _reaction_event(mtype: str, event: dict[str, Any], callback: _Callback) -> Inbound | Ignored:
+    """``reaction_added``/``reaction_removed``: in the channel of the item reacted to."""
+    if _own(callback.identity, event.get("user"), None):
+        return Ignored("the bot's own reaction")
+    item = _dict(event.get("item"))
+    message = callback.base(mtype, event, item.get("channel"), event.get("user"), None, item.get("ts"), None)
+    message["reaction"] = _str(event.get("reaction")) or ""
+    message["item_user"] = _str(event.get("item_user"))
+    message["item"] = item
+    return callback.inbound(message, message["channel"])
+
+
+def _other_event(mtype: str, event: dict[str, Any], callback: _Callback) -> Inbound:
+    """Any other event as ``slack.event``, with the common keys it happens to carry."""
+    channel = event.get("channel")
+    if isinstance(channel, dict):  # channel_created and friends carry an object
+        channel = channel.get("id")
+    message = callback.base(mtype, event, *(_str(v) for v in (channel, event.get("user"), event.get("text"),
+                                                                event.get("ts"), event.get("thread_ts"))))
+    message["event_type"] = event["type"]
+    return callback.inbound(message, message["channel"])
+
+
+#: Message type -> how its events are translated (the rest: :func:`_other_event`).
+_EVENT_TRANSLATORS: dict[str, Callable[[str, dict[str, Any], _Callback], Inbound | Ignored]] = {
+    "slack.message": _message_event,
+    "slack.app_mention": _mention_event,
+    "slack.join": _membership_event,
+    "slack.leave": _membership_event,
+    "slack.reaction_added": _reaction_event,
+    "slack.reaction_removed": _reaction_event,
+}
 
 
 def translate_command(form: dict[str, Any], mid: str) -> Inbound | Ignored:

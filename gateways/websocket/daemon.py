@@ -80,7 +80,9 @@ class WebSocketGateway(Gateway):
 
     @classmethod
     def consumer_channels(cls, section: WebSocketSection) -> list[str]:
-        return sorted({route.channel for route in section.routes})
+        from protocol_specs.websocket import consumer_channels
+
+        return consumer_channels(section)
 
     def uses_process_channel(self) -> bool:
         return True

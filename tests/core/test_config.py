@@ -11,25 +11,33 @@ import pytest
 from gateways.core.config import (
     ConfigError,
     GatewaySection,
-    check_channel_name,
+    channel_name,
     check_host_port,
-    check_regex,
+    config_file,
+    host_port,
     load_config,
     parse_config,
+    reference,
+    regex,
+    setting,
 )
 
 
 @dataclass
 class Route:
-    path: str = field(default="", metadata={"doc": "p", "required": True, "check": check_regex})
-    channel: str = field(default="x", metadata={"doc": "c", "check": check_channel_name})
+    path: str = regex("", "p", required=True)
+    channel: str = channel_name("x", "c")
 
 
 @dataclass
 class Section(GatewaySection):
-    listen: str = field(default="127.0.0.1:1", metadata={"doc": "l", "check": check_host_port})
-    routes: list[Route] = field(default_factory=list, metadata={"doc": "r"})
-    token: str | None = field(default=None, metadata={"doc": "t"})
+    listen: str = host_port("127.0.0.1:1", "l")
+    routes: list[Route] = setting([], "r")
+    token: str | None = setting(None, "t")
+    labels: dict[str, str] = setting({"env": "dev"}, "d")
+    # A plain field with the same metadata is read the same way.
+    backup: str | None = field(default=None, metadata={"doc": "b", "check": check_host_port})
+    cert: str | None = config_file("c")
 
 
 SECTIONS = {"proto": Section}
@@ -72,6 +80,22 @@ def test_every_problem_is_reported_with_file_line_and_key_path():
     assert any(p.startswith("f.yaml:7: proto.routes[0].chanel: unknown key") for p in found)
     assert "f.yaml:8: proto.grace_period: -1.0 must be greater than 0" in found
     assert any(p.startswith("f.yaml:9: bogus: unknown section") for p in found)
+
+
+def test_declarations_fill_the_metadata_and_copy_mutable_defaults(tmp_path):
+    one, two = Section(), Section()
+    one.routes.append(Route("^/$"))
+    one.labels["env"] = "prod"
+    assert two.routes == [] and two.labels == {"env": "dev"}
+    rows = {path: (type_name, default, doc) for path, type_name, default, doc in reference(Section, "proto")}
+    assert rows["proto.labels"] == ("mapping of string", {"env": "dev"}, "d")
+    assert rows["proto.cert"] == ("string or null", None, "c; relative to the config file")
+    (tmp_path / "c.pem").write_text("x")
+    config = parse_config("proto:\n  cert: c.pem\n  backup: 127.0.0.1:2\n", str(tmp_path / "f.yaml"), SECTIONS, {})
+    assert config.sections["proto"].cert == str(tmp_path / "c.pem")
+    found = problems("proto:\n  cert: missing.pem\n  backup: nowhere\n")
+    assert any(p.startswith("f.yaml:2: proto.cert: file ") and "does not exist" in p for p in found)
+    assert "f.yaml:3: proto.backup: 'nowhere' is not HOST:PORT" in found
 
 
 def test_missing_required_key():
