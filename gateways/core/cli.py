@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from gateways.core import eventloop, registry
+from gateways.core import eventloop, lifeline, registry
 from gateways.core.config import (
     MEMORY_LAYER_NOTE,
     Config,
@@ -70,6 +70,7 @@ def config_problems(path: str) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gateway`` console script."""
     args = _parser().parse_args(argv)
+    lifeline.watch_inherited()  # started by `gateway up`: stop when it is gone
     config, problems = read_config(args.config)
     if config is None:
         for problem in problems:
@@ -130,7 +131,14 @@ def _run_daemon(args: argparse.Namespace, config) -> int:
         print(f"{args.config}: layer.url is required to run a daemon alone (or use `gateway up`)",
               file=sys.stderr)
         return 2
-    return run_gateway(gateway_class, config)
+    try:
+        return run_gateway(gateway_class, config)
+    except OSError as exc:
+        message = lifeline.port_in_use_message(exc, getattr(config.sections[args.command], "listen", None))
+        if message is None:
+            raise
+        print(f"{args.command}: {message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -14,11 +14,18 @@ Django processes started outside the stack (``manage.py shell``,
 ``runworker``, ``runserver``) find the layer through
 :func:`~gateways.core.layer.channel_layers_setting`. A file left by a
 ``gateway up`` that was killed names a dead pid and is ignored.
+
+Children die with ``gateway up`` even when it is killed with SIGKILL: each
+gets a parent-death signal (Linux) and the ``gateway`` children a lifeline
+pipe besides (:mod:`gateways.core.lifeline`). A second ``gateway up`` for a
+configuration whose stack runs is refused: the runtime file (written with or
+without an embedded layer) names the live one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import shutil
@@ -34,7 +41,8 @@ from gateways.core import eventloop, registry
 from gateways.core.backoff import Backoff
 from gateways.core.config import Config
 from gateways.core.gateway import Service, StackUnavailable
-from gateways.core.layer import remove_runtime_file, write_runtime_file
+from gateways.core.layer import _alive, remove_runtime_file, runtime_file, write_runtime_file
+from gateways.core.lifeline import Lifeline, parent_death_signal
 from gateways.core.worker import worker_channels
 
 log = logging.getLogger("gateway.up")
@@ -124,6 +132,11 @@ class Supervisor:
         self.children = children
         self.stopping = asyncio.Event()
         self.width = max((len(c.name) for c in children), default=6)
+        self.lifeline = Lifeline()
+        # Resolved here, in the thread that spawns every child: the parent-death
+        # signal fires when the parent *thread* ends, so children must be forked
+        # by the loop's (main) thread, which lives as long as the supervisor.
+        self.preexec = parent_death_signal()
 
     async def run(self) -> int:
         """Run until SIGINT/SIGTERM; return 0 after a clean stop."""
@@ -152,10 +165,11 @@ class Supervisor:
         sys.stdout.flush()
 
     async def _start(self, child: Child) -> None:
-        env = {**os.environ, **child.env, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **child.env, **self.lifeline.env(), "PYTHONUNBUFFERED": "1"}
         child.process = await asyncio.create_subprocess_exec(
             *child.argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             env=env, start_new_session=True,  # Ctrl-C reaches us, and we stop children in order
+            preexec_fn=self.preexec, pass_fds=(self.lifeline.fd,),
         )
         child.relay = asyncio.create_task(self._relay(child, child.process))
         if child.port:
@@ -205,8 +219,26 @@ class Supervisor:
             await asyncio.wait([child.relay], timeout=2)
 
 
+def running_stack(config_path: str | Path) -> int | None:
+    """The pid of a live ``gateway up`` for ``config_path`` (from its runtime file), or None."""
+    try:
+        record = json.loads(runtime_file(config_path).read_text(encoding="utf-8"))
+        pid, started = int(record["pid"]), record.get("started")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return pid if pid != os.getpid() and _alive(pid, started) else None
+
+
 def run_stack(config: Config) -> int:
     """Run ``gateway up`` for ``config``."""
+    running = running_stack(config.path)
+    if running is not None:
+        # Its gateways hold their ports and its workers consume: a second stack
+        # would fail to bind, or worse, run beside it.
+        print(f"up | {config.path}: its stack already runs (gateway up, pid {running}, recorded in "
+              f"{runtime_file(config.path)}); stop it first (Ctrl-C there, or kill {running})",
+              file=sys.stderr, flush=True)
+        return 1
     children, notes, embedded = plan(config)
     for note in notes:
         print(f"up | {note}", flush=True)
@@ -216,17 +248,18 @@ def run_stack(config: Config) -> int:
         print("up | no gateway can run: nothing to do", file=sys.stderr)
         return 1
     try:
-        if embedded:
-            try:
-                where = write_runtime_file(config.path, embedded)
+        try:
+            # Recorded with a layer of its own too: the file also says this stack runs.
+            where = write_runtime_file(config.path, embedded or str(config.layer.url))
+            if embedded:
                 print(f"up | layer: URL recorded in {where} for manage.py and runworker", flush=True)
-            except OSError as exc:
+        except OSError as exc:
+            if embedded:
                 print(f"up | layer: cannot record the URL next to {config.path} ({exc.strerror}): "
                       f"Django processes outside the stack need GATEWAY_LAYER_URL={embedded}", flush=True)
         return eventloop.run(Supervisor(children).run())
     finally:
-        if embedded:
-            remove_runtime_file(config.path)
+        remove_runtime_file(config.path)
         for child in children:
             if child.name == "layer" and "--dir" in child.argv:
                 shutil.rmtree(child.argv[child.argv.index("--dir") + 1], ignore_errors=True)
