@@ -41,6 +41,9 @@ class WebSocketSection(GatewaySection):
     send_queue: int = positive(1024, "messages queued for a slow client before it is closed with 1013")
     group_refresh: float = positive(3600.0, "seconds between re-adding open connections to their groups, "
                                     "so memberships outlive layer.group_expiry and a Redis restart")
+    instance_timeout: float = positive(30.0, "seconds without a heartbeat after which an instance counts as "
+                                       "dead: another instance (or its restart) tells its connections' consumers "
+                                       "(websocket.disconnect, 1006) and removes them from their groups")
 
     def problems(self) -> list[tuple[str, str]]:
         """Cross-key problems."""

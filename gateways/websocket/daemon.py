@@ -26,6 +26,7 @@ from gateways.core.config import split_host_port
 from gateways.core.gateway import Gateway
 from gateways.core.runtime import HandoffError
 from gateways.websocket.config import WebSocketSection
+from gateways.websocket.instances import Instances
 from gateways.websocket.protocol import (
     CLOSE_GOING_AWAY,
     CLOSE_LAYER_UNAVAILABLE,
@@ -76,6 +77,7 @@ class WebSocketGateway(Gateway):
         self.live: dict[str, _Live] = {}
         self.server: Server | None = None
         self.metrics = runtime.metrics
+        self.instances = Instances(runtime, section.instance_timeout)  # no ghosts if this process dies
         runtime.on_layer_recovered.append(self._refresh_groups_soon)
 
     @classmethod
@@ -108,6 +110,7 @@ class WebSocketGateway(Gateway):
             server_header=None,
         )
         self.runtime.spawn(self._refresh_groups_forever(), "refresh groups")
+        self.runtime.spawn(self.instances.run(), "instance heartbeat")
         if self.section.ping_interval:
             self.runtime.spawn(self._keepalive_forever(self.section.ping_interval), "keepalive")
         self.log.info("listening on ws://%s", self.section.listen)
@@ -132,6 +135,7 @@ class WebSocketGateway(Gateway):
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+        await self.instances.stop()
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         serving = self.server is not None and self.server.is_serving()
@@ -171,6 +175,7 @@ class WebSocketGateway(Gateway):
         self.live[reply_channel] = live
         if route.auto_accept:
             live.answered.set_result(live.conn.accept_automatically()[0])
+        await self.instances.opened(live.conn)
         try:
             await self.runtime.send(route.channel, live.conn.connect_message())
             info.headers = []  # only websocket.connect carries them; idle connections stay small
@@ -206,6 +211,7 @@ class WebSocketGateway(Gateway):
         conn = live.conn
         conn.phase = Phase.CLOSED
         self.live.pop(conn.reply_channel, None)
+        self.instances.closed_soon(conn)
         for group in list(conn.groups):
             self._leave_soon(group, conn.reply_channel)
 
@@ -243,6 +249,7 @@ class WebSocketGateway(Gateway):
         socket.response.headers = Headers()
         live.open = True
         self._wake_sender(live)  # replies that came with or right after the accept
+        await self.instances.opened(conn)  # again, with the state the accept gave
         try:
             async for frame in socket:
                 try:
@@ -279,6 +286,7 @@ class WebSocketGateway(Gateway):
             self.log.warning("websocket.disconnect for %s not delivered: %s", conn.reply_channel, exc)
         for group in list(conn.groups):
             await self._leave(group, conn.reply_channel)
+        await self.instances.closed(conn)
         live.handler_done.set()
 
     async def _send_replies(self, live: _Live) -> None:
