@@ -189,3 +189,31 @@ async def test_a_clean_stop_leaves_nothing_to_reap(setup):
     redis = layer.connection(0)
     assert await redis.scard(f"{layer.prefix}:ws:instances") == 0, gateway.log()
     assert not [k async for k in redis.scan_iter(match=f"{layer.prefix}:ws:*")]
+
+
+async def test_a_dead_slack_instances_claims_expire(redis_server):
+    """Slack dedup claims are not per instance: a claim (``pending``) its
+    instance never finished expires by itself, so a retry after the instance
+    died is handed off by another; ``done`` marks expire after their ttl."""
+    from gateways.slack.dedup import PENDING_TTL, RedisDedup
+
+    prefix = f"ghost{uuid.uuid4().hex[:6]}"
+    dead, other = (RedisDedup(redis_server.url, prefix, ttl=600) for _ in range(2))
+    try:
+        assert await dead.claim("Ev1") == "new"
+        assert await dead.claim("Ev2") == "new"
+        await dead.done("Ev2")
+        # The instance dies here: no done, no release for Ev1.
+        assert await other.claim("Ev1") == "busy"
+        assert 0 < await other.redis.ttl(f"{prefix}:slack:event:Ev1") <= PENDING_TTL
+        assert 0 < await other.redis.ttl(f"{prefix}:slack:event:Ev2") <= 600
+        await other.redis.pexpire(f"{prefix}:slack:event:Ev1", 1)  # as PENDING_TTL later
+
+        async def claimable() -> bool:
+            return await other.redis.exists(f"{prefix}:slack:event:Ev1") == 0
+
+        await until(claimable, lambda: "the claim never expired")
+        assert await other.claim("Ev1") == "new"
+    finally:
+        await dead.close()
+        await other.close()
