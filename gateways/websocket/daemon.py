@@ -77,7 +77,7 @@ class WebSocketGateway(Gateway):
         self.live: dict[str, _Live] = {}
         self.server: Server | None = None
         self.metrics = runtime.metrics
-        self.instances = Instances(runtime, section.instance_timeout)  # no ghosts if this process dies
+        self.instances = Instances(runtime, section.instance_timeout, self._reaped)  # no ghosts if we die
         runtime.on_layer_recovered.append(self._refresh_groups_soon)
 
     @classmethod
@@ -224,6 +224,13 @@ class WebSocketGateway(Gateway):
             await self.runtime.group_discard(group, reply_channel)
         except Exception as exc:  # the membership expires with group_expiry
             self.log.warning("leaving group %s failed: %s", group, exc)
+
+    def _reaped(self) -> None:
+        """Another instance took this one for dead and told every consumer its connection
+        was lost: close them (no second disconnect), so clients reconnect and agree."""
+        for live in [live for live in self.live.values() if live.socket is not None]:
+            del self.live[live.conn.reply_channel]
+            self._close_now(live, 1012, "service restart")
 
     def _select_subprotocol(self, socket: ServerConnection, offered: Any) -> str | None:
         live: _Live | None = getattr(socket, "gateway_live", None)

@@ -28,6 +28,12 @@ An instance only reaps once it has itself kept its heartbeat for a whole
 timeout: an expired heartbeat then means its owner could not refresh it in
 all that time, not that Redis was away for everyone (after an outage every
 heartbeat has expired at once).
+
+An instance that was only cut off (from Redis, or frozen) for longer than the
+timeout finds, when it beats again, the mark ``<prefix>:ws:reaped:<id>`` the
+reaper left: its consumers were told its connections were lost, so it calls
+``on_reaped`` (the gateway closes them, without a second disconnect, and
+their clients reconnect) and starts over with no connections recorded.
 """
 
 from __future__ import annotations
@@ -39,13 +45,15 @@ import os
 import socket
 import time
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 from gateways.core.runtime import HandoffError
 from gateways.websocket.protocol import Connection
 
 #: The close code a reaped connection's ``websocket.disconnect`` carries: the connection was lost.
 CLOSE_LOST = 1006
+#: Seconds the mark of a reaped instance stays, for the case it was alive after all.
+REAPED_MARK_TTL = 86400
 
 
 class Instances:
@@ -55,11 +63,13 @@ class Instances:
         runtime: the core services (its layer must be a Redis layer for anything to happen).
         timeout: ``websocket.instance_timeout``: seconds without a heartbeat after which
             an instance counts as dead.
+        on_reaped: called when this instance finds it was taken for dead and reaped.
     """
 
-    def __init__(self, runtime: Any, timeout: float) -> None:
+    def __init__(self, runtime: Any, timeout: float, on_reaped: Callable[[], None] | None = None) -> None:
         self.runtime = runtime
         self.timeout = timeout
+        self.on_reaped = on_reaped
         self.log: logging.Logger = runtime.log
         layer = runtime.layer
         # The in-memory layer lives and dies with its only process: nothing to do.
@@ -78,6 +88,9 @@ class Instances:
 
     def _connections_key(self, instance: str) -> str:
         return f"{self._prefix}:ws:connections:{instance}"
+
+    def _reaped_key(self, instance: str) -> str:
+        return f"{self._prefix}:ws:reaped:{instance}"
 
     def _redis(self) -> Any:
         return self.runtime.layer.connection(0)
@@ -126,11 +139,22 @@ class Instances:
         redis = self._redis()
         value = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
         try:
-            kept = await redis.set(self._alive_key(self.id), value, px=_ms(self.timeout), xx=True)
+            async with redis.pipeline(transaction=False) as pipe:
+                pipe.set(self._alive_key(self.id), value, px=_ms(self.timeout), xx=True)
+                pipe.exists(self._reaped_key(self.id))  # each time: a reaper may be at it right now
+                kept, reaped = await pipe.execute()
+            if reaped:
+                self.log.warning("this instance was taken for dead (no heartbeat for %ss) and its %d "
+                                 "connection(s) reported lost; closing them", self.timeout, len(self._records))
+                self._records.clear()
+                await redis.delete(self._reaped_key(self.id))
+                if self.on_reaped is not None:
+                    self.on_reaped()
+                kept = False
             if not kept:
                 # First beat, or Redis lost our keys (a restart without persistence, an
                 # outage longer than the timeout): write everything again.
-                if self._healthy_since is not None:
+                if not reaped and self._healthy_since is not None:
                     self.log.warning("this instance's heartbeat had expired; recording its %d connection(s) again",
                                      len(self._records))
                 async with redis.pipeline(transaction=True) as pipe:
@@ -203,6 +227,7 @@ class Instances:
         async with redis.pipeline(transaction=True) as pipe:
             pipe.delete(key, self.runtime.layer.prefix + process_channel)
             pipe.srem(self._index, instance)
+            pipe.set(self._reaped_key(instance), self.id, ex=REAPED_MARK_TTL)
             await pipe.execute()
         self.log.warning("gateway instance %s is gone: told the consumers of %d connection(s), "
                          "removed %d group membership(s)", instance, told, left)

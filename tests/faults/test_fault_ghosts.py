@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import uuid
 
 import pytest
@@ -165,6 +166,45 @@ async def test_a_restarted_instance_cleans_up_after_its_previous_self(setup):
     async with contextlib.AsyncExitStack() as stack:  # and it serves
         await connect_members(port_a, ["after"], stack)
         assert len(await group_members(GROUP, layer)) == 1
+
+
+async def test_an_instance_taken_for_dead_closes_its_connections_when_it_wakes(setup):
+    """A frozen instance (SIGSTOP) is reaped like a dead one; when it runs again
+    it closes the connections whose consumers were told they were lost (1012,
+    clients reconnect), and sends no second disconnect."""
+    ((config_a, port_a), (config_b, port_b)), layer, consumer, started = setup
+    gateway_a = start_gateway(config_a, port_a)
+    gateway_b = start_gateway(config_b, port_b)
+    started += [gateway_a, gateway_b]
+    names = ["f0", "f1"]
+    async with contextlib.AsyncExitStack() as stack:
+        clients = await connect_members(port_a, names, stack)
+        ghosts = reply_channels(consumer, names)
+
+        async def all_joined() -> bool:
+            return len(await group_members(GROUP, layer)) == 2
+
+        await until(all_joined, lambda: "never joined")
+        gateway_a.proc.send_signal(signal.SIGSTOP)
+        try:
+            await assert_ghosts_removed(consumer, layer, ghosts, staying=set())
+        finally:
+            gateway_a.proc.send_signal(signal.SIGCONT)
+        for client in clients:
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(client.recv(), 30)
+            assert closed.value.rcvd.code == 1012, closed.value
+    # A serves again, and its new connection is recorded: nothing more reached the consumer.
+    async with contextlib.AsyncExitStack() as stack:
+        await connect_members(port_a, ["f2"], stack)
+
+    async def three_told() -> bool:
+        return len(consumer.of_type("websocket.disconnect")) >= 3
+
+    await until(three_told, lambda: consumer.of_type("websocket.disconnect"))
+    disconnects = consumer.of_type("websocket.disconnect")
+    assert sorted(m["kwargs"]["user"] for m in disconnects) == ["f0", "f1", "f2"], disconnects
+    assert gateway_a.proc.poll() is None, gateway_a.log()
 
 
 async def test_a_clean_stop_leaves_nothing_to_reap(setup):
