@@ -80,6 +80,7 @@ class Instances:
         self._index = f"{prefix}:ws:instances"
         #: The connections recorded, so that a Redis that forgot them is refilled.
         self._records: dict[str, Connection] = {}
+        self._written: dict[str, str] = {}  # what Redis holds for each, as far as we know
         self._healthy_since: float | None = None
         self._task: asyncio.Task | None = None
 
@@ -101,14 +102,19 @@ class Instances:
         """Record ``conn`` (again, with its state once it is open); never raises."""
         if not self.enabled:
             return
+        record = _record(conn)
+        if self._written.get(conn.reply_channel) == record:
+            return  # opened with nothing new since the handshake: spare the round trip
         self._records[conn.reply_channel] = conn
         try:
-            await self._redis().hset(self._connections_key(self.id), conn.reply_channel, _record(conn))
-        except Exception as exc:  # noqa: BLE001 - the heartbeat loop writes it again
+            await self._redis().hset(self._connections_key(self.id), conn.reply_channel, record)
+            self._written[conn.reply_channel] = record
+        except Exception as exc:  # noqa: BLE001 - its groups still go if we die; only the disconnect would not
             self.log.warning("recording connection %s failed: %s", conn.reply_channel, exc)
 
     async def closed(self, conn: Connection) -> None:
         """Forget ``conn``; never raises."""
+        self._written.pop(conn.reply_channel, None)
         if not self.enabled or self._records.pop(conn.reply_channel, None) is None:
             return
         try:
@@ -147,6 +153,7 @@ class Instances:
                 self.log.warning("this instance was taken for dead (no heartbeat for %ss) and its %d "
                                  "connection(s) reported lost; closing them", self.timeout, len(self._records))
                 self._records.clear()
+                self._written.clear()
                 await redis.delete(self._reaped_key(self.id))
                 if self.on_reaped is not None:
                     self.on_reaped()
