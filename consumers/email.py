@@ -28,10 +28,10 @@ import logging
 import re
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 from consumers.base import GatewayConsumer, MessageContext
-from consumers.send import DEFAULT_TIMEOUT
+from consumers.send import DEFAULT_CHANNELS, DEFAULT_TIMEOUT
 
 logger = logging.getLogger("consumers.email")
 
@@ -233,15 +233,19 @@ class EmailContext(MessageContext):
 
     async def send(self, message: dict[str, Any], *, wait: bool = False,
                    timeout: float = DEFAULT_TIMEOUT) -> str | dict[str, Any] | None:
-        """Send an ``email.send`` to the gateway that delivered this message.
+        """Send an ``email.send`` on the gateways' outbound channel (the
+        consumer's ``send_channel``, ``email.send`` by default).
+
+        Not on this message's ``reply_channel``: that channel belongs to the
+        gateway process that delivered the message and dies with it, while
+        any instance relays what arrives on the outbound channel.
 
         Returns its ``id`` (None if it has none); with ``wait``, the ``email.sent`` or ``email.failed``
         the gateway answers (``TimeoutError`` after ``timeout`` seconds; relay
         retries can take longer than a handler should wait).
         """
-        if not self.reply_channel:
-            raise ValueError("the message has no reply_channel")
-        return await self.request(self.reply_channel, message, wait=wait, timeout=timeout)
+        channel = getattr(self.consumer, "send_channel", DEFAULT_CHANNELS["email"])
+        return await self.request(channel, message, wait=wait, timeout=timeout)
 
     async def reply(self, *, wait: bool = False, timeout: float = DEFAULT_TIMEOUT,
                     **kwargs: Any) -> dict[str, Any]:
@@ -344,6 +348,8 @@ class EmailConsumer(GatewayConsumer):
 
     context_class = EmailContext
     routes: list[MailRoute] = []
+    #: The gateways' outbound channel (``email.send_channel`` of their config).
+    send_channel: ClassVar[str] = DEFAULT_CHANNELS["email"]
     recent_ids: collections.OrderedDict = collections.OrderedDict()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -22,7 +22,7 @@ import re
 import uuid
 from typing import Any, Iterable
 
-from consumers.testing.harness import TIMEOUT, Communicator
+from consumers.testing.harness import TIMEOUT, GatewayCommunicator
 from protocol_specs.email import (
     Delivery,
     Envelope,
@@ -38,6 +38,8 @@ __all__ = ["EmailCommunicator", "email_receive"]
 
 #: Where the test gateway wants acks and sends.
 REPLY_CHANNEL = "email.test-gateway"
+#: The gateways' outbound channel, where a consumer's replies go.
+SEND_CHANNEL = "email.send"
 #: The domain of the Message-IDs the kit makes up.
 DOMAIN = "example.test"
 
@@ -95,7 +97,7 @@ def email_receive(raw: bytes | None = None, *, from_: str = "sender@example.test
                            parsed=parsed)
 
 
-class EmailCommunicator(Communicator):
+class EmailCommunicator(GatewayCommunicator):
     """An email gateway's side of an :class:`~consumers.email.EmailConsumer`.
 
     What the consumer sends back to the gateway is sorted as it arrives:
@@ -105,16 +107,19 @@ class EmailCommunicator(Communicator):
     Args:
         consumer: the consumer class, or a harness/communicator to share.
         channel: the channel the gateway's route sends to.
-        reply_channel: the gateway's reply channel (acks and sends go there).
+        reply_channel: the gateway's reply channel (acks go there).
+        send_channel: the gateways' outbound channel (``email.send``), where replies go.
         timeout: upper bound, in seconds, on every wait.
         raise_errors: see :class:`~consumers.testing.ConsumerHarness`.
     """
 
     default_channel = "email.receive"
 
+    default_send_channel = SEND_CHANNEL
+
     def __init__(self, consumer: Any, channel: str | None = None, *, reply_channel: str = REPLY_CHANNEL,
-                 timeout: float = TIMEOUT, raise_errors: bool = True) -> None:
-        super().__init__(consumer, channel, timeout=timeout, raise_errors=raise_errors)
+                 send_channel: str | None = None, timeout: float = TIMEOUT, raise_errors: bool = True) -> None:
+        super().__init__(consumer, channel, send_channel=send_channel, timeout=timeout, raise_errors=raise_errors)
         self.reply_channel = reply_channel
         #: The ids the consumer acknowledged, in order (an ``email.ack`` with ``ids`` adds each).
         self.acks: list[str] = []
@@ -141,13 +146,9 @@ class EmailCommunicator(Communicator):
 
     async def receive_email(self, timeout: float | None = None) -> dict[str, Any]:
         """The next ``email.send`` the consumer sent to the gateway."""
-        message = await self.harness.receive(self.reply_channel, timeout=timeout)
+        message = await self.harness.receive(self.send_channel, timeout=timeout)
         assert message["type"] == "email.send", f"expected email.send, got {message!r}"
         return message
-
-    async def receive_nothing(self, timeout: float | None = None) -> bool:
-        """True when the consumer, done with everything it was given, sent no ``email.send``."""
-        return await self.harness.receive_nothing(self.reply_channel, timeout)
 
     async def acked(self, message: dict[str, Any] | str, timeout: float | None = None) -> bool:
         """Whether the consumer acknowledged ``message`` (or the id), once it finished handling."""
