@@ -154,11 +154,13 @@ class Row:
 
 
 def run_fault(stack: Stack, part: str, traffic: Traffic, ledger: Ledger, *, before: int = 60,
-              after: int = 60, settle: float = 60.0) -> tuple[Row, set[str]]:
+              after: int = 60, settle: float = 60.0, written: set[str] | None = None) -> tuple[Row, set[str]]:
     """Traffic, kill -9 of ``part`` mid-stream, more traffic; count.
 
     Returns the row and the keys sent but never handled. Recovery is the time
-    from the kill until a key sent after it was handled.
+    from the kill until a key sent after it was handled. ``written``: for a
+    protocol without an acknowledgement, the keys the clients wrote, which
+    then count as sent.
     """
     protocol = stack.protocol
     traffic.start()
@@ -179,7 +181,7 @@ def run_fault(stack: Stack, part: str, traffic: Traffic, ledger: Ledger, *, befo
     finally:
         traffic.stop()
     stack.after_traffic(part)
-    sent = set(traffic.accepted)
+    sent = set(traffic.accepted) | (written or set())
     deadline = time.monotonic() + settle
     while not sent <= set(ledger.handled(protocol)) and time.monotonic() < deadline:
         time.sleep(0.2)
