@@ -47,6 +47,8 @@ import time
 import uuid
 from typing import Any, Callable
 
+import msgpack
+
 from gateways.core.runtime import HandoffError
 from gateways.websocket.protocol import Connection
 
@@ -220,13 +222,13 @@ class Instances:
         for reply_channel, raw in (await redis.hgetall(key)).items():
             reply_channel = reply_channel.decode() if isinstance(reply_channel, bytes) else reply_channel
             try:
-                record = json.loads(raw)
+                record = msgpack.unpackb(raw, raw=False)
                 await self.runtime.send(record["channel"], _lost_message(reply_channel, record))
                 told += 1
             except HandoffError as exc:
                 # The claim expires and this or another instance tries again.
                 raise RuntimeError(f"websocket.disconnect for {reply_channel} not delivered: {exc}") from exc
-            except (ValueError, KeyError, TypeError) as exc:
+            except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
                 self.log.warning("unreadable record of %s left by instance %s: %s", reply_channel, instance, exc)
             await redis.hdel(key, reply_channel)  # told once, even if this reaper dies now
         # Replies queued for the dead instance's connections: nobody reads them.
@@ -257,8 +259,9 @@ class Instances:
         return removed
 
 
-def _record(conn: Connection) -> str:
-    return json.dumps({"channel": conn.channel, "path": conn.info.path, "kwargs": conn.kwargs,
+def _record(conn: Connection) -> bytes:
+    # msgpack, as the layer's messages: a stock consumer's state carries bytes (scope headers).
+    return msgpack.packb({"channel": conn.channel, "path": conn.info.path, "kwargs": conn.kwargs,
                        "state": conn.state, "order": conn.order})
 
 
