@@ -136,6 +136,8 @@ class Daemon:
         if self.health_server:
             await self._within(self.health_server.close(), max(closed - loop.time(), CLEANUP_MINIMUM))
         await self._within(close_layer(runtime.layer), max(closed - loop.time(), CLEANUP_MINIMUM))
+        if runtime.dead_letters is not None:
+            await self._within(runtime.dead_letters.close(), max(closed - loop.time(), CLEANUP_MINIMUM))
         self.log.info("%s gateway stopped", self.gateway.protocol)
 
     async def _within(self, step: Coroutine[Any, Any, Any], seconds: float) -> bool:
