@@ -356,6 +356,48 @@ class DeadLetterStore:
             await self.redis.eval(_FORGET_IF_EMPTY, 2, self._channel_key(channel), self._channels, channel)
 
 
+class DeadLetterGauges:
+    """``/metrics`` gauges of the store: per channel, how many dead letters and
+    the oldest one's age, read from the store when scraped.
+
+    Args:
+        store: the store to read.
+        metrics: the registry the gauges are set in (``gateway_dead_letters``,
+            ``gateway_dead_letter_oldest_age_seconds``, label ``channel``).
+        max_age: seconds a reading is reused, so frequent scrapes (several
+            Prometheus servers, say) cost one read.
+        timeout: seconds a read may take; past it (Redis down) the last values stay.
+    """
+
+    def __init__(self, store: DeadLetterStore, metrics: Any, max_age: float = 5.0, timeout: float = 2.0) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.max_age = max_age
+        self.timeout = timeout
+        self._read_at = float("-inf")
+        self._channels: set[str] = set()
+
+    async def refresh(self) -> None:
+        """Set the gauges from the store, unless the last reading is recent."""
+        now = time.monotonic()
+        if now - self._read_at < self.max_age:
+            return
+        self._read_at = now
+        try:
+            summary = await asyncio.wait_for(self.store.summary(), self.timeout)
+        except Exception as exc:  # noqa: BLE001 - a scrape must answer even with Redis down
+            log.debug("dead-letter gauges not refreshed: %s: %s", type(exc).__name__, exc)
+            return
+        # A channel whose entries were all retried or dropped reads 0, not its last count.
+        for channel in self._channels - set(summary):
+            summary[channel] = (0, 0.0)
+        for channel, (count, age) in summary.items():
+            self.metrics.set("dead_letters", count, "dead letters kept, per channel", channel=channel)
+            self.metrics.set("dead_letter_oldest_age_seconds", age, "age of the oldest dead letter, per channel",
+                             channel=channel)
+        self._channels = set(summary)
+
+
 #: Remove ARGV[1] from the set KEYS[2] when the key KEYS[1] does not exist.
 _FORGET_IF_EMPTY = """
 if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[1]) end

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import urllib.request
 import uuid
 
 import pytest
@@ -93,6 +94,12 @@ async def test_mqtt_publish_that_cannot_be_made_is_dead_lettered(redis_server, m
             "mqtt", "outbound", "mqtt.send", "p-1")
         assert "wildcards" in entry.error_line and entry.message["payload"] == b"\x00\x01"
         assert gateway.proc.poll() is None
+
+        listen = load_config(config).sections["mqtt"].health.listen
+        with urllib.request.urlopen(f"http://{listen}/metrics", timeout=10) as response:
+            scraped = response.read().decode()
+        assert 'gateway_dead_letters{channel="mqtt.send"} 1' in scraped
+        assert 'gateway_dead_letter_oldest_age_seconds{channel="mqtt.send"}' in scraped
     finally:
         code = gateway.stop()
     assert code == 0, gateway.log()

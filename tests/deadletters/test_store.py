@@ -182,3 +182,35 @@ def test_dead_letters_section_is_validated():
     text = str(raised.value)
     assert "dead_letters.retention" in text and "dead_letters.max_entries" in text and "dead_letters.colour" in text
     assert parse_config("dead_letters:\n  retention: 60\n").dead_letters.retention == 60
+
+
+async def test_gauges_show_count_and_oldest_age_per_channel_and_fall_to_zero(store):
+    from gateways.core.deadletters import DeadLetterGauges
+    from gateways.core.metrics import Metrics
+
+    metrics = Metrics()
+    gauges = DeadLetterGauges(store, metrics, max_age=0)
+    first = await _add(store, "a", 1)
+    await _add(store, "a", 2)
+    await gauges.refresh()
+    assert metrics.value("dead_letters", channel="a") == 2
+    assert metrics.value("dead_letter_oldest_age_seconds", channel="a") >= 0
+    assert 'gateway_dead_letters{channel="a"} 2' in metrics.render()
+    for entry in await store.list():
+        await store.drop(entry.id)
+    assert await store.get(first) is None
+    await gauges.refresh()
+    assert metrics.value("dead_letters", channel="a") == 0
+
+
+async def test_gauges_keep_their_values_when_redis_is_unreachable(redis_server):
+    from gateways.core.deadletters import DeadLetterGauges
+    from gateways.core.metrics import Metrics
+
+    store = DeadLetterStore.from_config(_config("redis://127.0.0.1:1/0", "x"))
+    metrics = Metrics()
+    try:
+        await DeadLetterGauges(store, metrics, max_age=0).refresh()
+        assert "dead_letters" not in metrics.render()
+    finally:
+        await store.close()
