@@ -1,6 +1,7 @@
-"""Outbound dead letters: a consumer's message a gateway could not carry out for
-good is kept, besides the failure result the spec sends back, and an operator
-can replay it once the cause is fixed. Real gateways, relay, broker, stand-in."""
+"""Dead letters from the gateways: a consumer's message a gateway could not carry
+out for good (outbound), and mail no consumer acknowledged (inbound), are kept
+besides what the spec sends, and an operator can replay them once the cause is
+fixed. Real gateways, relay, broker, stand-in."""
 
 from __future__ import annotations
 
@@ -76,6 +77,38 @@ async def test_email_relay_5xx_is_dead_lettered_and_replayed_after_the_fix(redis
     finally:
         code = gateway.stop()
         relay.stop()
+    assert code == 0, gateway.log()
+
+
+async def test_email_nobody_acknowledged_is_dead_lettered_and_replayed(redis_server, tmp_path):
+    import smtplib
+
+    from email_stack import Layer, start_gateway, write_config
+
+    config, port = write_config(tmp_path, redis_server.url, ack_timeout=0.2, max_attempts=2)
+    gateway = start_gateway(config, port)
+    layer = Layer(config)
+    try:
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            client.sendmail("you@example.test", ["inbox@demo.local"],
+                            b"From: you@example.test\r\nSubject: unanswered\r\n\r\nbody\r\n")
+        first = await layer.receive("email.receive")
+        assert first["attempt"] == 1
+
+        entry = await one_dead_letter(config)
+        assert (entry.protocol, entry.direction, entry.channel, entry.message_id, entry.attempts) == (
+            "email", "inbound", "email.receive", first["id"], 2)
+        assert entry.error_line.startswith("NotAcknowledged") and "dead_letter" not in entry.message
+        assert (await layer.receive("email.dead"))["id"] == first["id"]  # the spec's channel still gets it
+
+        assert (await layer.receive("email.receive"))["attempt"] == 2
+        replayed = retry(config, entry.id)
+        assert replayed.returncode == 0, replayed.stderr
+        again = await layer.receive("email.receive")
+        assert again["id"] == first["id"] and b"unanswered" in again["raw"]
+    finally:
+        await layer.close()
+        code = gateway.stop()
     assert code == 0, gateway.log()
 
 
