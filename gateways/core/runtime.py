@@ -254,7 +254,7 @@ class Runtime:
             self.log.error("%s %s failed for good and could not be dead-lettered (%s: %s): %s", mtype, mid,
                            type(exc).__name__, exc, error.splitlines()[0] if error else "")
             return None
-        self.metrics.inc("dead_letters_total", "messages that failed for good and were dead-lettered",
+        self.metrics.inc("dead_lettered_total", "messages that failed for good and were dead-lettered",
                          direction=direction)
         self.log.warning("%s %s failed for good after %d attempt(s); dead letter %s", mtype, mid, attempts, entry_id)
         return entry_id
