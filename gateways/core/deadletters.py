@@ -237,8 +237,7 @@ class DeadLetterStore:
             # An unreadable entry is dropped all the same, from every channel index.
             if not await self.redis.hexists(self._entries, entry_id):
                 return False
-            channels = [c.decode() if isinstance(c, bytes) else c for c in await self.redis.smembers(self._channels)]
-            return await self._remove([(entry_id, c) for c in channels]) > 0
+            return await self._remove([(entry_id, c) for c in await self._channel_names()]) > 0
         return await self._remove([(entry.id, entry.channel)]) > 0
 
     async def retry(self, entry_id: str, send: Send) -> bool:
@@ -255,7 +254,7 @@ class DeadLetterStore:
     async def summary(self) -> dict[str, tuple[int, float]]:
         """Channel -> (how many entries, the oldest entry's age in seconds)."""
         await self.prune()
-        channels = sorted(c.decode() if isinstance(c, bytes) else c for c in await self.redis.smembers(self._channels))
+        channels = sorted(await self._channel_names())
         if not channels:
             return {}
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -301,8 +300,7 @@ class DeadLetterStore:
                 pairs.append((entry_id, by_id[entry_id]))
             else:  # unreadable: its channel is unknown, so remove it from all
                 if channels is None:
-                    channels = [c.decode() if isinstance(c, bytes) else c
-                                for c in await self.redis.smembers(self._channels)]
+                    channels = await self._channel_names()
                 pairs.extend((entry_id, c) for c in channels or [""])
         removed = await self._remove(pairs)
         if expired:
@@ -320,6 +318,9 @@ class DeadLetterStore:
             pass
 
     # -- internals -----------------------------------------------------------
+
+    async def _channel_names(self) -> list[str]:
+        return [c.decode() if isinstance(c, bytes) else c for c in await self.redis.smembers(self._channels)]
 
     async def _entries_of(self, ids: list[Any]) -> list[DeadLetter]:
         if not ids:

@@ -15,10 +15,12 @@ import json
 import os
 import sys
 import time
+from dataclasses import asdict
 from typing import Any
 
 from gateways.core.config import Config, LayerConfig
 from gateways.core.deadletters import DeadLetter, DeadLetterStore
+from gateways.core.runtime import LAYER_ERRORS
 
 #: Exit codes.
 OK, UNKNOWN_ID, BAD_CONFIG, UNREACHABLE = 0, 1, 2, 3
@@ -78,14 +80,9 @@ async def _run(args: argparse.Namespace, config: Config, store: DeadLetterStore,
         if args.action == "drop":
             return await _drop(store, args)
         return await _retry(store, args, LayerConfig(**{**config.layer.__dict__, "url": url}))
-    except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+    except LAYER_ERRORS as exc:
         print(f"cannot reach the dead-letter store at {url}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return UNREACHABLE
-    except Exception as exc:  # redis-py's errors do not all derive from OSError
-        if type(exc).__module__.startswith("redis"):
-            print(f"cannot reach the dead-letter store at {url}: {type(exc).__name__}: {exc}", file=sys.stderr)
-            return UNREACHABLE
-        raise
     finally:
         await store.close()
 
@@ -107,7 +104,7 @@ def _shorten(text: str, width: int = 72) -> str:
 async def _list(store: DeadLetterStore, channel: str | None, as_json: bool) -> int:
     entries = await store.list(channel)
     if as_json:
-        print(json.dumps([_plain(entry) for entry in entries], indent=2, default=_json_bytes))
+        print(json.dumps([asdict(entry) for entry in entries], indent=2, default=_json_bytes))
         return OK
     if not entries:
         print("no dead letters" + (f" on {channel}" if channel else ""))
@@ -202,12 +199,6 @@ async def _retry(store: DeadLetterStore, args: argparse.Namespace, layer_config:
         print(f"retried {len(entries) - failed} of {len(entries)} dead letter(s)"
               + (f" on {args.channel}" if args.channel else ""))
     return UNREACHABLE if failed else OK
-
-
-def _plain(entry: DeadLetter) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(entry)
 
 
 def _json_bytes(value: Any) -> Any:
