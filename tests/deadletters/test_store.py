@@ -214,3 +214,24 @@ async def test_gauges_keep_their_values_when_redis_is_unreachable(redis_server):
         assert "dead_letters" not in metrics.render()
     finally:
         await store.close()
+
+
+async def test_a_sentinel_layer_url_reaches_the_master():
+    """``sentinel://`` as the layer uses it: the store asks the sentinel for the master."""
+    import redis
+    from servers import RedisServer
+    from test_fault_sentinel import MASTER, Sentinel
+
+    master = RedisServer().start()
+    sentinel = Sentinel(master).start()
+    try:
+        store = DeadLetterStore.from_config(_config(f"sentinel://127.0.0.1:{sentinel.port}/{MASTER}/0", "sent"))
+        try:
+            entry_id = await _add(store)
+            assert (await store.get(entry_id)).message_id == "m0"
+        finally:
+            await store.close()
+        assert redis.Redis(port=master.port).hexists("sent:deadletters:entries", entry_id)
+    finally:
+        sentinel.close()
+        master.close()
