@@ -45,6 +45,9 @@ log = logging.getLogger("gateway.dead_letters")
 #: What re-sends a message on its channel: ``await send(channel, message)``.
 Send = Callable[[str, dict], Awaitable[Any]]
 
+#: Seconds between WARNING lines about dropped entries (the counts add up meanwhile).
+DROP_WARNING_INTERVAL = 10.0
+
 #: Directions of an entry.
 INBOUND = "inbound"
 OUTBOUND = "outbound"
@@ -126,6 +129,8 @@ class DeadLetterStore:
         self.prefix = f"{prefix}:deadletters:"
         self.retention = retention
         self.max_entries = max_entries
+        self._dropped_expired = self._dropped_excess = 0
+        self._warned_at = float("-inf")
         # No expiry check on decryption: an entry is read long after it was written.
         self._serializer = serializers.get_serializer(
             "msgpack", symmetric_encryption_keys=symmetric_encryption_keys or None,
@@ -303,12 +308,25 @@ class DeadLetterStore:
                     channels = await self._channel_names()
                 pairs.extend((entry_id, c) for c in channels or [""])
         removed = await self._remove(pairs)
-        if expired:
-            log.warning("dropped %d dead letters older than the retention of %gs", len(expired), self.retention)
-        if excess_ids:
-            log.warning("dropped the %d oldest dead letters: the store holds at most %d (dead_letters.max_entries)",
-                        len(excess_ids), self.max_entries)
+        self._dropped_expired += len(expired)
+        self._dropped_excess += len(excess_ids)
+        self._warn_dropped()
         return removed
+
+    def _warn_dropped(self) -> None:
+        """Log what was dropped, at most once per :data:`DROP_WARNING_INTERVAL`:
+        a flood of failures past ``max_entries`` drops one entry per new one."""
+        now = time.monotonic()
+        if now - self._warned_at < DROP_WARNING_INTERVAL:
+            return
+        if self._dropped_expired:
+            log.warning("dropped %d dead letters older than the retention of %gs (dead_letters.retention)",
+                        self._dropped_expired, self.retention)
+        if self._dropped_excess:
+            log.warning("dropped the %d oldest dead letters: the store holds at most %d (dead_letters.max_entries)",
+                        self._dropped_excess, self.max_entries)
+        self._warned_at = now
+        self._dropped_expired = self._dropped_excess = 0
 
     async def close(self) -> None:
         """Close the Redis connections."""
