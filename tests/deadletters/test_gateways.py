@@ -138,6 +138,42 @@ async def test_mqtt_publish_that_cannot_be_made_is_dead_lettered(redis_server, m
     assert code == 0, gateway.log()
 
 
+async def test_mqtt_publish_refused_during_an_outage_is_replayed_once_the_broker_is_back(
+        redis_server, mosquitto, tmp_path):
+    from mqtt_stack import Subscriber, start_gateway, wait_for_count, write_config
+
+    config = write_config(tmp_path, redis_server.url, mosquitto.url, [{"filter": "dl/#", "channel": "mqtt.dl"}],
+                          outage_queue=1)
+    gateway = start_gateway(config)
+    layer = build_layer(load_config(config).layer)
+    try:
+        mosquitto.stop()
+        gateway.wait_for_log("disconnected from", timeout=30)
+        await layer.send("mqtt.send", {"type": "mqtt.publish", "id": "queued", "topic": "out/a", "payload": "a",
+                                       "qos": 1})
+        refused = await request(config, "mqtt.send", {"type": "mqtt.publish", "id": "refused", "topic": "out/b",
+                                                      "payload": "b", "qos": 1})
+        assert (refused["ok"], refused["id"]) == (False, "refused") and "outage_queue" in refused["error"]
+        entry = await one_dead_letter(config)
+        assert (entry.message_id, entry.direction, entry.channel) == ("refused", "outbound", "mqtt.send")
+
+        mosquitto.start()
+        wait_for_count(gateway, "subscribed to", 2)  # reconnected
+        subscriber = Subscriber(mosquitto.port, "out/#")
+        try:
+            subscriber.ready("out/probe")
+            replayed = retry(config, entry.id)
+            assert replayed.returncode == 0, replayed.stderr
+            subscriber.wait_for(lambda lines: any(line.startswith("out/b|") for line in lines))
+        finally:
+            subscriber.close()
+        assert await dead_letters(config) == []
+    finally:
+        await close_layer(layer)
+        code = gateway.stop()
+    assert code == 0, gateway.log()
+
+
 async def test_slack_api_error_is_dead_lettered_and_replayed_after_the_fix(redis_server, tmp_path):
     from slack.stack import start_gateway, write_config
     from slack.standin import SlackStandIn
