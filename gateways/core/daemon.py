@@ -22,7 +22,7 @@ from gateways.core.health import HealthServer
 from gateways.core.layer import close_layer
 from gateways.core.lifecycle import on_stop_signals
 from gateways.core.runtime import LAYER_ERRORS, Runtime
-from gateways.core.specs import InvalidMessage
+from gateways.core.specs import InvalidMessage, load_schema
 
 
 #: Seconds between layer probes while the layer is reachable, and while it is not.
@@ -61,7 +61,8 @@ class Daemon:
                  exit_watchdog: bool = False) -> None:
         section = config.sections[gateway_class.protocol]
         self.exit_watchdog = exit_watchdog
-        self.runtime = Runtime(config, section, gateway_class.protocol, layer)
+        self.runtime = Runtime(config, section, gateway_class.protocol, layer,
+                               load_schema(gateway_class.protocol, gateway_class.specs_dir))
         self.gateway = gateway_class(self.runtime, section)
         self.section = section
         self.log = self.runtime.log

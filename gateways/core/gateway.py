@@ -12,11 +12,12 @@ contract is described in docs/gateway-contract.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib.resources.abc import Traversable
 from typing import Any, ClassVar
 
 from gateways.core.config import Config, GatewaySection
 from gateways.core.runtime import Runtime
-from gateways.core.specs import InvalidMessage
+from gateways.core.specs import SPECS_DIR, InvalidMessage
 
 __all__ = ["Gateway", "InvalidMessage", "Service", "StackUnavailable"]
 
@@ -44,9 +45,11 @@ class StackUnavailable(Exception):
 class Gateway:
     """Base class of a protocol's daemon; subclasses do the protocol's I/O.
 
-    A subclass names its protocol and section in the class statement::
+    A subclass names its protocol and section (and, outside this
+    distribution, where its schema is) in the class statement::
 
-        class ChatGateway(Gateway, protocol="chat", section_class=ChatSection):
+        class ChatGateway(Gateway, protocol="chat", section_class=ChatSection,
+                          specs_dir=files("chat_gateway.specs")):
             ...
 
     Args:
@@ -56,18 +59,23 @@ class Gateway:
     Class attributes:
         protocol: the protocol name, as in the CLI and the YAML.
         section_class: the section dataclass (a :class:`GatewaySection`).
+        specs_dir: the directory holding ``<protocol>.schema.json`` (and the
+            spec); by default the ``protocol_specs`` package.
     """
 
     protocol: ClassVar[str]
     section_class: ClassVar[type[GatewaySection]]
+    specs_dir: ClassVar[Traversable] = SPECS_DIR
 
     def __init_subclass__(cls, protocol: str | None = None, section_class: type[GatewaySection] | None = None,
-                          **kwargs: Any) -> None:
+                          specs_dir: Traversable | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if protocol is not None:
             cls.protocol = protocol
         if section_class is not None:
             cls.section_class = section_class
+        if specs_dir is not None:
+            cls.specs_dir = specs_dir
 
     def __init__(self, runtime: Runtime, section: Any) -> None:
         self.runtime = runtime

@@ -55,16 +55,18 @@ class Runtime:
         section: this protocol's section.
         protocol: the protocol name.
         layer: the channel layer (built from ``config.layer`` when omitted).
+        schema: the protocol's schema (``protocol_specs/<protocol>.schema.json`` when omitted).
     """
 
-    def __init__(self, config: Config, section: GatewaySection, protocol: str, layer: Any = None) -> None:
+    def __init__(self, config: Config, section: GatewaySection, protocol: str, layer: Any = None,
+                 schema: ProtocolSchema | None = None) -> None:
         self.config = config
         self.section = section
         self.protocol = protocol
         self.layer = layer if layer is not None else build_layer(config.layer)
         self.metrics = Metrics()
         self.log = logging.getLogger(f"gateway.{protocol}")
-        self.schema: ProtocolSchema = load_schema(protocol)
+        self.schema: ProtocolSchema = schema if schema is not None else load_schema(protocol)
         self.stopping = asyncio.Event()
         self.layer_ok = True
         self.strict = os.environ.get("GATEWAY_STRICT") == "1"
