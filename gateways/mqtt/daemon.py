@@ -9,8 +9,8 @@ import time
 from typing import Any
 
 from gateways.core.config import Config
-from gateways.core.gateway import Gateway, Service, StackUnavailable
-from gateways.core.runtime import HandoffError, Runtime
+from gateways.core.gateway import Gateway, InvalidMessage, Service, StackUnavailable
+from gateways.core.runtime import Runtime
 from gateways.mqtt.config import MqttSection
 from gateways.mqtt.connection import BrokerConnection
 from gateways.mqtt.inbound import HandoffPipeline
@@ -19,7 +19,6 @@ from gateways.mqtt.protocol import (
     PUBLISH,
     SubscribeRequest,
     parse_request,
-    reply_channel_of,
     result_message,
 )
 
@@ -28,17 +27,9 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 HANDOFF_BATCH = 100
 
 
-class MqttGateway(Gateway):
+class MqttGateway(Gateway, protocol="mqtt", section_class=MqttSection):
     """Subscribes to the configured topics, hands messages to the layer,
-    publishes and (un)subscribes for consumers.
-
-    Args:
-        runtime: the core services.
-        section: the ``mqtt:`` section.
-    """
-
-    protocol = "mqtt"
-    section_class = MqttSection
+    publishes and (un)subscribes for consumers (its arguments are :class:`Gateway`'s)."""
 
     def __init__(self, runtime: Runtime, section: MqttSection) -> None:
         super().__init__(runtime, section)
@@ -96,10 +87,6 @@ class MqttGateway(Gateway):
 
     # -- lifecycle -------------------------------------------------------------
 
-    def outbound_channels(self) -> list[str]:
-        """``mqtt.send`` (or the configured ``send_channel``)."""
-        return [self.section.send_channel]
-
     async def start(self) -> None:
         """Start connecting; the first connection is not awaited (the loop retries with backoff)."""
         self._task = self.runtime.spawn(self.connection.run(), "mqtt connection")
@@ -109,10 +96,7 @@ class MqttGateway(Gateway):
         try:
             request = parse_request(message, PUBLISH)
         except ValueError as exc:
-            self.runtime.reject(channel, message, str(exc))
-            await self._report(message, False, str(exc))
-            await self._dead_letter(message, f"ValueError: {exc}")
-            return
+            raise InvalidMessage(str(exc)) from exc
         if isinstance(request, SubscribeRequest):
             sub = request.subscription
             if sub.qos > sub.granted_qos:
@@ -138,9 +122,9 @@ class MqttGateway(Gateway):
                 await self._dead_letter(message, f"OutageQueueFull: {error}")
                 return
 
-    async def handle_invalid(self, channel: str, message: Any, problem: str) -> None:
-        """Tell the sender, when it gave a reply_channel, why its message was rejected."""
-        await self._report(message, False, problem)
+    def failure_result(self, message: dict[str, Any], problem: str) -> dict[str, Any]:
+        """``mqtt.result`` with ``ok`` false and the problem as the error."""
+        return result_message(message, False, problem)
 
     async def stop_accepting(self) -> None:
         """Read no more messages from the broker; the unread ones are redelivered later."""
@@ -183,13 +167,7 @@ class MqttGateway(Gateway):
             await self.runtime.dead_letter(self.section.send_channel, message, error, 1, time.time())
 
     async def _report(self, message: Any, ok: bool, error: str | None, **details: Any) -> None:
-        reply = reply_channel_of(message)
-        if reply is None:
-            return
-        try:
-            await self.runtime.send(reply, result_message(message, ok, error, **details))
-        except HandoffError as exc:
-            self.log.warning("could not send mqtt.result to %s: %s", reply, exc)
+        await self.runtime.report(message, result_message(message, ok, error, **details))
 
 
 def _listening(host: str, port: int) -> bool:
