@@ -396,6 +396,15 @@ class LogConfig:
 
 
 @dataclass
+class DeadLettersConfig:
+    """The bounds of the dead-letter store (kept in the layer's Redis)."""
+
+    retention: float = positive(7 * 86400, "seconds a dead letter is kept (default a week: a failure "
+                                "found after a weekend can still be replayed)")
+    max_entries: int = positive(100000, "dead letters kept at most; the oldest are dropped first")
+
+
+@dataclass
 class Config:
     """A whole configuration file.
 
@@ -405,6 +414,7 @@ class Config:
         django: the Django project, when the file names one.
         log: logging.
         sections: protocol name -> that protocol's section dataclass.
+        dead_letters: the bounds of the dead-letter store.
         worker: retries of ``gateway worker``.
     """
 
@@ -413,6 +423,7 @@ class Config:
     django: DjangoConfig | None
     log: LogConfig
     sections: dict[str, GatewaySection]
+    dead_letters: DeadLettersConfig = field(default_factory=DeadLettersConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
 
     def resolve(self, relative: str) -> Path:
@@ -728,7 +739,7 @@ def parse_config(
         raise ConfigError([Problem(filename, top.line, "", "the file must be a mapping of sections")])
     builder = _Builder(reader, Path(filename).resolve().parent if filename != "<string>" else Path.cwd())
     items = top.value
-    known = {"layer", "django", "log", "worker", *section_classes}
+    known = {"layer", "django", "log", "dead_letters", "worker", *section_classes}
     for key, node in items.items():
         if key not in known:
             reader.problem(node.line, key, f"unknown section (known: {', '.join(sorted(known))})")
@@ -736,6 +747,8 @@ def parse_config(
     layer = builder.build(LayerConfig, items.get("layer", empty), "layer") or LayerConfig()
     django = builder.build(DjangoConfig, items["django"], "django") if "django" in items else None
     log = builder.build(LogConfig, items.get("log", empty), "log") or LogConfig()
+    dead_letters = (builder.build(DeadLettersConfig, items.get("dead_letters", empty), "dead_letters")
+                    or DeadLettersConfig())
     worker = _build_section(builder, WorkerConfig, items["worker"], "worker") if "worker" in items else None
     sections: dict[str, GatewaySection] = {}
     for name, cls in section_classes.items():
@@ -746,7 +759,7 @@ def parse_config(
     if reader.problems:
         raise ConfigError(sorted(reader.problems, key=lambda p: p.line))
     return Config(Path(filename).resolve() if filename != "<string>" else Path.cwd() / filename,
-                  layer, django, log, sections, worker or WorkerConfig())
+                  layer, django, log, sections, dead_letters=dead_letters, worker=worker or WorkerConfig())
 
 
 def _build_section(builder: _Builder, cls: type, node: _Node, name: str) -> Any:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateways.core import registry
-from gateways.core.config import DjangoConfig, LayerConfig, LogConfig, reference
+from gateways.core.config import DeadLettersConfig, DjangoConfig, LayerConfig, LogConfig, reference
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,7 +24,7 @@ def documented_keys() -> set[str]:
     return keys
 
 
-SECTIONS = [("layer", LayerConfig), ("django", DjangoConfig), ("log", LogConfig),
+SECTIONS = [("layer", LayerConfig), ("django", DjangoConfig), ("log", LogConfig), ("dead_letters", DeadLettersConfig),
             *registry.section_classes().items()]
 
 
