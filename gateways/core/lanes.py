@@ -280,6 +280,23 @@ class ChannelLanes:
         """Wait until every submitted message was handled."""
         await self._idle.wait()
 
+    async def give_up_retries(self) -> int:
+        """Give up every message waiting for its next attempt (a stopping worker
+        out of time); return how many."""
+        count = 0
+        for lane in self.lanes:
+            item, lane.retrying = lane.retrying, None
+            if item is None or item.failure is None:
+                continue
+            if lane.task is not None:
+                lane.task.cancel()
+            count += 1
+            self.stats["dead_lettered"] += 1
+            if self.give_up is not None:
+                await self.give_up(item.failure)
+            self._message_done(lane, item)
+        return count
+
     async def close(self) -> None:
         """Stop every lane's instance."""
         tasks = [lane.task for lane in self.lanes if lane.task is not None]

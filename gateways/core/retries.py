@@ -10,9 +10,9 @@ consumer raised :class:`consumers.failures.PermanentFailure` — it hands a
    traceback, and logs one ERROR line naming the entry;
 2. *settles* the message with the gateway that sent it, when the protocol's
    spec asks for that (email: ``email.ack``, so the gateway stops handing it
-   again): a dead-lettered message is done with, as a handled one is;
-3. remembers its ``id`` for a while, so that a redelivery racing that
-   settling is dropped (and settled again) rather than handled anew.
+   again): a dead-lettered message is done with, as a handled one is. The
+   lane does this before the message leaves its in-flight set, so that a
+   redelivery arriving until then is dropped as a duplicate.
 
 When the store cannot be reached the message is not settled (a gateway
 that redelivers then hands it again later) and an ERROR line carries the
@@ -23,11 +23,10 @@ nothing is dropped without a trace.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Hashable
 
 from consumers.failures import PermanentFailure
@@ -35,8 +34,6 @@ from gateways.core.describe import describe
 
 log = logging.getLogger("gateway.worker")
 
-#: How many dead-lettered ids a channel remembers to recognise redeliveries.
-RECENT_IDS = 10_000
 #: Seconds a dead-letter store may take to take an entry before the worker logs it instead.
 STORE_TIMEOUT = 10.0
 
@@ -120,8 +117,6 @@ class DeadLetters:
     store: Any | None
     layer: Any | None = None
     settle: Settle | None = None
-    recent: dict[str, collections.OrderedDict] = field(default_factory=dict)
-    settling: set[asyncio.Task] = field(default_factory=set)
 
     async def give_up(self, failure: Failure) -> None:
         """Store ``failure``'s message, log it, settle it with its gateway."""
@@ -146,31 +141,7 @@ class DeadLetters:
             return
         log.error("consumer on %s gave up %s after %s; dead-lettered as %s:\n%s", failure.channel, what, reason,
                   entry, failure.error)
-        self._remember(failure.channel, failure.message)
         await self._settle(failure.message)
-
-    def redelivered(self, channel: str, message: dict[str, Any]) -> bool:
-        """Whether ``message`` is one this worker dead-lettered lately (a
-        redelivery that crossed the settling): then it is settled again,
-        and the caller drops it."""
-        ident = message_id(message)
-        recent = self.recent.get(channel)
-        if ident is None or recent is None or ident not in recent:
-            return False
-        log.info("%s on %s was dead-lettered already; dropping this redelivery", describe(message), channel)
-        task = asyncio.ensure_future(self._settle(message))
-        self.settling.add(task)
-        task.add_done_callback(self.settling.discard)
-        return True
-
-    def _remember(self, channel: str, message: dict[str, Any]) -> None:
-        ident = message_id(message)
-        if ident is None:
-            return
-        recent = self.recent.setdefault(channel, collections.OrderedDict())
-        recent[ident] = True
-        while len(recent) > RECENT_IDS:
-            recent.popitem(last=False)
 
     async def _settle(self, message: dict[str, Any]) -> None:
         if self.settle is None or self.layer is None:
