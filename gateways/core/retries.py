@@ -12,7 +12,12 @@ consumer raised :class:`consumers.failures.PermanentFailure` — it hands a
    spec asks for that (email: ``email.ack``, so the gateway stops handing it
    again): a dead-lettered message is done with, as a handled one is. The
    lane does this before the message leaves its in-flight set, so that a
-   redelivery arriving until then is dropped as a duplicate.
+   redelivery arriving until then is dropped as a duplicate; one that the
+   gateway sent before it got the settling message and that arrives later
+   is recognised by its ``id`` and a larger ``attempt`` (the hand-off count
+   a redelivering gateway puts in its messages) and dropped too. A replay
+   from the dead letters (``gateway dead-letters retry``) carries the stored
+   message, its ``attempt`` unchanged, so it is handled.
 
 When the store cannot be reached the message is not settled (a gateway
 that redelivers then hands it again later) and an ERROR line carries the
@@ -23,10 +28,11 @@ nothing is dropped without a trace.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Hashable
 
 from consumers.failures import PermanentFailure
@@ -34,6 +40,8 @@ from gateways.core.describe import describe
 
 log = logging.getLogger("gateway.worker")
 
+#: How many settled messages a channel remembers, to recognise late redeliveries.
+RECENT_SETTLED = 10_000
 #: Seconds a dead-letter store may take to take an entry before the worker logs it instead.
 STORE_TIMEOUT = 10.0
 
@@ -117,6 +125,9 @@ class DeadLetters:
     store: Any | None
     layer: Any | None = None
     settle: Settle | None = None
+    #: channel -> {message id: its ``attempt``} of the messages settled lately.
+    settled: dict[str, collections.OrderedDict] = field(default_factory=dict)
+    _settling: set[asyncio.Task] = field(default_factory=set)
 
     async def give_up(self, failure: Failure) -> None:
         """Store ``failure``'s message, log it, settle it with its gateway."""
@@ -141,18 +152,49 @@ class DeadLetters:
             return
         log.error("consumer on %s gave up %s after %s; dead-lettered as %s:\n%s", failure.channel, what, reason,
                   entry, failure.error)
+        self._remember(failure.channel, failure.message)
         await self._settle(failure.message)
 
-    async def _settle(self, message: dict[str, Any]) -> None:
+    def late_redelivery(self, channel: str, message: dict[str, Any]) -> bool:
+        """Whether ``message`` is a gateway's redelivery of one this worker
+        dead-lettered and settled lately (same ``id``, larger ``attempt``):
+        the caller drops it."""
+        ident = message_id(message)
+        earlier = self.settled.get(channel, {}).get(ident) if ident is not None else None
+        attempt = message.get("attempt")
+        if earlier is None or not isinstance(attempt, int) or attempt <= earlier:
+            return False
+        log.info("%s on %s is a redelivery of a message dead-lettered here; dropped and settled again",
+                 describe(message), channel)
+        task = asyncio.ensure_future(self._settle(message))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+        return True
+
+    def _remember(self, channel: str, message: dict[str, Any]) -> None:
+        ident = message_id(message)
+        attempt = message.get("attempt")
+        if ident is None or not isinstance(attempt, int) or self.settle is None or self.settle(message) is None:
+            return  # nothing redelivers it
+        settled = self.settled.setdefault(channel, collections.OrderedDict())
+        settled[ident] = attempt
+        while len(settled) > RECENT_SETTLED:
+            settled.popitem(last=False)
+
+    async def _settle(self, message: dict[str, Any]) -> bool:
+        """Send the protocol's settling message; whether one was sent."""
         if self.settle is None or self.layer is None:
-            return
+            return False
         try:
             settling = self.settle(message)
-            if settling is not None:
-                await self.layer.send(*settling)
-        except Exception as exc:  # noqa: BLE001 - the gateway hands it again; it is dropped then
+            if settling is None:
+                return False
+            await self.layer.send(*settling)
+            return True
+        except Exception as exc:  # noqa: BLE001 - the gateway hands it again; settled again then
             log.warning("could not settle dead-lettered %s with its gateway: %s: %s", describe(message),
                         type(exc).__name__, exc)
+            return False
 
 
 #: What a lane calls when it gives up a message.

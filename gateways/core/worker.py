@@ -432,6 +432,9 @@ class ConcurrentWorker:
             lanes.stats["invalid"] += 1
             log.error("message without a type on %s dropped: %.200r", lanes.channel, message)
             return
+        if self.dead_letters.late_redelivery(lanes.channel, message):
+            lanes.stats["duplicates"] += 1
+            return
         host = self.hosts.get(lanes.channel)
         if host is not None and host.accepts(message):
             await host.submit(message)
