@@ -296,3 +296,17 @@ async def nothing_within(layer: Any, channel: str, wait: float) -> bool:
     except asyncio.TimeoutError:
         return True
     raise AssertionError(f"{channel}: unexpected {extra!r}")
+
+
+async def test_a_stopping_worker_dead_letters_what_still_waits_for_a_retry(stack):
+    """SIGTERM while a message fails again and again: the worker drains for its
+    grace period, then dead-letters the message instead of dropping it."""
+    stack.configure(worker={"retry": {"attempts": 100000, "initial_delay": 0.05, "max_delay": 0.1}})
+    worker = stack.worker(["retry.gateway"])
+    await stack.layer.send("retry.gateway", {"type": "work", "id": "w-stop", "conv": "c", "n": 0, "always": True,
+                                             "reply_channel": "answers"})
+    await stack.attempts(lambda counter: counter["c-0"] >= 2)
+    assert await asyncio.to_thread(worker.stop, 60) == 0
+    (entry,) = await stack.store.list(channel="retry.gateway")
+    assert entry.message_id == "w-stop" and entry.attempts >= 2
+    assert "(1 of them waiting for a retry: dead-lettered)" in worker.log()
