@@ -113,14 +113,20 @@ async def stack(tmp_path, redis_server):
 # MQTT: the consumer fails the first attempt at each of 20 QoS 1 messages.
 
 
-async def test_an_mqtt_consumer_failing_each_first_attempt_handles_all_20_messages(stack, mosquitto):
-    stack.configure(mqtt={"broker": mosquitto.url, "client_id": f"rt-{uuid.uuid4().hex[:8]}", "grace_period": 5,
+async def start_mqtt(stack: Stack, broker: Any, **worker: Any) -> Daemon:
+    stack.configure(mqtt={"broker": broker.url, "client_id": f"rt-{uuid.uuid4().hex[:8]}", "grace_period": 5,
                           "reconnect_max": 1, "subscriptions": [{"filter": "flaky/#", "qos": 1,
-                                                                 "channel": "mqtt.flaky"}]})
-    worker = stack.worker(["mqtt.flaky"])
+                                                                 "channel": "mqtt.flaky"}]},
+                    **({"worker": worker} if worker else {}))
+    worker_daemon = stack.worker(["mqtt.flaky"])
     gateway = gateway_daemon("mqtt", stack.config)
     stack.procs.append(gateway)
     wait_for_count(gateway, "subscribed to", 1)
+    return worker_daemon
+
+
+async def test_an_mqtt_consumer_failing_each_first_attempt_handles_all_20_messages(stack, mosquitto):
+    worker = await start_mqtt(stack, mosquitto)
     sent = [f"reading {n}" for n in range(20)]
     await asyncio.to_thread(mosquitto_pub, mosquitto.port, "flaky/kitchen", b"", 1, lines=sent)
 
@@ -131,6 +137,24 @@ async def test_an_mqtt_consumer_failing_each_first_attempt_handles_all_20_messag
                      "retrying in ") == 20
     assert "topic=flaky/kitchen" in log
     assert await stack.store.list(channel="mqtt.flaky") == []
+
+
+async def test_without_retries_each_failed_mqtt_message_is_a_dead_letter(stack, mosquitto):
+    """``attempts: 1`` is what the worker did before it retried: each first
+    attempt fails and none is handled, but none is lost either."""
+    worker = await start_mqtt(stack, mosquitto, retry={"attempts": 1})
+    sent = [f"reading {n}" for n in range(20)]
+    await asyncio.to_thread(mosquitto_pub, mosquitto.port, "flaky/kitchen", b"", 1, lines=sent)
+    await stack.attempts(lambda counter: len(counter) == 20)
+    entries: list = []
+    for _ in range(400):
+        entries = await stack.store.list(channel="mqtt.flaky")
+        if len(entries) == 20:
+            break
+        await asyncio.sleep(0.05)
+    assert sorted(bytes(e.message["payload"]).decode() for e in entries) == sorted(sent), worker.log()
+    assert {(e.protocol, e.attempts) for e in entries} == {("mqtt", 1)}
+    assert await nothing_within(stack.layer, "retry.handled", 0.1)
 
 
 # --------------------------------------------------------------------------
