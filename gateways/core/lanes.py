@@ -281,13 +281,14 @@ class ChannelLanes:
         await self._idle.wait()
 
     async def give_up_retries(self) -> int:
-        """Give up every message waiting for its next attempt (a stopping worker
-        out of time); return how many."""
+        """Give up every message that failed before and waits for, or is in,
+        its next attempt (a stopping worker out of time); return how many."""
         count = 0
         for lane in self.lanes:
-            item, lane.retrying = lane.retrying, None
+            item = lane.retrying or lane.current
             if item is None or item.failure is None:
                 continue
+            lane.retrying = lane.current = None
             if lane.task is not None:
                 lane.task.cancel()
             count += 1

@@ -465,8 +465,8 @@ class ConcurrentWorker:
             given_up = 0
             for lanes in self.lanes.values():
                 given_up += await lanes.give_up_retries()
-            log.warning("grace period of %ss over; exiting with %d message(s) unhandled (%d of them waiting "
-                        "for a retry: dead-lettered)", GRACE_PERIOD, left, given_up)
+            log.warning("grace period of %ss over; exiting with %d message(s) unhandled (%d of them being "
+                        "retried: dead-lettered)", GRACE_PERIOD, left, given_up)
         for host in self.hosts.values():
             await host.hand_over()
         for lanes in self.lanes.values():

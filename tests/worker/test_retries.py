@@ -333,4 +333,4 @@ async def test_a_stopping_worker_dead_letters_what_still_waits_for_a_retry(stack
     assert await asyncio.to_thread(worker.stop, 60) == 0
     (entry,) = await stack.store.list(channel="retry.gateway")
     assert entry.message_id == "w-stop" and entry.attempts >= 2
-    assert "(1 of them waiting for a retry: dead-lettered)" in worker.log()
+    assert "(1 of them being retried: dead-lettered)" in worker.log()
