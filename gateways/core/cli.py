@@ -2,7 +2,8 @@
 
 ``gateway <protocol> --config FILE`` runs one daemon, ``gateway check`` validates
 a file, ``gateway up`` runs the whole stack, ``gateway worker`` runs Django
-consumers.
+consumers, ``gateway dead-letters`` lists, shows, retries and drops the
+messages that failed for good.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from gateways.core import eventloop, lifeline, registry
+from gateways.core import deadletters_cli, eventloop, lifeline, registry
 from gateways.core.config import (
     MEMORY_LAYER_NOTE,
     Config,
@@ -48,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run the Django consumers for the configured channels")
     common(p)
     p.add_argument("channels", nargs="*", help="channels to consume (default: those the config routes to)")
+
+    deadletters_cli.add_parser(sub)
     return parser
 
 
@@ -76,6 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in problems:
             print(problem, file=sys.stderr)
         return 2
+    if args.command == "dead-letters":
+        setup_logging(config.log.level, config.log.json)
+        if is_memory_layer(config.layer.url):
+            print(f"{args.config}: layer.url: {MEMORY_LAYER_NOTE}", file=sys.stderr)
+            return 2
+        return deadletters_cli.run(args, config)
     # A daemon needs only its own protocol's extra; the other commands need the
     # extra of every section in the file.
     daemon = args.command in registry.protocol_names()

@@ -18,6 +18,7 @@ from typing import Any, Coroutine
 from gateways.core import eventloop
 from gateways.core.backoff import Backoff
 from gateways.core.config import Config, split_host_port
+from gateways.core.deadletters import DeadLetterGauges
 from gateways.core.gateway import Gateway
 from gateways.core.health import HealthServer
 from gateways.core.layer import close_layer
@@ -85,7 +86,8 @@ class Daemon:
         """Start the gateway, its receive loops and the health endpoint."""
         runtime = self.runtime
         if self.section.health.listen:
-            self.health_server = HealthServer(runtime.metrics, self._status)
+            gauges = DeadLetterGauges(runtime.dead_letters, runtime.metrics) if runtime.dead_letters else None
+            self.health_server = HealthServer(runtime.metrics, self._status, gauges.refresh if gauges else None)
             await self.health_server.start(*split_host_port(self.section.health.listen))
         await self.gateway.start()
         runtime.spawn(self._probe_layer(), "layer probe")
@@ -136,6 +138,8 @@ class Daemon:
         if self.health_server:
             await self._within(self.health_server.close(), max(closed - loop.time(), CLEANUP_MINIMUM))
         await self._within(close_layer(runtime.layer), max(closed - loop.time(), CLEANUP_MINIMUM))
+        if runtime.dead_letters is not None:
+            await self._within(runtime.dead_letters.close(), max(closed - loop.time(), CLEANUP_MINIMUM))
         self.log.info("%s gateway stopped", self.gateway.protocol)
 
     async def _within(self, step: Coroutine[Any, Any, Any], seconds: float) -> bool:

@@ -45,6 +45,9 @@ log = logging.getLogger("gateway.dead_letters")
 #: What re-sends a message on its channel: ``await send(channel, message)``.
 Send = Callable[[str, dict], Awaitable[Any]]
 
+#: Seconds between WARNING lines about dropped entries (the counts add up meanwhile).
+DROP_WARNING_INTERVAL = 10.0
+
 #: Directions of an entry.
 INBOUND = "inbound"
 OUTBOUND = "outbound"
@@ -126,6 +129,8 @@ class DeadLetterStore:
         self.prefix = f"{prefix}:deadletters:"
         self.retention = retention
         self.max_entries = max_entries
+        self._dropped_expired = self._dropped_excess = 0
+        self._warned_at = float("-inf")
         # No expiry check on decryption: an entry is read long after it was written.
         self._serializer = serializers.get_serializer(
             "msgpack", symmetric_encryption_keys=symmetric_encryption_keys or None,
@@ -237,8 +242,7 @@ class DeadLetterStore:
             # An unreadable entry is dropped all the same, from every channel index.
             if not await self.redis.hexists(self._entries, entry_id):
                 return False
-            channels = [c.decode() if isinstance(c, bytes) else c for c in await self.redis.smembers(self._channels)]
-            return await self._remove([(entry_id, c) for c in channels]) > 0
+            return await self._remove([(entry_id, c) for c in await self._channel_names()]) > 0
         return await self._remove([(entry.id, entry.channel)]) > 0
 
     async def retry(self, entry_id: str, send: Send) -> bool:
@@ -255,7 +259,7 @@ class DeadLetterStore:
     async def summary(self) -> dict[str, tuple[int, float]]:
         """Channel -> (how many entries, the oldest entry's age in seconds)."""
         await self.prune()
-        channels = sorted(c.decode() if isinstance(c, bytes) else c for c in await self.redis.smembers(self._channels))
+        channels = sorted(await self._channel_names())
         if not channels:
             return {}
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -301,16 +305,28 @@ class DeadLetterStore:
                 pairs.append((entry_id, by_id[entry_id]))
             else:  # unreadable: its channel is unknown, so remove it from all
                 if channels is None:
-                    channels = [c.decode() if isinstance(c, bytes) else c
-                                for c in await self.redis.smembers(self._channels)]
+                    channels = await self._channel_names()
                 pairs.extend((entry_id, c) for c in channels or [""])
         removed = await self._remove(pairs)
-        if expired:
-            log.warning("dropped %d dead letters older than the retention of %gs", len(expired), self.retention)
-        if excess_ids:
-            log.warning("dropped the %d oldest dead letters: the store holds at most %d (dead_letters.max_entries)",
-                        len(excess_ids), self.max_entries)
+        self._dropped_expired += len(expired)
+        self._dropped_excess += len(excess_ids)
+        self._warn_dropped()
         return removed
+
+    def _warn_dropped(self) -> None:
+        """Log what was dropped, at most once per :data:`DROP_WARNING_INTERVAL`:
+        a flood of failures past ``max_entries`` drops one entry per new one."""
+        now = time.monotonic()
+        if now - self._warned_at < DROP_WARNING_INTERVAL:
+            return
+        if self._dropped_expired:
+            log.warning("dropped %d dead letters older than the retention of %gs (dead_letters.retention)",
+                        self._dropped_expired, self.retention)
+        if self._dropped_excess:
+            log.warning("dropped the %d oldest dead letters: the store holds at most %d (dead_letters.max_entries)",
+                        self._dropped_excess, self.max_entries)
+        self._warned_at = now
+        self._dropped_expired = self._dropped_excess = 0
 
     async def close(self) -> None:
         """Close the Redis connections."""
@@ -320,6 +336,9 @@ class DeadLetterStore:
             pass
 
     # -- internals -----------------------------------------------------------
+
+    async def _channel_names(self) -> list[str]:
+        return [c.decode() if isinstance(c, bytes) else c for c in await self.redis.smembers(self._channels)]
 
     async def _entries_of(self, ids: list[Any]) -> list[DeadLetter]:
         if not ids:
@@ -354,6 +373,48 @@ class DeadLetterStore:
         for channel in channels:
             # In one step: an entry added between a check and the removal keeps its channel.
             await self.redis.eval(_FORGET_IF_EMPTY, 2, self._channel_key(channel), self._channels, channel)
+
+
+class DeadLetterGauges:
+    """``/metrics`` gauges of the store: per channel, how many dead letters and
+    the oldest one's age, read from the store when scraped.
+
+    Args:
+        store: the store to read.
+        metrics: the registry the gauges are set in (``gateway_dead_letters``,
+            ``gateway_dead_letter_oldest_age_seconds``, label ``channel``).
+        max_age: seconds a reading is reused, so frequent scrapes (several
+            Prometheus servers, say) cost one read.
+        timeout: seconds a read may take; past it (Redis down) the last values stay.
+    """
+
+    def __init__(self, store: DeadLetterStore, metrics: Any, max_age: float = 5.0, timeout: float = 2.0) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.max_age = max_age
+        self.timeout = timeout
+        self._read_at = float("-inf")
+        self._channels: set[str] = set()
+
+    async def refresh(self) -> None:
+        """Set the gauges from the store, unless the last reading is recent."""
+        now = time.monotonic()
+        if now - self._read_at < self.max_age:
+            return
+        self._read_at = now
+        try:
+            summary = await asyncio.wait_for(self.store.summary(), self.timeout)
+        except Exception as exc:  # noqa: BLE001 - a scrape must answer even with Redis down
+            log.debug("dead-letter gauges not refreshed: %s: %s", type(exc).__name__, exc)
+            return
+        # A channel whose entries were all retried or dropped reads 0, not its last count.
+        for channel in self._channels - set(summary):
+            summary[channel] = (0, 0.0)
+        for channel, (count, age) in summary.items():
+            self.metrics.set("dead_letters", count, "dead letters kept, per channel", channel=channel)
+            self.metrics.set("dead_letter_oldest_age_seconds", age, "age of the oldest dead letter, per channel",
+                             channel=channel)
+        self._channels = set(summary)
 
 
 #: Remove ARGV[1] from the set KEYS[2] when the key KEYS[1] does not exist.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Callable
+from typing import Awaitable, Callable
 
 from gateways.core.metrics import Metrics
 
@@ -15,11 +15,14 @@ class HealthServer:
     Args:
         metrics: the registry ``/metrics`` renders.
         status: returns ``(healthy, details)`` for ``/healthz`` (503 when not healthy).
+        refresh: awaited before ``/metrics`` renders, for gauges read at scrape time.
     """
 
-    def __init__(self, metrics: Metrics, status: Callable[[], tuple[bool, dict]]) -> None:
+    def __init__(self, metrics: Metrics, status: Callable[[], tuple[bool, dict]],
+                 refresh: Callable[[], Awaitable[None]] | None = None) -> None:
         self.metrics = metrics
         self.status = status
+        self.refresh = refresh
         self.server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> None:
@@ -41,6 +44,8 @@ class HealthServer:
                 status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
             elif path == "/metrics":
                 status, ctype = "200 OK", "text/plain; version=0.0.4"
+                if self.refresh is not None:
+                    await self.refresh()
                 body = self.metrics.render().encode()
             elif path == "/healthz":
                 healthy, details = self.status()

@@ -16,6 +16,7 @@ from typing import Any, Callable, Coroutine
 from channels.exceptions import ChannelFull
 
 from gateways.core.config import Config, GatewaySection
+from gateways.core.deadletters import OUTBOUND, DeadLetterStore
 from gateways.core.layer import build_layer
 from gateways.core.metrics import Metrics
 from gateways.core.specs import ProtocolSchema, load_schema
@@ -28,6 +29,14 @@ try:  # redis-py's errors do not all derive from OSError
     LAYER_ERRORS += (RedisError,)
 except ImportError:  # pragma: no cover - redis is a dependency
     pass
+
+
+def _dead_letter_store(config: Config) -> DeadLetterStore | None:
+    """The dead-letter store of ``config``'s layer; None when it names no Redis."""
+    try:
+        return DeadLetterStore.from_config(config)
+    except ValueError:
+        return None
 
 
 class HandoffError(Exception):
@@ -59,6 +68,8 @@ class Runtime:
         self.section = section
         self.protocol = protocol
         self.layer = layer if layer is not None else build_layer(config.layer)
+        #: Where messages that failed for good go; None without a Redis layer (memory://).
+        self.dead_letters: DeadLetterStore | None = _dead_letter_store(config)
         self.metrics = Metrics()
         self.log = logging.getLogger(f"gateway.{protocol}")
         self.schema: ProtocolSchema = load_schema(protocol)
@@ -205,6 +216,48 @@ class Runtime:
     async def handoffs_done(self) -> None:
         """Wait until no :meth:`send` is in flight."""
         await self._idle.wait()
+
+    # -- dead letters --------------------------------------------------------
+
+    async def dead_letter(self, channel: str, message: dict[str, Any], error: str, attempts: int,
+                          first_failure: float, last_failure: float | None = None,
+                          direction: str = OUTBOUND) -> str | None:
+        """Keep a consumer's message that failed for good in the dead letters;
+        return the entry's id.
+
+        Call it in addition to the failure result the spec sends back. Never
+        raises: when the store cannot take the entry (its Redis is down), an
+        ERROR names the message and None is returned; the gateway goes on.
+
+        Args:
+            channel: the channel the consumer sent the message on (a retry
+                re-sends it there).
+            message: the consumer's message.
+            error: what failed (see :func:`gateways.core.deadletters.describe_error`).
+            attempts: how many times it was tried.
+            first_failure: unix time of the first failed attempt.
+            last_failure: unix time of the last one; now when omitted.
+            direction: ``outbound`` (a protocol action) or ``inbound``.
+        """
+        mid = message.get("id") if isinstance(message, dict) else None
+        mtype = message.get("type", "?") if isinstance(message, dict) else "?"
+        if self.dead_letters is None:
+            self.log.error("%s %s failed for good and is not kept: no dead-letter store (layer.url names no "
+                           "Redis): %s", mtype, mid, error.splitlines()[0] if error else "")
+            return None
+        try:
+            entry_id = await self.dead_letters.add(
+                protocol=self.protocol, channel=channel, message=message, error=error, attempts=attempts,
+                first_failure=first_failure, last_failure=time.time() if last_failure is None else last_failure,
+                direction=direction)
+        except Exception as exc:  # noqa: BLE001 - the store's Redis down: log, never crash the gateway
+            self.log.error("%s %s failed for good and could not be dead-lettered (%s: %s): %s", mtype, mid,
+                           type(exc).__name__, exc, error.splitlines()[0] if error else "")
+            return None
+        self.metrics.inc("dead_lettered_total", "messages that failed for good and were dead-lettered",
+                         direction=direction)
+        self.log.warning("%s %s failed for good after %d attempt(s); dead letter %s", mtype, mid, attempts, entry_id)
+        return entry_id
 
     # -- tasks -------------------------------------------------------------
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import socket
+import time
 from typing import Any
 
 from gateways.core.backoff import Backoff
 from gateways.core.config import Config, split_host_port
+from gateways.core.deadletters import describe_error
 from gateways.core.gateway import Gateway
 from gateways.core.runtime import HandoffError, Runtime
 from gateways.email.config import EmailSection
@@ -177,7 +179,7 @@ class EmailGateway(Gateway):
             return
         if message["type"] == "email.send":
             await self._send_slots.acquire()
-            task = self.runtime.spawn(self._send(message), f"email.send {message.get('id')}")
+            task = self.runtime.spawn(self._send(channel, message), f"email.send {message.get('id')}")
             self._sending.add(task)
             task.add_done_callback(self._send_done)
             return
@@ -191,7 +193,7 @@ class EmailGateway(Gateway):
         if isinstance(message, dict) and message.get("type") == "email.send":
             await self._report(message, failed_message(message, f"invalid email.send: {problem}"))
 
-    async def _send(self, message: dict[str, Any]) -> None:
+    async def _send(self, channel: str, message: dict[str, Any]) -> None:
         section = self.section
         try:
             outbound = build_outbound(message, domain=self.hostname)
@@ -208,12 +210,14 @@ class EmailGateway(Gateway):
             return
         backoff = Backoff(section.relay_retry_initial, section.relay_retry_max)
         attempt = 0
+        first_failure: float | None = None
         try:
             while True:
                 attempt += 1
                 try:
                     delivered = await self.relay.deliver(outbound)
                 except RelayError as exc:
+                    first_failure = first_failure or time.time()
                     if exc.transient and attempt < section.relay_attempts:
                         self.log.warning("relay attempt %d of %s failed (%s); retrying", attempt,
                                          outbound.message_id, exc)
@@ -226,18 +230,27 @@ class EmailGateway(Gateway):
                     await self._report(message, failed_message(
                         message, str(exc), code=exc.code, permanent=not exc.transient,
                         attempts=attempt, recipients=outbound.recipients))
+                    await self.runtime.dead_letter(channel, message, describe_error(exc), attempt, first_failure)
                     return
                 break
         except asyncio.CancelledError:
             # Shutting down during a retry: say so rather than drop it silently.
-            await asyncio.shield(self._report(message, failed_message(
-                message, "gateway stopped before the relay accepted the message", permanent=False,
-                attempts=attempt, recipients=outbound.recipients)))
+            await asyncio.shield(self._stopped_before_relay(channel, message, attempt, first_failure,
+                                                            outbound.recipients))
             raise
         self.runtime.metrics.inc("email_sent_total", "email.send delivered to the relay")
         await self._report(message, sent_message(
             message, message_id=outbound.message_id, recipients=outbound.recipients,
             response=delivered.response, attempts=attempt, refused=delivered.refused))
+
+    async def _stopped_before_relay(self, channel: str, message: dict[str, Any], attempt: int,
+                                    first_failure: float | None, recipients: list[str]) -> None:
+        error = "gateway stopped before the relay accepted the message"
+        await self._report(message, failed_message(message, error, permanent=False, attempts=attempt,
+                                                   recipients=recipients))
+        # Not sent, and nothing will send it: kept for `gateway dead-letters retry`.
+        await self.runtime.dead_letter(channel, message, f"GatewayStopped: {error}", attempt,
+                                       first_failure or time.time())
 
     async def _report(self, send: dict[str, Any], outcome: dict[str, Any]) -> None:
         channel = send.get("reply_channel") if isinstance(send, dict) else None

@@ -53,6 +53,10 @@ class _Delivery:
     index: int
     attempts: int = 0
     acked: bool = False
+    #: Unix time of the first hand-off (for the dead-letter store's first failure).
+    first_handoff: float | None = None
+    #: Whether the spent message is in the dead-letter store already.
+    kept: bool = False
 
     @property
     def id(self) -> str:
@@ -289,6 +293,8 @@ class Handoff:
     def _handed(self, delivery: _Delivery) -> None:
         """Count a hand-off of ``delivery`` the layer took and set its redelivery deadline."""
         delivery.attempts += 1
+        if delivery.first_handoff is None:
+            delivery.first_handoff = time.time()
         if delivery.attempts > 1:
             self.runtime.metrics.inc("email_redeliveries_total", "hand-offs after the first")
         delay = self.ack_timeout * 2 ** (delivery.attempts - 1)
@@ -368,12 +374,25 @@ class Handoff:
                     delivery.id, channel, delivery.attempts, path, self.dead_letter_channel)
         self.runtime.spawn(self._send_dead_letter(delivery, path), f"dead letter {delivery.id}")
 
+    async def _keep_dead_letter(self, delivery: _Delivery, message: dict[str, Any]) -> None:
+        """Keep the spent message in the dead-letter store too, once, for
+        ``gateway dead-letters`` (the spool's ``dead/`` copy is this host's alone)."""
+        if delivery.kept:
+            return  # the layer refused the dead-letter channel's send: this runs again
+        delivery.kept = True
+        first_failure = (delivery.first_handoff or time.time()) + self.ack_timeout
+        await self.runtime.dead_letter(
+            message["channel"], message,
+            f"NotAcknowledged: no email.ack after {delivery.attempts} hand-offs (email.max_attempts)",
+            delivery.attempts, min(first_failure, time.time()), direction="inbound")
+
     async def _send_dead_letter(self, delivery: _Delivery, path: Any) -> None:
         backoff = Backoff(0.5, 30.0)
         while True:
             try:
                 raw = (await asyncio.to_thread(self.spool.read, delivery.entry.id, path.name, path.parent)).raw
                 message = self._message(delivery, raw, delivery.attempts)
+                await self._keep_dead_letter(delivery, message)
                 message["dead_letter"] = {"channel": message["channel"], "attempts": delivery.attempts,
                                           "spool_path": str(path)}
                 await self.runtime.send(self.dead_letter_channel, message)

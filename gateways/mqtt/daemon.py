@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
+import time
 from typing import Any
 
 from gateways.core.config import Config
@@ -110,6 +111,7 @@ class MqttGateway(Gateway):
         except ValueError as exc:
             self.runtime.reject(channel, message, str(exc))
             await self._report(message, False, str(exc))
+            await self._dead_letter(message, f"ValueError: {exc}")
             return
         if isinstance(request, SubscribeRequest):
             sub = request.subscription
@@ -130,8 +132,10 @@ class MqttGateway(Gateway):
                 self.runtime.metrics.inc("mqtt_outage_queue_full_total", "requests refused: outage queue full")
                 self.log.warning("%s refused: broker unreachable and %d requests already wait for it "
                                  "(mqtt.outage_queue)", message["type"], self.requests.maxsize)
-                await self._report(message, False, f"broker unreachable and {self.requests.maxsize} requests "
-                                   "already wait for it (mqtt.outage_queue)")
+                error = f"broker unreachable and {self.requests.maxsize} requests already wait for it " \
+                        "(mqtt.outage_queue)"
+                await self._report(message, False, error)
+                await self._dead_letter(message, f"OutageQueueFull: {error}")
                 return
 
     async def handle_invalid(self, channel: str, message: Any, problem: str) -> None:
@@ -157,7 +161,9 @@ class MqttGateway(Gateway):
             except Exception:  # noqa: BLE001 - closing anyway; the task logs its own failure
                 pass
         for pending in self.requests.take_all():
-            await self._report(pending.message, False, "gateway stopped before the broker was reachable")
+            error = "gateway stopped before the broker was reachable"
+            await self._report(pending.message, False, error)
+            await self._dead_letter(pending.message, f"GatewayStopped: {error}")
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Healthy while connected to the broker."""
@@ -168,6 +174,13 @@ class MqttGateway(Gateway):
 
     async def _report_pending(self, pending: Pending, ok: bool, error: str | None, **details: Any) -> None:
         await self._report(pending.message, ok, error, **details)
+        if not ok:
+            await self._dead_letter(pending.message, f"PublishFailed: {error}")
+
+    async def _dead_letter(self, message: dict[str, Any], error: str) -> None:
+        """Keep a publish that cannot be made (subscriptions are the consumer's to retry)."""
+        if message.get("type") == "mqtt.publish":
+            await self.runtime.dead_letter(self.section.send_channel, message, error, 1, time.time())
 
     async def _report(self, message: Any, ok: bool, error: str | None, **details: Any) -> None:
         reply = reply_channel_of(message)

@@ -369,6 +369,7 @@ class SlackGateway(Gateway):
             self.runtime.reject(self.section.outbound_channel, message, str(exc))
             await self._report(message, False, None, f"invalid_message: {exc}")
             return
+        started = time.time()
         if call.url is not None:
             result = await self.webapi.post_response_url(call.url, call.params)
         else:
@@ -376,6 +377,10 @@ class SlackGateway(Gateway):
         if not result.ok:
             self.log.error("%s (%s) failed: %s", call.method, message["action"], result.error)
         await self._report(message, result.ok, result.body, result.error)
+        if not result.ok:
+            await self.runtime.dead_letter(
+                self.section.outbound_channel, message,
+                f"SlackApiError: {call.method} ({message['action']}): {result.error}", result.attempts, started)
 
     async def _report(self, message: Any, ok: bool, body: dict[str, Any] | None, error: str | None) -> None:
         reply = message.get("reply_channel") if isinstance(message, dict) else None

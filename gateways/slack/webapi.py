@@ -33,11 +33,13 @@ class ApiResult:
         body: the JSON body, or None when there was none.
         error: Slack's ``error`` or the gateway's reason (``ratelimited``,
             ``http_500``, ``network_error: ...``).
+        attempts: how many times the call was made (retries included).
     """
 
     ok: bool
     body: dict[str, Any] | None
     error: str | None
+    attempts: int = 1
 
 
 def form_fields(params: dict[str, Any]) -> dict[str, str]:
@@ -126,7 +128,7 @@ class WebApi:
                 self.metrics.inc("slack_api_errors_total", "Web API calls that failed", method=method,
                                  error="network_error")
                 if attempt >= self.retries:
-                    return ApiResult(False, None, error)
+                    return ApiResult(False, None, error, attempt + 1)
                 attempt += 1
                 self.log.warning("%s failed (%s); retry %d of %d", method, error, attempt, self.retries)
                 await backoff.wait()
@@ -136,12 +138,13 @@ class WebApi:
             if retry_after is None:
                 self.metrics.inc("slack_api_calls_total", "Web API calls", method=method,
                                  ok=str(result.ok).lower())
+                result.attempts = attempt + 1
                 return result
             self.metrics.inc("slack_api_ratelimited_total", "429 answers from Slack", method=method)
             if attempt >= self.retries or retry_after > self.max_retry_after:
                 self.log.error("%s rate-limited (Retry-After %ss); giving up after %d retries",
                                method, retry_after, attempt)
-                return ApiResult(False, result.body, "ratelimited")
+                return ApiResult(False, result.body, "ratelimited", attempt + 1)
             attempt += 1
             self._blocked_until[method] = max(self._blocked_until.get(method, 0.0),
                                               time.monotonic() + retry_after)

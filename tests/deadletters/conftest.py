@@ -1,4 +1,4 @@
-"""Dead-letter tests: the fault suite's AOF Redis, and configs naming a Redis."""
+"""Dead-letter tests: the fault suite's AOF Redis and the protocol packages' stacks."""
 
 from __future__ import annotations
 
@@ -6,5 +6,6 @@ import sys
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1]
-if str(TESTS / "faults") not in sys.path:
-    sys.path.append(str(TESTS / "faults"))
+for package in ("faults", "email", "mqtt"):
+    if str(TESTS / package) not in sys.path:
+        sys.path.append(str(TESTS / package))
