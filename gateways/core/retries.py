@@ -31,11 +31,11 @@ import asyncio
 import collections
 import logging
 import time
-import traceback
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Hashable
 
 from consumers.failures import PermanentFailure
+from gateways.core.deadletters import describe_error
 from gateways.core.describe import describe
 
 log = logging.getLogger("gateway.worker")
@@ -87,10 +87,8 @@ class Failure:
 
     @property
     def error(self) -> str:
-        """The exception with its traceback (and causes), as Python prints it."""
-        if self.exception is None:
-            return ""
-        return "".join(traceback.format_exception(self.exception)).rstrip()
+        """The dead-letter entry's ``error``: ``Type: text``, then the traceback (and causes)."""
+        return describe_error(self.exception).rstrip() if self.exception is not None else ""
 
     @property
     def summary(self) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import smtplib
+import subprocess
 import sys
 import urllib.request
 import uuid
@@ -194,7 +195,7 @@ async def test_permanent_failure_goes_straight_to_the_dead_letters(stack, channe
     (entry,) = await stack.store.list(channel=channel)
     assert (entry.message_id, entry.attempts, entry.protocol, entry.direction) == ("w-perm", 1, "channel", "inbound")
     assert entry.message["permanent"] is True
-    assert "PermanentFailure: c-0 can never succeed (on purpose)" in entry.error
+    assert entry.error_line == "PermanentFailure: c-0 can never succeed (on purpose)"
     assert "Traceback (most recent call last)" in entry.error and "handle_work" in entry.error
     assert entry.first_failure <= entry.last_failure
     log = worker.log()
@@ -312,6 +313,12 @@ async def test_email_dead_lettered_is_acknowledged_and_never_handled_again(stack
     assert await nothing_within(stack.layer, "retry.attempts", 1.0)
     assert await nothing_within(stack.layer, "retry.handled", 0.1)
     assert f"dead-lettered as {entry.id}" in worker.log()
+    # An operator's replay carries the stored message: the worker tries it again.
+    replay = await asyncio.to_thread(subprocess.run, [PYTHON, "-m", "gateways", "dead-letters", "retry",
+                                                      "--config", str(stack.config), entry.id],
+                                     capture_output=True, text=True, timeout=60)
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    assert await stack.attempts(lambda counter: sum(counter.values()) == 3) == {mail_id: 3}
 
 
 async def nothing_within(layer: Any, channel: str, wait: float) -> bool:
