@@ -18,10 +18,13 @@ from typing import Any
 from channels.consumer import AsyncConsumer, get_handler_name
 from channels.db import database_sync_to_async
 
+from consumers.failures import RETRIES_SCOPE_KEY, PermanentFailure
 from consumers.send import DEFAULT_TIMEOUT, request
 from gateways.core.describe import describe
 
 logger = logging.getLogger("consumers")
+
+__all__ = ["GatewayConsumer", "MessageContext", "PermanentFailure", "RETRIES_SCOPE_KEY"]
 
 
 class MessageContext:
@@ -74,6 +77,11 @@ class GatewayConsumer(AsyncConsumer):
     A handler takes the :class:`MessageContext` (``context_class``); it may be
     ``async def`` or plain ``def`` (run in a thread with database access).
     ``stats`` counts handled, failed and unhandled messages per class.
+
+    Under ``gateway worker`` a handler's exception is raised on after
+    :meth:`handler_failed`, so that the worker retries the message and at
+    last dead-letters it (raise :class:`PermanentFailure` to skip the
+    retries); under ``runworker`` it is logged and the message dropped.
     """
 
     context_class: type[MessageContext] = MessageContext
@@ -108,6 +116,9 @@ class GatewayConsumer(AsyncConsumer):
                 await database_sync_to_async(handler)(context)
         except Exception:
             self.stats["failed"] += 1
+            if self.scope.get(RETRIES_SCOPE_KEY):  # the worker logs, retries, dead-letters
+                await self.handler_failed(context)
+                raise
             logger.exception("%s on %s: handler failed for %s", type(self).__name__,
                              self.scope.get("channel", "?"), describe(message))
             await self.handler_failed(context)
@@ -119,4 +130,4 @@ class GatewayConsumer(AsyncConsumer):
         """Called after a handler returned (email acknowledges here)."""
 
     async def handler_failed(self, context: MessageContext) -> None:
-        """Called after a handler raised."""
+        """Called after a handler raised (under ``gateway worker``: after each failed attempt)."""

@@ -13,7 +13,8 @@ message, kept next to the spec so that consumers never import a gateway:
   recipients.
 - **email.sent / email.failed**: :func:`sent_message` and :func:`failed_message`.
 - **gateway worker**: :func:`consumer_channels` (which channels Django
-  workers consume) and :func:`conversation_key` (the unit of ordering).
+  workers consume), :func:`conversation_key` (the unit of ordering) and
+  :func:`settled` (the ack of a message it dead-lettered).
 
 Nothing here does I/O, not even a host-name lookup: the domain of a generated
 Message-ID is an argument. Parsing never raises on hostile input: the
@@ -36,7 +37,7 @@ from typing import Any
 __all__ = [
     "MAX_DEPTH", "MAX_HEADER_VALUE", "Delivery", "Envelope", "OutboundError", "address_domain",
     "address_list", "compose_message", "consumer_channels", "content_fields", "content_fields_parsed",
-    "conversation_key", "decode_header",
+    "conversation_key", "decode_header", "settled",
     "failed_message", "parse_message", "receive_message", "send_recipients", "sent_message", "single_line",
 ]
 
@@ -511,6 +512,15 @@ def consumer_channels(section: Any) -> list[str]:
     """
     channels = [r.channel for r in section.routes] + [section.default_channel]
     return list(dict.fromkeys(channels))
+
+
+def settled(message: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """What ``gateway worker`` sends once it dead-lettered an ``email.receive``
+    (email.md, ``email.ack``): the ack, so the gateway stops handing it again.
+    ``(channel, message)``, or None for a message that takes no ack."""
+    if message.get("type") != "email.receive" or not message.get("reply_channel") or not message.get("id"):
+        return None
+    return message["reply_channel"], {"type": "email.ack", "id": message["id"]}
 
 
 def conversation_key(message: dict[str, Any]) -> None:

@@ -322,6 +322,78 @@ class DjangoConfig:
 
 
 @dataclass
+class RetryConfig:
+    """How ``gateway worker`` retries a message whose consumer raised.
+
+    The delay before attempt *n+1* is drawn between half and all of
+    ``initial_delay * 2**(n-1)``, capped at ``max_delay`` (exponential
+    backoff with jitter); after ``attempts`` tries the message is dead-lettered.
+    """
+
+    attempts: int = positive(5, "tries in all, the first included, before the message is dead-lettered "
+                             "(1: no retry)")
+    initial_delay: float = positive(1.0, "seconds before the second try (the bound doubles for each further one)")
+    max_delay: float = positive(30.0, "largest seconds between two tries")
+
+    def problems(self) -> list[tuple[str, str]]:
+        """The delays contradict each other."""
+        if self.initial_delay > self.max_delay:
+            return [("initial_delay", f"initial_delay ({self.initial_delay}) is more than max_delay ({self.max_delay})")]
+        return []
+
+
+@dataclass
+class ChannelRetryConfig:
+    """A channel's own retry policy: each key unset takes ``worker.retry``'s."""
+
+    attempts: int | None = setting(None, "tries in all for this channel; unset: worker.retry.attempts",
+                                   check=check_positive)
+    initial_delay: float | None = setting(None, "seconds before the second try; unset: worker.retry.initial_delay",
+                                          check=check_positive)
+    max_delay: float | None = setting(None, "largest seconds between tries; unset: worker.retry.max_delay",
+                                      check=check_positive)
+
+
+@dataclass
+class WorkerChannelConfig:
+    """What ``gateway worker`` does for one channel."""
+
+    retry: ChannelRetryConfig = setting(ChannelRetryConfig(), "this channel's retry policy")
+
+
+@dataclass
+class WorkerConfig:
+    """How ``gateway worker`` treats a message whose consumer failed."""
+
+    retry: RetryConfig = setting(RetryConfig(), "the retry policy of every channel")
+    channels: dict[str, WorkerChannelConfig] = setting(
+        {}, "per-channel settings, channel name -> {retry: {attempts, initial_delay, max_delay}}")
+
+    def retry_for(self, channel: str) -> RetryConfig:
+        """The policy of ``channel``: its own keys over ``retry``'s."""
+        own = self.channels.get(channel)
+        if own is None:
+            return self.retry
+        overrides = {k: v for k, v in dataclasses.asdict(own.retry).items() if v is not None}
+        return dataclasses.replace(self.retry, **overrides)
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Channel names that cannot be channels; policies that contradict themselves."""
+        found = [(f"retry.{key}", message) for key, message in self.retry.problems()]
+        for name in self.channels:
+            problem = check_channel_name(name)
+            if problem:
+                found.append((f"channels.{name}", problem))
+                continue
+            own = self.channels[name].retry
+            if own.initial_delay is None and own.max_delay is None:
+                continue  # the delays are worker.retry's, judged there
+            for _key, message in self.retry_for(name).problems():
+                found.append((f"channels.{name}.retry", message))
+        return found
+
+
+@dataclass
 class LogConfig:
     """Logging of every daemon."""
 
@@ -349,6 +421,7 @@ class Config:
         log: logging.
         sections: protocol name -> that protocol's section dataclass.
         dead_letters: the bounds of the dead-letter store.
+        worker: retries of ``gateway worker``.
     """
 
     path: Path
@@ -357,6 +430,7 @@ class Config:
     log: LogConfig
     sections: dict[str, GatewaySection]
     dead_letters: DeadLettersConfig = field(default_factory=DeadLettersConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
 
     def resolve(self, relative: str) -> Path:
         """A path from the file, taken relative to the file's directory."""
@@ -639,7 +713,9 @@ def _plain(value: Any) -> Any:
 def _line_of(node: _Node, path: str) -> int | None:
     """The line of ``path`` (``key``, ``routes[1].channel``) below ``node``; None when absent."""
     line = None
-    for part in re.findall(r"\[\d+\]|[^.\[\]]+", path):
+    parts = re.findall(r"\[\d+\]|[^.\[\]]+", path)
+    while parts:
+        part = parts.pop(0)
         if part.startswith("["):
             index = int(part[1:-1])
             if not isinstance(node.value, list) or index >= len(node.value):
@@ -647,9 +723,17 @@ def _line_of(node: _Node, path: str) -> int | None:
             node = node.value[index]
             line = node.line
         else:
-            if not isinstance(node.value, dict) or part not in node.value:
+            if not isinstance(node.value, dict):
                 return None
-            node = node.value[part]
+            # A key may hold dots itself (a channel name): take the longest one that is there.
+            for size in range(len(parts), -1, -1):
+                key = ".".join([part, *parts[:size]])
+                if key in node.value:
+                    del parts[:size]
+                    break
+            else:
+                return None
+            node = node.value[key]
             line = node.key_line
     return line
 
@@ -684,7 +768,7 @@ def parse_config(
         raise ConfigError([Problem(filename, top.line, "", "the file must be a mapping of sections")])
     builder = _Builder(reader, Path(filename).resolve().parent if filename != "<string>" else Path.cwd())
     items = top.value
-    known = {"layer", "django", "log", "dead_letters", *section_classes}
+    known = {"layer", "django", "log", "dead_letters", "worker", *section_classes}
     for key, node in items.items():
         if key not in known:
             reader.problem(node.line, key, f"unknown section (known: {', '.join(sorted(known))})")
@@ -694,6 +778,7 @@ def parse_config(
     log = builder.build(LogConfig, items.get("log", empty), "log") or LogConfig()
     dead_letters = (builder.build(DeadLettersConfig, items.get("dead_letters", empty), "dead_letters")
                     or DeadLettersConfig())
+    worker = _build_section(builder, WorkerConfig, items["worker"], "worker") if "worker" in items else None
     sections: dict[str, GatewaySection] = {}
     for name, cls in section_classes.items():
         section = _build_section(builder, cls, items[name], name) if name in items else None
@@ -703,10 +788,10 @@ def parse_config(
     if reader.problems:
         raise ConfigError(sorted(reader.problems, key=lambda p: p.line))
     return Config(Path(filename).resolve() if filename != "<string>" else Path.cwd() / filename,
-                  layer, django, log, sections, dead_letters)
+                  layer, django, log, sections, dead_letters=dead_letters, worker=worker or WorkerConfig())
 
 
-def _build_section(builder: _Builder, cls: type, node: _Node, name: str) -> GatewaySection | None:
+def _build_section(builder: _Builder, cls: type, node: _Node, name: str) -> Any:
     """A protocol section, its cross-field problems recorded at the keys they name."""
     section = builder.build(cls, node, name)
     if section is not None:

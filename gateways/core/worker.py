@@ -10,6 +10,10 @@ project and the channels taken from the YAML, and three differences:
   conversation is. Sync handlers stay thread-sensitive as in Channels — one
   thread for the whole process, safe on SQLite — unless
   ``django.parallel_sync`` gives each lane a thread;
+- a message whose consumer raised is not lost: it is retried with backoff
+  by the channel's ``worker.retry`` policy, holding its conversation, then
+  dead-lettered (:mod:`gateways.core.retries`; stock ``runworker`` logs and
+  drops it);
 - a channel-layer error does not end the worker: it logs, backs off and
   listens again (stock ``runworker`` exits when Redis goes away);
 - SIGTERM/SIGINT drains: stop taking messages, handle every message already
@@ -37,10 +41,11 @@ import protocol_specs
 from gateways.core import eventloop, oldconnections, registry
 from gateways.core.asgi_host import AsgiHost, track_groups
 from gateways.core.backoff import Backoff
-from gateways.core.config import Config
+from gateways.core.config import Config, RetryConfig, WorkerConfig
 from gateways.core.lifecycle import on_stop_signals
 from gateways.core.runtime import LAYER_ERRORS
 from gateways.core.lanes import ChannelLanes, KeyFunction
+from gateways.core.retries import DeadLetters, protocol_of
 
 log = logging.getLogger("gateway.worker")
 
@@ -88,8 +93,11 @@ def run_worker(config: Config, channels: list[str]) -> int:
 
     concurrency = config.django.concurrency if config.django else 64
     parallel_sync = config.django.parallel_sync if config.django else False
-    worker = ConcurrentWorker(get_default_application(), channels, get_channel_layer(), concurrency,
-                              parallel_sync=parallel_sync, gateway_layer=gateway_layer(config))
+    transport = gateway_layer(config)
+    layer = get_channel_layer()
+    worker = ConcurrentWorker(get_default_application(), channels, layer, concurrency,
+                              parallel_sync=parallel_sync, gateway_layer=transport, retries=config.worker,
+                              dead_letters=DeadLetters(dead_letter_store(config), transport or layer, settle))
     log.info("Running worker for channels %s (%d at once per channel; sync handlers %s)", channels,
              concurrency, "in parallel, a thread per lane" if parallel_sync else "on one thread")
     return eventloop.run(worker.run())
@@ -118,6 +126,32 @@ def gateway_layer(config: Config) -> Any | None:
     if not layer.url or layer.url.startswith("memory:"):  # in-process: only the project's layer is shared
         return None
     return build_layer(layer)
+
+
+def dead_letter_store(config: Config) -> Any | None:
+    """The stack's dead-letter store, or None (logged) when it cannot be made:
+    then every message given up is an ERROR line with its traceback."""
+    from gateways.core.deadletters import DeadLetterStore
+
+    try:
+        return DeadLetterStore.from_config(config)
+    except Exception as exc:  # noqa: BLE001 - the worker runs on; give-ups are logged instead
+        log.error("no dead-letter store (%s: %s): messages given up after their retries are only logged",
+                  type(exc).__name__, exc)
+        return None
+
+
+def settle(message: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The message the protocol's gateway wants once ``message`` was dead-lettered
+    (its spec module's ``settled``; email: ``email.ack``), or None."""
+    protocol = protocol_of(message)
+    if protocol not in registry.protocol_names():
+        return None
+    try:
+        hook = getattr(_routing(protocol), "settled", None)
+    except ImportError:
+        return None
+    return hook(message) if callable(hook) else None
 
 
 def notify_ready() -> None:
@@ -274,10 +308,13 @@ class ConcurrentWorker:
             threads (a thread per lane) instead of on the one thread-sensitive thread.
         gateway_layer: the layer messages are taken off and per-connection
             instances reply through (default: ``channel_layer``).
+        retries: the ``worker:`` section (retry policy per channel); default: its defaults.
+        dead_letters: where messages given up go; default: logged only.
     """
 
     def __init__(self, application: Any, channels: list[str], channel_layer: Any, concurrency: int = 64,
-                 parallel_sync: bool = False, gateway_layer: Any | None = None) -> None:
+                 parallel_sync: bool = False, gateway_layer: Any | None = None,
+                 retries: WorkerConfig | None = None, dead_letters: DeadLetters | None = None) -> None:
         if channel_layer is None:
             raise ValueError("the worker needs a channel layer (CHANNEL_LAYERS is not set)")
         self.application = application
@@ -286,6 +323,8 @@ class ConcurrentWorker:
         self.transport = gateway_layer if gateway_layer is not None else channel_layer
         self.concurrency = concurrency
         self.parallel_sync = parallel_sync
+        self.retries = retries or WorkerConfig()
+        self.dead_letters = dead_letters or DeadLetters(None)
         self.lanes: dict[str, ChannelLanes] = {}
         self.hosts: dict[str, AsgiHost] = {}
         self.stopping: asyncio.Event | None = None
@@ -297,8 +336,12 @@ class ConcurrentWorker:
                 consumer = consumer_class_for(self.application, channel)
             except LookupError as exc:
                 raise SystemExit(f"gateway worker: {exc} (add it to the project's ChannelNameRouter)") from exc
+            policy: RetryConfig = self.retries.retry_for(channel)
             self.lanes[channel] = ChannelLanes(channel, self.application, conversation_key(consumer),
-                                               self.concurrency, parallel_sync=self.parallel_sync)
+                                               self.concurrency, parallel_sync=self.parallel_sync,
+                                               retry=policy, give_up=self.dead_letters.give_up)
+            log.info("%s: a failed message is tried %d time(s) in all, %ss to %ss apart, then dead-lettered",
+                     channel, policy.attempts, policy.initial_delay, policy.max_delay)
             routed = channel_application(self.application, channel)
             if routed is not None and hosts_connections(consumer):
                 self.hosts[channel] = AsgiHost(channel, routed, self.transport, limit=4 * self.concurrency)
@@ -385,6 +428,9 @@ class ConcurrentWorker:
             lanes.stats["invalid"] += 1
             log.error("message without a type on %s dropped: %.200r", lanes.channel, message)
             return
+        if self.dead_letters.late_redelivery(lanes.channel, message):
+            lanes.stats["duplicates"] += 1
+            return
         host = self.hosts.get(lanes.channel)
         if host is not None and host.accepts(message):
             await host.submit(message)
@@ -412,7 +458,11 @@ class ConcurrentWorker:
             for host in self.hosts.values():
                 for line in host.pending():
                     log.warning("still in flight on %s: %s", host.channel, line)
-            log.warning("grace period of %ss over; exiting with %d message(s) unhandled", GRACE_PERIOD, left)
+            given_up = 0
+            for lanes in self.lanes.values():
+                given_up += await lanes.give_up_retries()
+            log.warning("grace period of %ss over; exiting with %d message(s) unhandled (%d of them being "
+                        "retried: dead-lettered)", GRACE_PERIOD, left, given_up)
         for host in self.hosts.values():
             await host.hand_over()
         for lanes in self.lanes.values():
@@ -423,6 +473,12 @@ class ConcurrentWorker:
         for channel, host in self.hosts.items():
             totals[channel] = {**totals[channel], **{f"connection {k}": v for k, v in host.stats.items()}}
         log.info("worker stopped: %s", totals)
+        store = self.dead_letters.store
+        if store is not None:
+            try:
+                await asyncio.wait_for(store.close(), 5)
+            except Exception:  # noqa: BLE001 - exiting anyway
+                pass
         for layer in {id(self.layer): self.layer, id(self.transport): self.transport}.values():
             close = getattr(layer, "close_pools", None)
             if close is not None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateways.core import registry
-from gateways.core.config import DeadLettersConfig, DjangoConfig, LayerConfig, LogConfig, reference
+from gateways.core.config import DeadLettersConfig, DjangoConfig, LayerConfig, LogConfig, WorkerConfig, reference
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,6 +25,7 @@ def documented_keys() -> set[str]:
 
 
 SECTIONS = [("layer", LayerConfig), ("django", DjangoConfig), ("log", LogConfig), ("dead_letters", DeadLettersConfig),
+            ("worker", WorkerConfig),
             *registry.section_classes().items()]
 
 

@@ -28,9 +28,10 @@ PROJECT = Path(__file__).resolve().parent / "project"
 ORIGIN = "http://good.example"
 
 
-def write_config(directory: Path, redis_url: str, concurrency: int = 64, **django: object) -> tuple[Path, str, int]:
+def write_config(directory: Path, redis_url: str, concurrency: int = 64, worker: dict | None = None,
+                 **django: object) -> tuple[Path, str, int]:
     """A YAML with the layer, the test project (``django`` adds keys to its
-    section) and a WebSocket gateway; (path, prefix, ws port)."""
+    section), ``worker`` as the worker section and a WebSocket gateway; (path, prefix, ws port)."""
     prefix = f"wk{uuid.uuid4().hex[:8]}"
     port = free_port()
     config = {
@@ -39,6 +40,7 @@ def write_config(directory: Path, redis_url: str, concurrency: int = 64, **djang
                    "concurrency": concurrency, **django},
         "websocket": {"listen": f"127.0.0.1:{port}", "allowed_origins": [ORIGIN], "grace_period": 5,
                       "routes": [{"path": "^/echo/$", "channel": "websocket.echo"}]},
+        **({"worker": worker} if worker else {}),
     }
     path = directory / f"worker-{prefix}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -106,9 +108,14 @@ async def test_sigterm_drains_every_message_taken_and_leaves_the_rest_in_redis(s
     await stock.close_pools()
 
 
-async def test_a_raising_consumer_is_logged_and_isolated(setup):
-    stock = setup["stock"]
-    worker = start_worker(setup["config"], ["worker.fail"], setup["dir"])
+async def test_a_raising_consumer_is_retried_then_given_up_and_isolated(redis_server, setup):
+    """Each failing message is tried twice, then given up; its conversation's
+    later messages wait for that and keep their order, the other conversation
+    never notices."""
+    config, prefix, _port = write_config(setup["dir"], redis_server.url,
+                                         worker={"retry": {"attempts": 2, "initial_delay": 0.01, "max_delay": 0.02}})
+    stock = RedisChannelLayer(hosts=[redis_server.url], prefix=prefix, capacity=10000)
+    worker = start_worker(config, ["worker.fail"], setup["dir"])
     setup["procs"].append(worker)
     for n in range(10):
         for conv in ("a", "b"):
@@ -120,8 +127,10 @@ async def test_a_raising_consumer_is_logged_and_isolated(setup):
         seq[message["conv"]].append(message["n"])
     assert seq == {"a": [0, 1, 2, 5, 6, 7, 8, 9], "b": list(range(10))}
     log = worker.log()
-    assert "consumer on worker.fail failed handling work id=? reply_channel=answers (conversation a)" in log
-    assert "boom in a (on purpose)" in log
+    assert log.count("consumer on worker.fail failed handling work id=? reply_channel=answers (conversation a), "
+                     "attempt 1/2: RuntimeError: boom in a (on purpose); retrying in ") == 2
+    assert log.count("consumer on worker.fail gave up work id=? reply_channel=answers (conversation a) "
+                     "after 2 attempt(s); dead-lettered as ") == 2
     assert worker.proc.poll() is None
     assert worker.stop() == 0
     await stock.close_pools()

@@ -70,3 +70,83 @@ class SqliteConsumer(GatewayConsumer):
 
     async def handler_failed(self, ctx):
         await ctx.send_to(ctx.reply_channel, {"type": "failed", "conv": ctx.message["conv"], "n": ctx.message["n"]})
+
+
+# --------------------------------------------------------------------------
+# Retries (tests/worker/test_retries.py): every attempt is reported on the
+# layer channel ``retry.attempts``, every success on the message's reply
+# channel (or ``retry.handled``), so the test counts them across processes.
+
+from consumers import PermanentFailure  # noqa: E402
+from consumers.email import EmailConsumer  # noqa: E402
+from consumers.mqtt import MqttConsumer  # noqa: E402
+
+
+class Attempts:
+    """Attempts per message key in this worker process; reported on ``retry.attempts``."""
+
+    counts: dict = {}
+
+    @classmethod
+    async def count(cls, layer, key) -> int:
+        cls.counts[key] = cls.counts.get(key, 0) + 1
+        await layer.send("retry.attempts", {"type": "attempt", "key": key, "n": cls.counts[key]})
+        return cls.counts[key]
+
+
+class FlakyMqttConsumer(MqttConsumer):
+    """Fails the first attempt of each MQTT message, then reports it handled."""
+
+    async def mqtt_publish(self, mqtt):
+        if await Attempts.count(self.channel_layer, mqtt.id) == 1:
+            raise RuntimeError(f"first attempt at {mqtt.topic} fails (on purpose)")
+        await mqtt.send_to("retry.handled", {"type": "handled", "topic": mqtt.topic,
+                                             "payload": bytes(mqtt.message["payload"]).decode()})
+
+
+class HoldingConsumer(GatewayConsumer):
+    """``work`` messages of conversation ``hold`` fail until conversation ``go``
+    reached its ``release`` message: its conversation must wait, others go on.
+    ``permanent`` raises PermanentFailure; ``always`` fails every time."""
+
+    conversation_key = "conv"
+    released: set = set()
+
+    async def work(self, ctx):
+        await handle_work(self.channel_layer, ctx.message, self.released)
+
+
+class HoldingStockConsumer(AsyncConsumer):
+    """The same as a stock Channels consumer (its instance dies on a failure)."""
+
+    conversation_key = "conv"
+    released: set = set()
+
+    async def work(self, message):
+        await handle_work(self.channel_layer, message, self.released)
+
+
+async def handle_work(layer, message, released):
+    key = f"{message['conv']}-{message['n']}"
+    await Attempts.count(layer, key)
+    if message.get("permanent"):
+        raise PermanentFailure(f"{key} can never succeed (on purpose)")
+    if message.get("always"):
+        raise RuntimeError(f"{key} fails every time (on purpose)")
+    if message.get("until") and message["until"] not in released:
+        raise RuntimeError(f"{key} waits for {message['until']} (on purpose)")
+    if message.get("release"):
+        released.add(message["release"])
+    await layer.send(message["reply_channel"], {"type": "done", "conv": message["conv"], "n": message["n"]})
+
+
+class FailingMailConsumer(EmailConsumer):
+    """Fails the first ``X-Fails: N`` header's count of attempts at each mail (``always``: every time)."""
+
+    async def email_receive(self, context):
+        attempt = await Attempts.count(self.channel_layer, context.message["id"])
+        fails = context.mail.header("X-Fails", "0")
+        if fails == "always" or attempt <= int(fails):
+            raise RuntimeError(f"attempt {attempt} at {context.mail.subject} fails (on purpose)")
+        await context.send_to("retry.handled", {"type": "handled", "id": context.message["id"],
+                                                "subject": context.mail.subject})
