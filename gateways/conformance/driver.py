@@ -90,7 +90,9 @@ class Driver:
 
     async def observe_refusal(self, harness: Harness) -> None:
         """Wait until the protocol's refusal of an event the full layer did not
-        take is seen (the kit already saw it counted); by default nothing more."""
+        take is seen (the kit already saw it counted), or, for a protocol
+        that holds such an event instead, that it arrives once the layer has
+        room (:meth:`Harness.receive` makes room); by default nothing more."""
 
 
 class Harness:
