@@ -42,7 +42,7 @@ from django.core.mail import EmailMessage
 from django.core.mail.backends.base import BaseEmailBackend
 from django.core.mail.message import sanitize_address
 
-from consumers.send import outbound_channel, request
+from consumers.send import request, send_channel
 from gateways.core.specs import load_schema
 from protocol_specs.email import send_recipients
 
@@ -125,7 +125,7 @@ class GatewayEmailBackend(BaseEmailBackend):
         return async_to_sync(self._send_all)(prepared)
 
     async def _send_all(self, messages: list[dict[str, Any]]) -> int:
-        channel = outbound_channel("email")
+        channel = send_channel("email")
         outcomes = await asyncio.gather(
             *(request(channel, message, wait=self.wait, timeout=self.timeout) for message in messages),
             return_exceptions=True,

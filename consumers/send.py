@@ -20,9 +20,9 @@ or ``email.failed``, ``slack.result``, ``mqtt.result``), or raises
 :class:`TimeoutError` when none came within ``timeout`` seconds (the message
 may still be delivered later). WebSocket broadcasts have no result.
 
-Messages go to the gateway's outbound channel as the YAML named by the
+Messages go to the gateway's send channel as the YAML named by the
 ``GATEWAY_CONFIG`` setting configures it (``email.send_channel``,
-``slack.outbound_channel``, ``mqtt.send_channel``; the defaults without
+``slack.send_channel``, ``mqtt.send_channel``; the defaults without
 one), on the project's default channel layer. Each is checked against its
 protocol's schema first, so a mistake raises
 :class:`~gateways.core.specs.InvalidMessage` here instead of being logged by
@@ -48,10 +48,8 @@ from protocol_specs.mqtt import publish_message
 #: Seconds a helper waits for a delivery result by default.
 DEFAULT_TIMEOUT = 5.0
 
-#: The gateways' outbound channels when the YAML does not name others.
+#: The gateways' send channels when the YAML does not name others.
 DEFAULT_CHANNELS = {"email": "email.send", "slack": "slack.send", "mqtt": "mqtt.send"}
-#: The key of each protocol section that names its outbound channel.
-_CHANNEL_KEYS = {"email": "send_channel", "slack": "outbound_channel", "mqtt": "send_channel"}
 
 Result = dict[str, Any]
 P = ParamSpec("P")
@@ -64,15 +62,15 @@ def _channels_of(path: str) -> dict[str, str]:
 
     config = load_config(path)
     channels = dict(DEFAULT_CHANNELS)
-    for protocol, key in _CHANNEL_KEYS.items():
+    for protocol in channels:
         section = config.sections.get(protocol)
         if section is not None:
-            channels[protocol] = getattr(section, key)
+            channels[protocol] = section.send_channel
     return channels
 
 
-def outbound_channel(protocol: str) -> str:
-    """The outbound channel of ``protocol``'s gateway (``email``, ``slack``, ``mqtt``).
+def send_channel(protocol: str) -> str:
+    """The channel consumers send to ``protocol``'s gateway (``email``, ``slack``, ``mqtt``).
 
     Read from the YAML of the ``GATEWAY_CONFIG`` setting (once per file);
     the protocol's default (``email.send``...) without the setting or the section.
@@ -185,7 +183,7 @@ async def async_email_send(*, sender: str, to: str | list[str] | None = None, su
             ``headers``, ``in_reply_to``, ``references``, ``envelope_from``, ``raw``...
     """
     message = {"type": "email.send", "from": sender, "to": to or [], "subject": subject, "text": text, **fields}
-    return await request(outbound_channel("email"), _validated("email", message), wait=wait,
+    return await request(send_channel("email"), _validated("email", message), wait=wait,
                          timeout=timeout, layer=layer)
 
 
@@ -207,7 +205,7 @@ async def async_slack_send(action: str, *, wait: bool = False, timeout: float = 
             ``name``, ``user``, ``method``, ``params``...; None values are left out.
     """
     message = {"type": "slack.send", "action": action, **{k: v for k, v in fields.items() if v is not None}}
-    return await request(outbound_channel("slack"), _validated("slack", message), wait=wait,
+    return await request(send_channel("slack"), _validated("slack", message), wait=wait,
                          timeout=timeout, layer=layer)
 
 
@@ -232,7 +230,7 @@ async def async_mqtt_publish(topic: str, payload: bytes | str | None = b"", qos:
         layer: the channel layer (default: the project's).
     """
     message = publish_message(topic, payload, qos, retain, properties)
-    return await request(outbound_channel("mqtt"), _validated("mqtt", message), wait=wait,
+    return await request(send_channel("mqtt"), _validated("mqtt", message), wait=wait,
                          timeout=timeout, layer=layer)
 
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import logging
 import os
 import re
 import types
@@ -52,6 +53,8 @@ from urllib.parse import urlsplit
 import yaml
 
 from gateways.core import registry
+
+log = logging.getLogger("gateway.config")
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -273,6 +276,9 @@ class HealthConfig:
 @dataclass
 class GatewaySection:
     """Keys every protocol section has; protocol sections subclass this."""
+
+    #: Deprecated key -> its new name; a file may still use the old one (a WARNING says so).
+    renamed_keys: typing.ClassVar[dict[str, str]] = {}
 
     grace_period: float = positive(10.0, "seconds to finish in-flight work on SIGTERM before closing")
     health: HealthConfig = setting(HealthConfig(), "health and metrics HTTP endpoint")
@@ -551,6 +557,7 @@ class _Builder:
         hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
         kwargs: dict[str, Any] = {}
+        values = self._renamed(cls, values, path)
         for key, node in values.items():
             sub = f"{path}.{key}" if path else key
             if key not in fields:
@@ -566,6 +573,28 @@ class _Builder:
         except (TypeError, ValueError) as exc:
             self.reader.problem(line, path, str(exc))
             return None
+
+    def _renamed(self, cls: type, values: dict[str, _Node], path: str) -> dict[str, _Node]:
+        """``values`` with each deprecated key of ``cls`` (its ``renamed_keys``)
+        under its new name, and a WARNING logged for each."""
+        renamed: dict[str, str] = getattr(cls, "renamed_keys", {})
+        if not renamed.keys() & values.keys():
+            return values
+        out: dict[str, _Node] = {}
+        for key, node in values.items():
+            new = renamed.get(key)
+            if new is None:
+                out.setdefault(key, node)
+                continue
+            old_path, new_path = (f"{path}.{key}", f"{path}.{new}") if path else (key, new)
+            if new in values:
+                self.reader.problem(node.line, old_path, f"deprecated name of {new_path}, which is also set: "
+                                    "keep only one")
+                continue
+            log.warning("%s:%d: %s is deprecated; call it %s", self.reader.filename, node.key_line, old_path,
+                        new_path)
+            out[new] = node
+        return out
 
     def _checked(self, f: dataclasses.Field, value: Any, line: int, path: str) -> Any:
         """``value`` after the key's ``file`` and ``check`` metadata, their problems recorded."""

@@ -11,18 +11,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import threading
 from typing import Any, Coroutine
 
 from gateways.core import eventloop
-from gateways.core.backoff import Backoff
+from gateways.core.backoff import Backoff, receive_with_backoff
 from gateways.core.config import Config, split_host_port
 from gateways.core.gateway import Gateway
 from gateways.core.health import HealthServer
 from gateways.core.layer import close_layer
+from gateways.core.lifecycle import on_stop_signals
 from gateways.core.runtime import LAYER_ERRORS, Runtime
-from gateways.core.specs import InvalidMessage
+from gateways.core.specs import InvalidMessage, load_schema
 
 
 #: Seconds between layer probes while the layer is reachable, and while it is not.
@@ -61,7 +61,8 @@ class Daemon:
                  exit_watchdog: bool = False) -> None:
         section = config.sections[gateway_class.protocol]
         self.exit_watchdog = exit_watchdog
-        self.runtime = Runtime(config, section, gateway_class.protocol, layer)
+        self.runtime = Runtime(config, section, gateway_class.protocol, layer,
+                               load_schema(gateway_class.protocol, gateway_class.specs_dir))
         self.gateway = gateway_class(self.runtime, section)
         self.section = section
         self.log = self.runtime.log
@@ -70,12 +71,7 @@ class Daemon:
 
     async def run(self) -> int:
         """Start, wait for SIGTERM/SIGINT (or :meth:`stop`), drain; return the exit code."""
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(sig, self.stop)
-            except (NotImplementedError, RuntimeError):  # not the main thread
-                pass
+        on_stop_signals(asyncio.get_running_loop(), self.stop)
         await self.start()
         await self.runtime.stopping.wait()
         await self.shutdown()
@@ -89,7 +85,7 @@ class Daemon:
             await self.health_server.start(*split_host_port(self.section.health.listen))
         await self.gateway.start()
         runtime.spawn(self._probe_layer(), "layer probe")
-        for channel in self.gateway.outbound_channels():
+        for channel in self.gateway.send_channels():
             runtime.spawn(self._receive_loop(channel, process=False), f"receive {channel}")
         if self.gateway.uses_process_channel():
             runtime.spawn(self._receive_loop(runtime.layer.process_channel, process=True), "receive replies")
@@ -185,24 +181,18 @@ class Daemon:
         """Receive consumers' messages on ``channel`` for as long as the daemon runs."""
         runtime = self.runtime
         backoff = Backoff()
+
+        async def receive() -> tuple[Any, Any]:
+            if process:
+                return await runtime.layer.receive_single(channel)
+            return channel, await runtime.layer.receive(channel)
+
+        def failed(exc: BaseException) -> None:
+            runtime.metrics.inc("receive_errors_total", "messages that could not be received")
+            self.log.error("receiving on %s failed", channel, exc_info=exc)
+
         while True:
-            try:
-                if process:
-                    target, message = await runtime.layer.receive_single(channel)
-                else:
-                    target, message = channel, await runtime.layer.receive(channel)
-            except asyncio.CancelledError:
-                raise
-            except LAYER_ERRORS as exc:
-                runtime.layer_down(exc)
-                await backoff.wait()
-                continue
-            except Exception:  # a message that does not deserialize, for one
-                runtime.metrics.inc("receive_errors_total", "messages that could not be received")
-                self.log.exception("receiving on %s failed", channel)
-                await backoff.wait()
-                continue
-            backoff.reset()
+            target, message = await receive_with_backoff(receive, backoff, LAYER_ERRORS, runtime.layer_down, failed)
             runtime.layer_up()
             # channels_redis's group_send delivers one copy per process, naming every
             # member channel of this process in a list.
@@ -212,30 +202,39 @@ class Daemon:
     async def _dispatch(self, channel: str, message: Any, inline: bool) -> None:
         problem = self.runtime.schema.problem(message)
         if problem is not None:
-            self.runtime.reject(channel, message, problem)
-            await self._guarded(self.gateway.handle_invalid(channel, message, problem), channel, message)
+            await self._invalid(channel, message, problem)
             return
         self.runtime.metrics.inc("messages_out_total", "consumer messages acted on", type=message["type"])
         if inline:
             # Reply-channel messages keep their order: the gateway handles them in arrival order.
-            await self._guarded(self.gateway.handle(channel, message), channel, message)
+            await self._handle(channel, message)
             return
         await self._dispatch_slots.acquire()
-        task = self.runtime.spawn(self._guarded(self.gateway.handle(channel, message), channel, message),
-                                  f"handle {message['type']}")
+        task = self.runtime.spawn(self._handle(channel, message), f"handle {message['type']}")
         task.add_done_callback(lambda _t: self._dispatch_slots.release())
 
-    async def _guarded(self, coro: Coroutine[Any, Any, Any], channel: str, message: Any) -> None:
+    async def _handle(self, channel: str, message: dict[str, Any]) -> None:
+        """Let the gateway act on a valid message; answer it as invalid when the gateway says so."""
         try:
-            await coro
+            await self.gateway.handle(channel, message)
         except asyncio.CancelledError:
             raise
         except InvalidMessage as exc:
-            self.runtime.reject(channel, message, str(exc))
+            await self._invalid(channel, message, str(exc))
         except Exception:
-            mtype = message.get("type", "?") if isinstance(message, dict) else "?"
-            self.runtime.metrics.inc("handler_errors_total", "consumer messages whose handling failed", type=mtype)
-            self.log.exception("handling %s from %s failed", mtype, channel)
+            self.runtime.metrics.inc("handler_errors_total", "consumer messages whose handling failed",
+                                     type=message["type"])
+            self.log.exception("handling %s from %s failed", message["type"], channel)
+
+    async def _invalid(self, channel: str, message: Any, problem: str) -> None:
+        """The one answer to an invalid consumer message: logged, counted, answered the protocol's way."""
+        self.runtime.log_invalid(channel, message, problem)
+        try:
+            await self.gateway.answer_invalid(channel, message, problem)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.log.exception("answering the invalid message on %s failed", channel)
 
 
 def run_gateway(gateway_class: type[Gateway], config: Config) -> int:

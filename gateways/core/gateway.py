@@ -1,18 +1,25 @@
 """The plug-in contract: the :class:`Gateway` base class a protocol subclasses.
 
 A protocol's gateway does its I/O and translation; the core
-(:mod:`gateways.core.daemon`) runs it, hands it consumers' messages and
+(:mod:`gateways.core.daemon`) runs it, validates consumers' messages before
+handing them to :meth:`Gateway.handle`, answers invalid ones through
+:meth:`Gateway.answer_invalid`, reports results (:meth:`Runtime.report`) and
 drains it. :class:`Service` and :class:`StackUnavailable` are what a gateway
-tells ``gateway up`` about the processes it needs beside it.
+tells ``gateway up`` about the processes it needs beside it. The whole
+contract is described in docs/gateway-contract.md.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib.resources.abc import Traversable
 from typing import Any, ClassVar
 
 from gateways.core.config import Config, GatewaySection
 from gateways.core.runtime import Runtime
+from gateways.core.specs import SPECS_DIR, InvalidMessage
+
+__all__ = ["Gateway", "InvalidMessage", "Service", "StackUnavailable"]
 
 
 @dataclass
@@ -38,6 +45,13 @@ class StackUnavailable(Exception):
 class Gateway:
     """Base class of a protocol's daemon; subclasses do the protocol's I/O.
 
+    A subclass names its protocol and section (and, outside this
+    distribution, where its schema is) in the class statement::
+
+        class ChatGateway(Gateway, protocol="chat", section_class=ChatSection,
+                          specs_dir=files("chat_gateway.specs")):
+            ...
+
     Args:
         runtime: the core services (layer, metrics, logging, tasks).
         section: the protocol's configuration section.
@@ -45,10 +59,23 @@ class Gateway:
     Class attributes:
         protocol: the protocol name, as in the CLI and the YAML.
         section_class: the section dataclass (a :class:`GatewaySection`).
+        specs_dir: the directory holding ``<protocol>.schema.json`` (and the
+            spec); by default the ``protocol_specs`` package.
     """
 
     protocol: ClassVar[str]
     section_class: ClassVar[type[GatewaySection]]
+    specs_dir: ClassVar[Traversable] = SPECS_DIR
+
+    def __init_subclass__(cls, protocol: str | None = None, section_class: type[GatewaySection] | None = None,
+                          specs_dir: Traversable | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if protocol is not None:
+            cls.protocol = protocol
+        if section_class is not None:
+            cls.section_class = section_class
+        if specs_dir is not None:
+            cls.specs_dir = specs_dir
 
     def __init__(self, runtime: Runtime, section: Any) -> None:
         self.runtime = runtime
@@ -83,9 +110,13 @@ class Gateway:
         :class:`StackUnavailable` when the gateway cannot run here."""
         return []
 
-    def outbound_channels(self) -> list[str]:
-        """Named channels consumers send this gateway work on (e.g. ``email.send``)."""
-        return []
+    def send_channels(self) -> list[str]:
+        """Named channels consumers send this gateway work on (e.g. ``email.send``).
+
+        The default is the section's ``send_channel`` key, when it has one.
+        """
+        channel = getattr(self.section, "send_channel", None)
+        return [channel] if channel else []
 
     def uses_process_channel(self) -> bool:
         """Whether consumers reply on this process's reply channels."""
@@ -95,11 +126,30 @@ class Gateway:
         """Connect or start listening."""
 
     async def handle(self, channel: str, message: dict[str, Any]) -> None:
-        """Act on a valid message from a consumer, received on ``channel``."""
+        """Act on a message from a consumer, received on ``channel``.
+
+        The core calls it only with messages its schema accepts. Raise
+        :class:`InvalidMessage` for one the protocol still cannot act on: the
+        core then logs and counts it and calls :meth:`answer_invalid`.
+        """
         raise NotImplementedError
 
-    async def handle_invalid(self, channel: str, message: Any, problem: str) -> None:
-        """Answer an invalid consumer message (after the core logged and counted it)."""
+    def failure_result(self, message: dict[str, Any], problem: str) -> dict[str, Any] | None:
+        """The protocol's failure result for a consumer message it refuses
+        (``email.failed``, ``mqtt.result`` with ``ok`` false...), or None
+        when the protocol has no result for that message."""
+        return None
+
+    async def answer_invalid(self, channel: str, message: Any, problem: str) -> None:
+        """Answer a consumer message that is invalid, after the core logged and counted it.
+
+        ``message`` may be anything (not even a dict). The default sends
+        :meth:`failure_result` to the message's ``reply_channel``, when both exist.
+        """
+        if isinstance(message, dict):
+            result = self.failure_result(message, problem)
+            if result is not None:
+                await self.runtime.report(message, result)
 
     async def stop_accepting(self) -> None:
         """Stop taking new connections or messages from the outside."""

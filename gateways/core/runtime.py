@@ -8,10 +8,13 @@ go, groups, reply channels, and the tracked tasks a daemon cancels on exit.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
+import functools
 import logging
 import os
 import time
-from typing import Any, Callable, Coroutine
+from typing import Any, Callable, Coroutine, Iterator
 
 from channels.exceptions import ChannelFull
 
@@ -52,16 +55,18 @@ class Runtime:
         section: this protocol's section.
         protocol: the protocol name.
         layer: the channel layer (built from ``config.layer`` when omitted).
+        schema: the protocol's schema (``protocol_specs/<protocol>.schema.json`` when omitted).
     """
 
-    def __init__(self, config: Config, section: GatewaySection, protocol: str, layer: Any = None) -> None:
+    def __init__(self, config: Config, section: GatewaySection, protocol: str, layer: Any = None,
+                 schema: ProtocolSchema | None = None) -> None:
         self.config = config
         self.section = section
         self.protocol = protocol
         self.layer = layer if layer is not None else build_layer(config.layer)
         self.metrics = Metrics()
         self.log = logging.getLogger(f"gateway.{protocol}")
-        self.schema: ProtocolSchema = load_schema(protocol)
+        self.schema: ProtocolSchema = schema if schema is not None else load_schema(protocol)
         self.stopping = asyncio.Event()
         self.layer_ok = True
         self.strict = os.environ.get("GATEWAY_STRICT") == "1"
@@ -82,26 +87,14 @@ class Runtime:
         """
         if self.strict:
             self.schema.validate(message)
-        mtype = message.get("type", "?")
-        self._inflight += 1
-        self._idle.clear()
         started = time.perf_counter()
-        try:
-            await self.layer.send(channel, message)
-        except ChannelFull as exc:
-            self.metrics.inc("handoff_failures_total", "messages the layer refused", reason="full", type=mtype)
-            raise HandoffError("full", f"channel {channel!r} is full") from exc
-        except LAYER_ERRORS as exc:
-            self.metrics.inc("handoff_failures_total", "messages the layer refused", reason="unavailable", type=mtype)
-            self.layer_down(exc)
-            raise HandoffError("unavailable", f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            self._inflight -= 1
-            if not self._inflight:
-                self._idle.set()
-        self.layer_up()
-        self.metrics.observe("layer_send_seconds", time.perf_counter() - started, "layer send latency")
-        self.metrics.inc("messages_in_total", "messages handed to the layer", type=mtype)
+        with self._handing_off([message]):
+            try:
+                await self.layer.send(channel, message)
+            except ChannelFull as exc:
+                self._count_refused([message], "full")
+                raise HandoffError("full", f"channel {channel!r} is full") from exc
+        self._count_taken([message], time.perf_counter() - started)
 
     async def send_many(self, channel: str, messages: list[dict[str, Any]]) -> int:
         """Hand ``messages`` to the layer on ``channel``, in order; how many it took.
@@ -109,51 +102,58 @@ class Runtime:
         The layer took the first ``n`` returned, in this order, and refused
         every later one (full): send those again, in order, to keep it. With
         a layer that has ``send_many`` (the batched one) that is one round
-        trip; with another, the messages are sent one at a time, stopping at
-        the first refusal. More than the layer's ``send_batch`` go in several
-        round trips. Raises :class:`HandoffError` when the layer took none of them.
+        trip per ``send_batch`` messages; with another, the messages are sent
+        one at a time. Either way sending stops at the first refusal. Raises
+        :class:`HandoffError` when the layer took none of them.
         """
-        if not messages:
-            return 0
         bulk = getattr(self.layer, "send_many", None)
-        limit = getattr(self.layer, "send_batch", len(messages))
-        if bulk is not None and len(messages) > limit:  # the layer's round trip holds so many
-            taken = 0
-            for start in range(0, len(messages), limit):
-                chunk = messages[start:start + limit]
-                try:
-                    took = await self.send_many(channel, chunk)
-                except HandoffError:
-                    if not taken:
-                        raise
-                    return taken
-                taken += took
-                if took < len(chunk):
-                    return taken
-            return taken
-        if bulk is None or len(messages) == 1:
-            taken = 0
-            for message in messages:
-                try:
-                    await self.send(channel, message)
-                except HandoffError:
-                    if not taken:
-                        raise
-                    break
-                taken += 1
-            return taken
+        if bulk is None or len(messages) <= 1:
+            batches, hand = [[message] for message in messages], self._send_one
+        else:
+            limit = getattr(self.layer, "send_batch", len(messages))  # messages per round trip
+            batches = [messages[start:start + limit] for start in range(0, len(messages), limit)]
+            hand = functools.partial(self._send_batch, bulk)
+        taken = 0
+        for batch in batches:
+            try:
+                took = await hand(channel, batch)
+            except HandoffError:
+                if not taken:
+                    raise
+                break
+            taken += took
+            if took < len(batch):
+                break
+        return taken
+
+    async def _send_one(self, channel: str, batch: list[dict[str, Any]]) -> int:
+        await self.send(channel, batch[0])
+        return 1
+
+    async def _send_batch(self, bulk: Callable[..., Any], channel: str, batch: list[dict[str, Any]]) -> int:
+        """One round trip of the batched layer; the messages it took (at least one)."""
         if self.strict:
-            for message in messages:
+            for message in batch:
                 self.schema.validate(message)
+        started = time.perf_counter()
+        with self._handing_off(batch):
+            taken = await bulk(channel, batch)
+        self._count_taken(batch[:taken], time.perf_counter() - started)
+        self._count_refused(batch[taken:], "full")
+        if not taken:
+            raise HandoffError("full", f"channel {channel!r} is full")
+        return taken
+
+    @contextlib.contextmanager
+    def _handing_off(self, messages: list[dict[str, Any]]) -> Iterator[None]:
+        """Track a hand-off in flight (for :meth:`handoffs_done`); a layer error
+        becomes :class:`HandoffError` and marks the layer down."""
         self._inflight += 1
         self._idle.clear()
-        started = time.perf_counter()
         try:
-            taken = await bulk(channel, messages)
+            yield
         except LAYER_ERRORS as exc:
-            for message in messages:
-                self.metrics.inc("handoff_failures_total", "messages the layer refused", reason="unavailable",
-                                 type=message.get("type", "?"))
+            self._count_refused(messages, "unavailable")
             self.layer_down(exc)
             raise HandoffError("unavailable", f"{type(exc).__name__}: {exc}") from exc
         finally:
@@ -161,20 +161,38 @@ class Runtime:
             if not self._inflight:
                 self._idle.set()
         self.layer_up()
-        seconds = time.perf_counter() - started
-        types: dict[str, int] = {}
-        for message in messages[:taken]:
-            mtype = message.get("type", "?")
-            types[mtype] = types.get(mtype, 0) + 1
+
+    def _count_taken(self, messages: list[dict[str, Any]], seconds: float) -> None:
+        types = collections.Counter(message.get("type", "?") for message in messages)
+        for _ in messages:
             self.metrics.observe("layer_send_seconds", seconds, "layer send latency")
         for mtype, count in types.items():
             self.metrics.inc("messages_in_total", "messages handed to the layer", amount=count, type=mtype)
-        for message in messages[taken:]:
-            self.metrics.inc("handoff_failures_total", "messages the layer refused", reason="full",
+
+    def _count_refused(self, messages: list[dict[str, Any]], reason: str) -> None:
+        for message in messages:
+            self.metrics.inc("handoff_failures_total", "messages the layer refused", reason=reason,
                              type=message.get("type", "?"))
-        if not taken:
-            raise HandoffError("full", f"channel {channel!r} is full")
-        return taken
+
+    async def report(self, request: Any, result: dict[str, Any]) -> bool:
+        """Send ``result`` (a delivery result: ``email.sent``, ``mqtt.result``...)
+        to the ``reply_channel`` of the consumer's ``request``; whether it went.
+
+        A request without a reply channel wants no result. A result the layer
+        does not take is logged and counted, not raised: the request was
+        carried out (or not) either way.
+        """
+        reply = request.get("reply_channel") if isinstance(request, dict) else None
+        if not isinstance(reply, str) or not reply:
+            return False
+        try:
+            await self.send(reply, result)
+        except HandoffError as exc:
+            self.metrics.inc("results_lost_total", "delivery results the layer did not take",
+                             type=str(result.get("type", "?")))
+            self.log.warning("could not report %s of %s to %s: %s", result.get("type"), result.get("id"), reply, exc)
+            return False
+        return True
 
     async def group_add(self, group: str, channel: str) -> None:
         """Add ``channel`` to ``group`` on the layer."""
@@ -227,8 +245,8 @@ class Runtime:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def reject(self, channel: str, message: Any, problem: str) -> None:
-        """Log and count a message a consumer sent that the gateway cannot use."""
+    def log_invalid(self, channel: str, message: Any, problem: str) -> None:
+        """Log and count a consumer message that is invalid (the core does, once per message)."""
         mtype = message.get("type", "?") if isinstance(message, dict) else "?"
         self.metrics.inc("invalid_messages_total", "consumer messages rejected", type=str(mtype))
         self.log.error("invalid message on %s: %s", channel, problem)

@@ -42,6 +42,7 @@ from gateways.core.backoff import Backoff
 from gateways.core.config import Config
 from gateways.core.gateway import Service, StackUnavailable
 from gateways.core.layer import _alive, remove_runtime_file, runtime_file, write_runtime_file
+from gateways.core.lifecycle import on_stop_signals
 from gateways.core.lifeline import Lifeline, parent_death_signal
 from gateways.core.worker import worker_channels
 
@@ -69,7 +70,6 @@ class Child:
     env: dict[str, str] = field(default_factory=dict)
     process: asyncio.subprocess.Process | None = None
     relay: asyncio.Task | None = None
-    restarts: int = 0
 
 
 def _free_port() -> int:
@@ -140,9 +140,7 @@ class Supervisor:
 
     async def run(self) -> int:
         """Run until SIGINT/SIGTERM; return 0 after a clean stop."""
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.stopping.set)
+        on_stop_signals(asyncio.get_running_loop(), self.stopping.set)
         watchers = []
         for child in self.children:
             await self._start(child)
@@ -198,7 +196,6 @@ class Supervisor:
             self._say(child.name, f"exited with code {code}; restarting")
             if time.monotonic() - started > 60:
                 backoff.reset()
-            child.restarts += 1
             await asyncio.sleep(backoff.next_delay())
             if self.stopping.is_set():
                 return

@@ -29,7 +29,6 @@ import asyncio
 import functools
 import logging
 import os
-import signal
 import socket
 import sys
 from typing import Any, Hashable
@@ -39,6 +38,7 @@ from gateways.core import eventloop, oldconnections, registry
 from gateways.core.asgi_host import AsgiHost, track_groups
 from gateways.core.backoff import Backoff
 from gateways.core.config import Config
+from gateways.core.lifecycle import on_stop_signals
 from gateways.core.runtime import LAYER_ERRORS
 from gateways.core.lanes import ChannelLanes, KeyFunction
 
@@ -326,11 +326,7 @@ class ConcurrentWorker:
         """Consume until SIGTERM/SIGINT (or :meth:`stop`), drain, return 0."""
         self.stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(sig, self.stop)
-            except (NotImplementedError, RuntimeError):  # not the main thread
-                pass
+        on_stop_signals(loop, self.stop)
         self._make_lanes()
         listeners = [asyncio.ensure_future(self._listen(channel)) for channel in self.channels]
         notify_ready()

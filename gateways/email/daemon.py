@@ -16,13 +16,14 @@ from typing import Any
 
 from gateways.core.backoff import Backoff
 from gateways.core.config import Config, split_host_port
-from gateways.core.gateway import Gateway
-from gateways.core.runtime import HandoffError, Runtime
+from gateways.core.gateway import Gateway, InvalidMessage
+from gateways.core.runtime import Runtime
 from gateways.email.config import EmailSection
 from gateways.email.handoff import Handoff
 from gateways.email.parsing import ParserProcess
 from gateways.email.protocol import (
     Envelope,
+    Outbound,
     OutboundError,
     RecipientPolicy,
     Route,
@@ -42,16 +43,8 @@ from gateways.email.spool import GroupCommit, Spool, SpoolEntry, new_id
 MAX_PENDING = 100_000
 
 
-class EmailGateway(Gateway):
-    """The email gateway daemon.
-
-    Args:
-        runtime: the core services.
-        section: the ``email:`` section.
-    """
-
-    protocol = "email"
-    section_class = EmailSection
+class EmailGateway(Gateway, protocol="email", section_class=EmailSection):
+    """The email gateway daemon (its arguments are :class:`Gateway`'s)."""
 
     def __init__(self, runtime: Runtime, section: EmailSection) -> None:
         super().__init__(runtime, section)
@@ -95,9 +88,6 @@ class EmailGateway(Gateway):
     def stack_services(cls, section: EmailSection, config: Config) -> list:
         """Nothing to start: the relay is remote or a development relay."""
         return []
-
-    def outbound_channels(self) -> list[str]:
-        return [self.section.send_channel]
 
     def uses_process_channel(self) -> bool:
         return True  # acks and replies come back on the reply channel
@@ -175,29 +165,29 @@ class EmailGateway(Gateway):
                 if not await self.handoff.ack(delivery_id):
                     self.log.debug("ack for %s, which is not waiting (already acknowledged?)", delivery_id)
             return
-        if message["type"] == "email.send":
-            await self._send_slots.acquire()
-            task = self.runtime.spawn(self._send(message), f"email.send {message.get('id')}")
-            self._sending.add(task)
-            task.add_done_callback(self._send_done)
-            return
-        self.runtime.reject(channel, message, f"{message['type']} is not sent to the gateway")
+        if message["type"] != "email.send":
+            raise InvalidMessage(f"{message['type']} is not sent to the gateway")
+        try:
+            outbound = build_outbound(message, domain=self.hostname)
+        except OutboundError as exc:
+            raise InvalidMessage(str(exc)) from exc
+        await self._send_slots.acquire()
+        task = self.runtime.spawn(self._send(message, outbound), f"email.send {message.get('id')}")
+        self._sending.add(task)
+        task.add_done_callback(self._send_done)
 
     def _send_done(self, task: asyncio.Task) -> None:
         self._sending.discard(task)
         self._send_slots.release()
 
-    async def handle_invalid(self, channel: str, message: Any, problem: str) -> None:
-        if isinstance(message, dict) and message.get("type") == "email.send":
-            await self._report(message, failed_message(message, f"invalid email.send: {problem}"))
+    def failure_result(self, message: dict[str, Any], problem: str) -> dict[str, Any] | None:
+        """``email.failed`` for an invalid ``email.send``; an invalid ``email.ack`` has no result."""
+        if message.get("type") != "email.send":
+            return None
+        return failed_message(message, f"invalid email.send: {problem}")
 
-    async def _send(self, message: dict[str, Any]) -> None:
+    async def _send(self, message: dict[str, Any], outbound: Outbound) -> None:
         section = self.section
-        try:
-            outbound = build_outbound(message, domain=self.hostname)
-        except OutboundError as exc:
-            await self._report(message, failed_message(message, str(exc)))
-            return
         refused = refused_author(outbound, self.senders)
         if refused is None and not sender_allowed(_header_address(message["from"]), self.senders):
             refused = f"sender {message['from']!r} is not allowed (email.senders)"
@@ -240,15 +230,9 @@ class EmailGateway(Gateway):
             response=delivered.response, attempts=attempt, refused=delivered.refused))
 
     async def _report(self, send: dict[str, Any], outcome: dict[str, Any]) -> None:
-        channel = send.get("reply_channel") if isinstance(send, dict) else None
         if outcome["type"] == "email.failed":
             self.log.warning("email.send %s failed: %s", outcome.get("id"), outcome["error"])
-        if not isinstance(channel, str) or not channel:
-            return
-        try:
-            await self.runtime.send(channel, outcome)
-        except HandoffError as exc:
-            self.log.error("cannot report %s of %s to %s: %s", outcome["type"], outcome.get("id"), channel, exc)
+        await self.runtime.report(send, outcome)
 
     # -- lifecycle ---------------------------------------------------------------
 

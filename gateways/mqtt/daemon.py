@@ -8,8 +8,8 @@ import socket
 from typing import Any
 
 from gateways.core.config import Config
-from gateways.core.gateway import Gateway, Service, StackUnavailable
-from gateways.core.runtime import HandoffError, Runtime
+from gateways.core.gateway import Gateway, InvalidMessage, Service, StackUnavailable
+from gateways.core.runtime import Runtime
 from gateways.mqtt.config import MqttSection
 from gateways.mqtt.connection import BrokerConnection
 from gateways.mqtt.inbound import HandoffPipeline
@@ -18,7 +18,6 @@ from gateways.mqtt.protocol import (
     PUBLISH,
     SubscribeRequest,
     parse_request,
-    reply_channel_of,
     result_message,
 )
 
@@ -27,17 +26,9 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 HANDOFF_BATCH = 100
 
 
-class MqttGateway(Gateway):
+class MqttGateway(Gateway, protocol="mqtt", section_class=MqttSection):
     """Subscribes to the configured topics, hands messages to the layer,
-    publishes and (un)subscribes for consumers.
-
-    Args:
-        runtime: the core services.
-        section: the ``mqtt:`` section.
-    """
-
-    protocol = "mqtt"
-    section_class = MqttSection
+    publishes and (un)subscribes for consumers (its arguments are :class:`Gateway`'s)."""
 
     def __init__(self, runtime: Runtime, section: MqttSection) -> None:
         super().__init__(runtime, section)
@@ -95,10 +86,6 @@ class MqttGateway(Gateway):
 
     # -- lifecycle -------------------------------------------------------------
 
-    def outbound_channels(self) -> list[str]:
-        """``mqtt.send`` (or the configured ``send_channel``)."""
-        return [self.section.send_channel]
-
     async def start(self) -> None:
         """Start connecting; the first connection is not awaited (the loop retries with backoff)."""
         self._task = self.runtime.spawn(self.connection.run(), "mqtt connection")
@@ -108,9 +95,7 @@ class MqttGateway(Gateway):
         try:
             request = parse_request(message, PUBLISH)
         except ValueError as exc:
-            self.runtime.reject(channel, message, str(exc))
-            await self._report(message, False, str(exc))
-            return
+            raise InvalidMessage(str(exc)) from exc
         if isinstance(request, SubscribeRequest):
             sub = request.subscription
             if sub.qos > sub.granted_qos:
@@ -134,9 +119,9 @@ class MqttGateway(Gateway):
                                    "already wait for it (mqtt.outage_queue)")
                 return
 
-    async def handle_invalid(self, channel: str, message: Any, problem: str) -> None:
-        """Tell the sender, when it gave a reply_channel, why its message was rejected."""
-        await self._report(message, False, problem)
+    def failure_result(self, message: dict[str, Any], problem: str) -> dict[str, Any]:
+        """``mqtt.result`` with ``ok`` false and the problem as the error."""
+        return result_message(message, False, problem)
 
     async def stop_accepting(self) -> None:
         """Read no more messages from the broker; the unread ones are redelivered later."""
@@ -170,13 +155,7 @@ class MqttGateway(Gateway):
         await self._report(pending.message, ok, error, **details)
 
     async def _report(self, message: Any, ok: bool, error: str | None, **details: Any) -> None:
-        reply = reply_channel_of(message)
-        if reply is None:
-            return
-        try:
-            await self.runtime.send(reply, result_message(message, ok, error, **details))
-        except HandoffError as exc:
-            self.log.warning("could not send mqtt.result to %s: %s", reply, exc)
+        await self.runtime.report(message, result_message(message, ok, error, **details))
 
 
 def _listening(host: str, port: int) -> bool:

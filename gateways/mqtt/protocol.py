@@ -361,12 +361,3 @@ def result_message(
         "error": error,
         **details,
     }
-
-
-def reply_channel_of(message: Any) -> str | None:
-    """The string ``reply_channel`` of a message, or None (for invalid messages too)."""
-    if isinstance(message, dict):
-        reply = message.get("reply_channel")
-        if isinstance(reply, str) and reply:
-            return reply
-    return None

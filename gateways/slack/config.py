@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from gateways.core.config import (
     GatewaySection,
@@ -34,6 +35,8 @@ class SlackRoute:
 class SlackSection(GatewaySection):
     """How the Slack gateway connects to Slack and where its messages go."""
 
+    renamed_keys: ClassVar[dict[str, str]] = {"outbound_channel": "send_channel"}
+
     app_token: str = setting("", "app-level token (xapp-...) for Socket Mode; use ${SLACK_APP_TOKEN}")
     bot_token: str = setting("", "bot token (xoxb-...) for Web API calls; use ${SLACK_BOT_TOKEN}")
     api_url: str = url("https://slack.com/api/", "base URL of every Web API call, apps.connections.open included "
@@ -56,8 +59,8 @@ class SlackSection(GatewaySection):
     routes: list[SlackRoute] = setting([], "routing rules, first match wins")
     default_channel: str | None = channel_name("slack.receive", "channel for messages no route matches; unset: "
                                                "they are acked, logged and counted")
-    outbound_channel: str = channel_name("slack.send", "channel consumers send slack.send to "
-                                         "(every inbound message's reply_channel)")
+    send_channel: str = channel_name("slack.send", "channel consumers send slack.send to "
+                                     "(every inbound message's reply_channel); formerly outbound_channel")
     api_timeout: float = positive(10.0, "seconds one Web API request may take")
     api_retries: int = non_negative(3, "retries of a Web API call after 429 or a network error")
     max_retry_after: float = positive(60.0, "longest Retry-After the gateway waits before reporting ratelimited")
@@ -74,8 +77,8 @@ class SlackSection(GatewaySection):
             out.append(("signing_secret", "the Events API listener needs the signing secret"))
         if not self.events_path.startswith("/"):
             out.append(("events_path", "must start with /"))
-        if self.outbound_channel in {r.channel for r in self.routes} | {self.default_channel}:
-            out.append(("outbound_channel", "must differ from every inbound channel"))
+        if self.send_channel in {r.channel for r in self.routes} | {self.default_channel}:
+            out.append(("send_channel", "must differ from every inbound channel"))
         return out
 
     def missing(self) -> str | None:

@@ -6,7 +6,7 @@ acked; deliveries of one Slack channel are handed off one after another in
 arrival order. Commands, view submissions and options requests also wait up
 to ``ack_timeout`` for the consumer's ``slack.ack`` on their ``ack_channel``.
 
-Outbound: ``slack.send`` on ``slack.outbound_channel`` (or on any reply
+Outbound: ``slack.send`` on ``slack.send_channel`` (or on any reply
 channel of this process) becomes a Web API call; its ``slack.result`` goes to
 the message's ``reply_channel`` when it names one.
 """
@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from gateways.core.backoff import Backoff
 from gateways.core.config import Config, split_host_port
-from gateways.core.gateway import Gateway, Service, StackUnavailable
+from gateways.core.gateway import Gateway, InvalidMessage, Service, StackUnavailable
 from gateways.core.runtime import HandoffError, Runtime
 from gateways.slack import protocol
 from gateways.slack.config import SlackSection
@@ -74,16 +74,8 @@ class Serializer:
             del self._tails[key]
 
 
-class SlackGateway(Gateway):
-    """The Slack daemon.
-
-    Args:
-        runtime: the core services.
-        section: the ``slack:`` section.
-    """
-
-    protocol = "slack"
-    section_class = SlackSection
+class SlackGateway(Gateway, protocol="slack", section_class=SlackSection):
+    """The Slack daemon (its arguments are :class:`Gateway`'s)."""
 
     def __init__(self, runtime: Runtime, section: SlackSection) -> None:
         super().__init__(runtime, section)
@@ -129,9 +121,6 @@ class SlackGateway(Gateway):
                 "SLACK_BOT_TOKEN=xoxb-... (see docs/slack.md)"
             )
         return []
-
-    def outbound_channels(self) -> list[str]:
-        return [self.section.outbound_channel]
 
     def uses_process_channel(self) -> bool:
         return True  # slack.ack arrives on per-delivery ack channels of this process
@@ -263,7 +252,7 @@ class SlackGateway(Gateway):
         it must not be acked."""
         runtime, metrics = self.runtime, self.runtime.metrics
         message = dict(inbound.message)
-        message["reply_channel"] = self.section.outbound_channel
+        message["reply_channel"] = self.section.send_channel
         ack_channel = ""
         if inbound.wants_ack_payload:
             ack_channel = await runtime.new_channel()
@@ -328,8 +317,7 @@ class SlackGateway(Gateway):
             await self._consumer_ack(channel, message)
             return
         if mtype != "slack.send":
-            self.runtime.reject(channel, message, f"{mtype} is sent by the gateway, not to it")
-            return
+            raise InvalidMessage(f"{mtype} is sent by the gateway, not to it")
         # Calls for one Slack channel go out in the order they arrived.
         key = message.get("channel") or message.get("response_url") or None
         previous, mine = self.outbound_order.enter(key) if key else (None, None)
@@ -363,29 +351,18 @@ class SlackGateway(Gateway):
 
     async def _send(self, message: dict[str, Any]) -> None:
         assert self.webapi is not None
-        try:
-            call = protocol.build_call(message)
-        except protocol.BadSend as exc:
-            self.runtime.reject(self.section.outbound_channel, message, str(exc))
-            await self._report(message, False, None, f"invalid_message: {exc}")
-            return
+        call = protocol.build_call(message)  # InvalidMessage: the core answers it
         if call.url is not None:
             result = await self.webapi.post_response_url(call.url, call.params)
         else:
             result = await self.webapi.call(call.method, call.params)
         if not result.ok:
             self.log.error("%s (%s) failed: %s", call.method, message["action"], result.error)
-        await self._report(message, result.ok, result.body, result.error)
+        await self.runtime.report(message, protocol.result_message(message, result.ok, result.body, result.error))
 
-    async def _report(self, message: Any, ok: bool, body: dict[str, Any] | None, error: str | None) -> None:
-        reply = message.get("reply_channel") if isinstance(message, dict) else None
-        if not isinstance(reply, str) or not reply:
-            return
-        try:
-            await self.runtime.send(reply, protocol.result_message(message, ok, body, error))
-        except HandoffError as exc:
-            self.log.warning("could not report a %s result to %s: %s", message.get("action"), reply, exc)
-
-    async def handle_invalid(self, channel: str, message: Any, problem: str) -> None:
-        if isinstance(message, dict) and message.get("type") == "slack.send":
-            await self._report(message, False, None, f"invalid_message: {problem}")
+    def failure_result(self, message: dict[str, Any], problem: str) -> dict[str, Any] | None:
+        """``slack.result`` with ``ok`` false for an invalid ``slack.send``; a
+        ``slack.ack`` has no result."""
+        if message.get("type") != "slack.send":
+            return None
+        return protocol.result_message(message, False, None, f"invalid_message: {problem}")

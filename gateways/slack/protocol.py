@@ -15,6 +15,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from gateways.core.specs import InvalidMessage
+
 #: Inbound types whose Slack ack may carry a payload the consumer chooses.
 ACK_PAYLOAD_TYPES = frozenset({"slack.command", "slack.view_submission", "slack.options"})
 
@@ -89,10 +91,6 @@ class ApiCall:
     method: str
     params: dict[str, Any] = field(default_factory=dict)
     url: str | None = None
-
-
-class BadSend(ValueError):
-    """A ``slack.send`` the schema allows but the action cannot use."""
 
 
 # --------------------------------------------------------------------------
@@ -464,20 +462,20 @@ def _pick(message: dict[str, Any], *keys: str) -> dict[str, Any]:
 def _require(message: dict[str, Any], action: str, *keys: str) -> None:
     missing = [k for k in keys if message.get(k) in (None, "")]
     if missing:
-        raise BadSend(f"action {action!r} needs {', '.join(missing)}")
+        raise InvalidMessage(f"action {action!r} needs {', '.join(missing)}")
 
 
 def build_call(message: dict[str, Any]) -> ApiCall:
     """The HTTP call a valid ``slack.send`` message asks for.
 
-    Raises :class:`BadSend` when a key the action needs is missing.
+    Raises :class:`InvalidMessage` when a key the action needs is missing.
     """
     action = message["action"]
     extra = dict(message.get("params") or {})
     if action in ("post", "ephemeral"):
         _require(message, action, "channel")
         if not message.get("text") and not message.get("blocks") and "attachments" not in extra:
-            raise BadSend(f"action {action!r} needs text or blocks")
+            raise InvalidMessage(f"action {action!r} needs text or blocks")
         params = _pick(message, "channel", "text", "blocks", "thread_ts")
         if action == "ephemeral":
             _require(message, action, "user")
@@ -507,7 +505,7 @@ def build_call(message: dict[str, Any]) -> ApiCall:
     if action == "call":
         _require(message, action, "method")
         return ApiCall(message["method"], extra)
-    raise BadSend(f"unknown action {action!r}")  # the schema's enum makes this unreachable
+    raise InvalidMessage(f"unknown action {action!r}")  # the schema's enum makes this unreachable
 
 
 def result_message(request: dict[str, Any], ok: bool, response: dict[str, Any] | None,

@@ -39,7 +39,6 @@ from gateways.websocket.protocol import (
     GroupAdd,
     GroupDiscard,
     Phase,
-    ProtocolError,
     Send,
     match_route,
 )
@@ -60,16 +59,9 @@ class _Live:
     served: bool = False  # _serve took the connection over (and will clean up after it)
 
 
-class WebSocketGateway(Gateway):
-    """``gateway websocket``: WebSocket connections as ``websocket.*`` messages.
-
-    Args:
-        runtime: the core services.
-        section: the ``websocket:`` section.
-    """
-
-    protocol = "websocket"
-    section_class = WebSocketSection
+class WebSocketGateway(Gateway, protocol="websocket", section_class=WebSocketSection):
+    """``gateway websocket``: WebSocket connections as ``websocket.*`` messages
+    (its arguments are :class:`Gateway`'s)."""
 
     def __init__(self, runtime: Any, section: WebSocketSection) -> None:
         super().__init__(runtime, section)
@@ -330,19 +322,17 @@ class WebSocketGateway(Gateway):
                 # (see consumers.websocket); nobody will remove it if we do not.
                 self._leave_soon(message["group"], channel)
             return
-        try:
-            actions = live.conn.on_reply(message)
-        except ProtocolError as exc:
-            self.runtime.reject(channel, message, str(exc))
-            actions = [Close(CLOSE_POLICY, "invalid message from the application")]
-            live.conn.phase = Phase.CLOSED
+        self._carry_out(live, live.conn.on_reply(message))  # InvalidMessage: answer_invalid closes
+
+    def _carry_out(self, live: _Live, actions: list[Any]) -> None:
+        """Answer the handshake, or queue the actions for the connection's sender."""
         for action in actions:
             if not live.answered.done() and isinstance(action, (Accept, Close)):
                 live.answered.set_result(action)
                 continue
             if len(live.queue) >= self.section.send_queue:
                 self.metrics.inc("slow_clients_closed_total", "connections closed for not reading")
-                self.log.warning("closing %s: %d replies queued", channel, len(live.queue))
+                self.log.warning("closing %s: %d replies queued", live.conn.reply_channel, len(live.queue))
                 self._close_now(live, CLOSE_SLOW_CLIENT, "client too slow")
                 return
             self._queue(live, action)
@@ -357,14 +347,14 @@ class WebSocketGateway(Gateway):
         if live.open and live.queue and (live.sender is None or live.sender.done()):
             live.sender = asyncio.create_task(self._send_replies(live))
 
-    async def handle_invalid(self, channel: str, message: Any, problem: str) -> None:
+    async def answer_invalid(self, channel: str, message: Any, problem: str) -> None:
+        """Close the connection 1008 after the replies before it (refuse the handshake
+        when it is not answered yet); later replies to it are dropped."""
         live = self.live.get(channel)
         if live is None:
             return
-        if not live.answered.done():
-            live.answered.set_result(Close(CLOSE_POLICY))
-        elif live.socket is not None:
-            self._close_now(live, CLOSE_POLICY, "invalid message from the application")
+        live.conn.phase = Phase.CLOSED
+        self._carry_out(live, [Close(CLOSE_POLICY, "invalid message from the application")])
 
     def _close_now(self, live: _Live, code: int, reason: str) -> None:
         """Close with ``code`` now, ahead of the replies queued (which are dropped).

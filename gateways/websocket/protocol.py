@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from gateways.core.specs import InvalidMessage
+
 #: Close code when the channel layer refuses a message ("Try Again Later").
 CLOSE_LAYER_UNAVAILABLE = 1013
 #: Close code for a consumer that sends something the spec does not allow.
@@ -127,10 +129,6 @@ class GroupDiscard:
 Action = Accept | Send | Close | GroupAdd | GroupDiscard
 
 
-class ProtocolError(Exception):
-    """A consumer message that is not allowed now; the connection is closed 1008."""
-
-
 @dataclass
 class Connection:
     """The channel-side state of one WebSocket connection.
@@ -221,7 +219,8 @@ class Connection:
         auto-accepted connection the consumer's first ``websocket.accept``
         only sets ``state``. Group changes are remembered even on a closed
         connection, so that leaving every group on close covers them too.
-        Raises :class:`ProtocolError` for what the current phase does not allow.
+        Raises :class:`InvalidMessage` for what the current phase does not allow
+        (the gateway then closes the connection 1008).
         """
         mtype = message["type"]
         if mtype == "websocket.group_add":
@@ -236,14 +235,14 @@ class Connection:
             if self.phase is not Phase.CONNECTING:
                 if self.auto_accepted and not self.accept_seen:
                     return self._set_state(message)
-                raise ProtocolError("websocket.accept on a connection that is already open")
+                raise InvalidMessage("websocket.accept on a connection that is already open")
             self.phase = Phase.OPEN
             self.accept_seen = True
             if message.get("state"):
                 self.state = dict(message["state"])
             subprotocol = message.get("subprotocol")
             if subprotocol is not None and subprotocol not in self.info.subprotocols:
-                raise ProtocolError(f"subprotocol {subprotocol!r} was not requested by the client")
+                raise InvalidMessage(f"subprotocol {subprotocol!r} was not requested by the client")
             return [Accept(subprotocol, [list(h) for h in message.get("headers", [])])]
         if mtype == "websocket.send":
             frame = Send(text=message["text"]) if message.get("text") is not None else Send(data=message["bytes"])
@@ -255,13 +254,13 @@ class Connection:
             self.phase = Phase.CLOSED
             self.close_code = message.get("code", 1000)
             return [Close(self.close_code, message.get("reason", ""))]
-        raise ProtocolError(f"{mtype} is not a reply-channel message")
+        raise InvalidMessage(f"{mtype} is not a reply-channel message")
 
     def _set_state(self, message: dict[str, Any]) -> list[Action]:
         """The consumer's accept of an auto-accepted connection: the handshake is
         done, so only ``state`` can still take effect."""
         if message.get("subprotocol") is not None or message.get("headers"):
-            raise ProtocolError("the route auto-accepts: the handshake is done, so websocket.accept "
+            raise InvalidMessage("the route auto-accepts: the handshake is done, so websocket.accept "
                                 "may carry only state, not subprotocol or headers")
         self.accept_seen = True
         if message.get("state"):

@@ -50,7 +50,7 @@ def slack_gateway(redis_server, tmp_path):
     standin = SlackStandIn().start()
     # Not the default outbound channel: the helpers must take it from the YAML.
     config = write_config(tmp_path, redis_server.url, standin, f"s{uuid.uuid4().hex[:8]}",
-                          outbound_channel=SLACK_OUT)
+                          send_channel=SLACK_OUT)
     daemon = start_gateway(config, standin, connections=1)
     with django_settings_for(config):
         yield config, standin

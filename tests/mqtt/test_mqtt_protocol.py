@@ -163,9 +163,3 @@ def test_schema_accepts_consumer_requests(message):
 def test_schema_rejects_bad_requests_with_a_reason(message, where):
     problem = SCHEMA.problem(message)
     assert problem is not None and where in problem
-
-
-def test_reply_channel_of():
-    assert p.reply_channel_of({"reply_channel": "x"}) == "x"
-    assert p.reply_channel_of({"reply_channel": 5}) is None
-    assert p.reply_channel_of("junk") is None

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,13 +36,31 @@ def test_defaults_and_env_references():
         "xapp-1", "xoxb-2", "https://slack.com/api/", "slack.receive")
 
 
+def test_outbound_channel_is_a_deprecated_name_of_send_channel(caplog):
+    with caplog.at_level(logging.WARNING, logger="gateway.config"):
+        found = section("slack:\n  outbound_channel: slack.out\n")
+    assert found.send_channel == "slack.out"
+    assert "slack.outbound_channel is deprecated; call it slack.send_channel" in caplog.text
+    both = problems("slack:\n  outbound_channel: a.b\n  send_channel: c.d\n")
+    assert any("slack.outbound_channel: deprecated name of slack.send_channel, which is also set" in p for p in both)
+
+
+def test_gateway_check_warns_of_the_deprecated_key(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("slack:\n  outbound_channel: slack.out\n")
+    result = subprocess.run([sys.executable, "-m", "gateways", "check", "--config", str(path)],
+                            capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert "slack.outbound_channel is deprecated; call it slack.send_channel" in result.stderr
+
+
 def test_cross_field_problems_name_the_key():
     found = problems("slack:\n  app_token: xoxb-wrong\n  listen: 127.0.0.1:3000\n"
-                     "  outbound_channel: slack.receive\n  api_url: ftp://x\n")
+                     "  send_channel: slack.receive\n  api_url: ftp://x\n")
     text = "\n".join(found)
     assert "slack.app_token: an app-level token starts with xapp-" in text
     assert "slack.signing_secret: the Events API listener needs the signing secret" in text
-    assert "slack.outbound_channel: must differ from every inbound channel" in text
+    assert "slack.send_channel: must differ from every inbound channel" in text
     assert "slack.api_url" in text
     assert "routes[0].text" in "\n".join(problems("slack:\n  routes:\n    - channel: x\n      text: '('\n"))
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from gateways.core.specs import load_schema
+from gateways.core.specs import InvalidMessage, load_schema
 from gateways.slack import protocol
 from gateways.slack.protocol import Identity, Ignored, Inbound
 
@@ -199,7 +199,7 @@ def test_respond_posts_to_the_response_url():
     ({"action": "respond", "text": "x"}, "needs response_url"),
 ])
 def test_incomplete_sends_are_refused(send, problem):
-    with pytest.raises(protocol.BadSend, match=problem):
+    with pytest.raises(InvalidMessage, match=problem):
         protocol.build_call({"type": "slack.send", **send})
 
 

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from gateways.core.specs import load_schema
+from gateways.core.specs import InvalidMessage, load_schema
 from gateways.websocket.protocol import (
     Accept,
     Close,
@@ -13,7 +13,6 @@ from gateways.websocket.protocol import (
     GroupAdd,
     GroupDiscard,
     Phase,
-    ProtocolError,
     Route,
     Send,
     match_route,
@@ -75,11 +74,11 @@ def test_close_before_accept_rejects():
 
 def test_protocol_errors():
     conn = connection()
-    with pytest.raises(ProtocolError):
+    with pytest.raises(InvalidMessage):
         conn.on_reply({"type": "websocket.accept", "subprotocol": "never-offered"})
     conn = connection()
     conn.on_reply({"type": "websocket.accept"})
-    with pytest.raises(ProtocolError):
+    with pytest.raises(InvalidMessage):
         conn.on_reply({"type": "websocket.accept"})
 
 
@@ -116,14 +115,14 @@ def test_accept_after_auto_accept_only_sets_state_once():
     conn = auto_connection()
     assert conn.on_reply({"type": "websocket.accept", "state": {"user_id": 3}}) == []
     assert conn.receive_message("x")["state"] == {"user_id": 3}
-    with pytest.raises(ProtocolError):
+    with pytest.raises(InvalidMessage):
         conn.on_reply({"type": "websocket.accept", "state": {"user_id": 4}})
 
 
 def test_accept_after_auto_accept_cannot_choose_a_subprotocol_or_headers():
-    with pytest.raises(ProtocolError, match="auto-accepts"):
+    with pytest.raises(InvalidMessage, match="auto-accepts"):
         auto_connection().on_reply({"type": "websocket.accept", "subprotocol": "v1"})
-    with pytest.raises(ProtocolError, match="auto-accepts"):
+    with pytest.raises(InvalidMessage, match="auto-accepts"):
         auto_connection().on_reply({"type": "websocket.accept", "headers": [[b"x", b"y"]]})
 
 
