@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from importlib.resources import files
 from typing import Any
 
 from gateways.core.gateway import Gateway
@@ -11,12 +12,9 @@ from line_gateway import protocol
 from line_gateway.config import LineSection
 
 
-class LineGateway(Gateway):
+class LineGateway(Gateway, protocol="line", section_class=LineSection, specs_dir=files("line_gateway")):
     """Serves line clients: each line in is handed to the layer, each
     ``line.send`` on a connection's reply channel is written back."""
-
-    protocol = "line"
-    section_class = LineSection
 
     def __init__(self, runtime: Any, section: LineSection) -> None:
         super().__init__(runtime, section)
@@ -57,11 +55,9 @@ class LineGateway(Gateway):
         """Write a ``line.send`` to the connection of ``channel``."""
         self._write(channel, protocol.send_bytes(message))
 
-    async def handle_invalid(self, channel: str, message: Any, problem: str) -> None:
+    async def answer_invalid(self, channel: str, message: Any, problem: str) -> None:
         """Tell the client its consumer's message was invalid; the connection stays."""
         self._write(channel, protocol.invalid_answer(problem))
-
-    answer_invalid = handle_invalid
 
     def _write(self, channel: str, data: bytes) -> None:
         writer = self.connections.get(channel)

@@ -21,6 +21,9 @@ class LineDriver(Driver):
         self.port = 0
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.one_at_a_time = asyncio.Lock()
+        #: The gateway's answer to each line: OK, or why it did not take it.
+        self.answers: list[str] = []
 
     def section(self, harness: Harness) -> dict[str, Any]:
         self.port = harness.free_port()
@@ -30,11 +33,15 @@ class LineDriver(Driver):
         if self.writer is not None:
             self.writer.close()
 
+    async def ready(self, harness: Harness) -> None:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+
     async def produce(self, harness: Harness) -> None:
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
-        self.writer.write(b"hello\n")
-        await self.writer.drain()
+        assert self.writer is not None
+        async with self.one_at_a_time:  # each line's answer is the next line read
+            self.writer.write(b"hello\n")
+            await self.writer.drain()
+            self.answers.append(await self._line_starting(""))
 
     def reply(self, received: dict[str, Any], channel: str) -> tuple[str, dict[str, Any]]:
         return received["reply_channel"], {"type": "line.send", "text": f"echo: {received['text']}"}
@@ -54,7 +61,8 @@ class LineDriver(Driver):
         await self._line_starting("ERR invalid reply: line.send")
 
     async def observe_refusal(self, harness: Harness) -> None:
-        await self._line_starting("ERR busy")
+        await harness.wait_until(lambda: "ERR busy" in self.answers, 20, "a line answered ERR busy")
+        assert self.answers[0] == "OK"
 
 
 class TestLineConformance(ConformanceSuite):
