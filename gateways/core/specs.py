@@ -121,11 +121,15 @@ def load_schema(protocol: str, specs_dir: Traversable | None = None) -> Protocol
 
     Args:
         protocol: the protocol name, e.g. ``"email"``.
-        specs_dir: where the schema is; by default the package of the
-            protocol's spec module (:func:`spec_dir`). Any
-            :class:`pathlib.Path` works too.
+        specs_dir: where the schema is (any :class:`pathlib.Path` works
+            too). When it is not given, or holds no schema of ``protocol``
+            (a plug-in whose gateway class keeps the default directory), the
+            package of the protocol's spec module (:func:`spec_dir`).
     """
-    path = (specs_dir or spec_dir(protocol)) / f"{protocol}{SCHEMA_SUFFIX}"
+    name = f"{protocol}{SCHEMA_SUFFIX}"
+    path = specs_dir / name if specs_dir is not None else None
+    if path is None or not path.is_file():
+        path = spec_dir(protocol) / name
     document = json.loads(path.read_text(encoding="utf-8"))
     defs = document.get("$defs", {})
     validators = {}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from importlib.resources import files
 from typing import Any
 
 from gateways.core.gateway import Gateway
@@ -12,7 +11,7 @@ from line_gateway import protocol
 from line_gateway.config import LineSection
 
 
-class LineGateway(Gateway, protocol="line", section_class=LineSection, specs_dir=files("line_gateway")):
+class LineGateway(Gateway, protocol="line", section_class=LineSection):
     """Serves line clients: each line in is handed to the layer, each
     ``line.send`` on a connection's reply channel is written back."""
 
