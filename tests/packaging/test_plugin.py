@@ -99,3 +99,19 @@ def test_the_example_passes_the_conformance_kit(plugin_path):
                             timeout=240)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "skipped" not in result.stdout and "passed" in result.stdout, result.stdout
+
+
+async def test_gateway_up_runs_the_plugin(plugin_path, redis_server, tmp_path):
+    port = free_port()
+    config = write_config(tmp_path, redis_server.url, listen=f"127.0.0.1:{port}")
+    stack = Daemon("up", [sys.executable, "-m", "gateways", "up", "--config", str(config)],
+                   env={"PYTHONPATH": str(plugin_path)}, cwd=plugin_path)
+    try:
+        await asyncio.to_thread(wait_for_port, port, "127.0.0.1", 60)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"hello\n")
+        assert await asyncio.wait_for(reader.readline(), 20) == b"OK\n"
+        writer.close()
+    finally:
+        code = stack.stop()
+    assert code == 0, stack.log()
