@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 from pathlib import Path
-from typing import Any, AsyncIterator, ClassVar
+from typing import Any, AsyncIterator, Awaitable, Callable, ClassVar
 
 import pytest
 import pytest_asyncio
@@ -122,7 +122,7 @@ class ConformanceSuite:
         harness.assert_running()
 
     @staticmethod
-    def _status_is(harness: Harness, status: int):
+    def _status_is(harness: Harness, status: int) -> Callable[[], Awaitable[bool]]:
         async def check() -> bool:
             return (await harness.get("/healthz"))[0] == status
         return check
