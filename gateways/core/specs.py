@@ -1,10 +1,11 @@
 """Message schemas from ``protocol_specs/`` and validation against them.
 
-Each protocol has ``protocol_specs/<protocol>.md`` (the prose spec) and
-``protocol_specs/<protocol>.schema.json``. ``protocol_specs`` is a package of
-its own, shipped with the gateways, so the files are read with
-:mod:`importlib.resources` and found wherever the package is installed
-(a wheel, an editable checkout, a zip)::
+Each protocol has ``<protocol>.md`` (the prose spec) and
+``<protocol>.schema.json`` in the package of its spec module: the module its
+``gateways.specs`` entry point names (:func:`protocol_specs.spec_module`),
+``protocol_specs`` for the built-in protocols, a plug-in's own package for
+a plug-in. The files are read with :mod:`importlib.resources` and found
+wherever the package is installed (a wheel, an editable checkout, a zip)::
 
     {
       "protocol": "websocket",
@@ -31,10 +32,27 @@ from typing import Any
 import jsonschema
 from jsonschema import Draft202012Validator
 
+import protocol_specs
+
 #: The directory holding every ``<protocol>.md`` and ``<protocol>.schema.json``.
 SPECS_DIR: Traversable = files("protocol_specs")
 
 SCHEMA_SUFFIX = ".schema.json"
+SPEC_SUFFIX = ".md"
+
+
+def spec_dir(protocol: str) -> Traversable:
+    """The directory holding ``<protocol>.md`` and ``<protocol>.schema.json``:
+    the package of the protocol's spec module, else :data:`SPECS_DIR`."""
+    module = protocol_specs.spec_module(protocol)
+    if module is None or not module.__package__:
+        return SPECS_DIR
+    return files(module.__package__)
+
+
+def spec_document(protocol: str) -> str:
+    """The prose spec of ``protocol`` (its ``<protocol>.md``)."""
+    return (spec_dir(protocol) / f"{protocol}{SPEC_SUFFIX}").read_text(encoding="utf-8")
 
 
 def schema_protocols(specs_dir: Traversable = SPECS_DIR) -> list[str]:
@@ -98,15 +116,20 @@ class ProtocolSchema:
 
 
 @cache
-def load_schema(protocol: str, specs_dir: Traversable = SPECS_DIR) -> ProtocolSchema:
-    """Load and compile ``protocol_specs/<protocol>.schema.json``.
+def load_schema(protocol: str, specs_dir: Traversable | None = None) -> ProtocolSchema:
+    """Load and compile ``<protocol>.schema.json``.
 
     Args:
         protocol: the protocol name, e.g. ``"email"``.
-        specs_dir: where the schemas are (the installed ``protocol_specs``
-            package); any :class:`pathlib.Path` works too.
+        specs_dir: where the schema is (any :class:`pathlib.Path` works
+            too). When it is not given, or holds no schema of ``protocol``
+            (a plug-in whose gateway class keeps the default directory), the
+            package of the protocol's spec module (:func:`spec_dir`).
     """
-    path = specs_dir / f"{protocol}{SCHEMA_SUFFIX}"
+    name = f"{protocol}{SCHEMA_SUFFIX}"
+    path = specs_dir / name if specs_dir is not None else None
+    if path is None or not path.is_file():
+        path = spec_dir(protocol) / name
     document = json.loads(path.read_text(encoding="utf-8"))
     defs = document.get("$defs", {})
     validators = {}
