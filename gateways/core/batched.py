@@ -51,6 +51,7 @@ from channels.exceptions import ChannelFull
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
+from gateways.core.compat_redis import local_address
 from gateways.core.layer_classes import SOCKET_TIMEOUT, GatewayRedisChannelLayer
 
 #: Writes a batch of messages; ARGV = expiry, cutoff, then (key index, capacity,
@@ -437,12 +438,7 @@ class BatchedRedisChannelLayer(GatewayRedisChannelLayer):
 
     async def _unblock(self, connections: list[Any]) -> None:
         """``CLIENT UNBLOCK`` the server side of ``connections`` (found by address)."""
-        addresses = set()
-        for connection in connections:
-            writer = getattr(connection, "_writer", None)
-            sockname = writer.get_extra_info("sockname") if writer is not None else None
-            if isinstance(sockname, tuple):
-                addresses.add(f"{sockname[0]}:{sockname[1]}")
+        addresses = {local_address(connection) for connection in connections} - {None}
         if not addresses:
             return
         client = self.connection(0)
