@@ -19,7 +19,7 @@ def test_the_pinned_versions_are_the_installed_ones():
 
 def test_other_versions_are_refused(monkeypatch):
     monkeypatch.setattr(aiomqtt, "__version_tuple__", (2, 6, 0))
-    with pytest.raises(RuntimeError, match="aiomqtt 2.5"):
+    with pytest.raises(RuntimeError, match="supports aiomqtt .* found aiomqtt"):
         manual_ack.check_versions()
 
 
