@@ -275,6 +275,8 @@ async def group_members(group: str, layer: Any = None) -> list[str]:
     from channels.layers import InMemoryChannelLayer
     from channels_redis.core import RedisChannelLayer
 
+    from gateways.core.compat_channels_redis import group_key
+
     # The same cut-off both layers apply when they drop expired memberships.
     cutoff = int(time.time()) - layer.group_expiry
     if isinstance(layer, InMemoryChannelLayer):
@@ -286,7 +288,7 @@ async def group_members(group: str, layer: Any = None) -> list[str]:
     # channels_redis keeps a group as a sorted set of channel names scored by
     # join time, and drops members older than group_expiry on the next group_send.
     connection = layer.connection(layer.consistent_hash(group))
-    members = await connection.zrangebyscore(layer._group_key(group), min=f"({cutoff}", max="+inf")
+    members = await connection.zrangebyscore(group_key(layer, group), min=f"({cutoff}", max="+inf")
     return [m.decode("utf-8") for m in members]
 
 

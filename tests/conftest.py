@@ -14,6 +14,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "example"))
 
 from servers import MosquittoServer, RedisServer  # noqa: E402
+from tiers import ALLOWED, forbid, tier_of  # noqa: E402
 
 
 def _configure_django() -> None:
@@ -72,3 +73,35 @@ def mosquitto():
     server = MosquittoServer().start()
     yield server
     server.close()
+
+
+# -- tiers (tests/tiers.py) ------------------------------------------------------
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Give every test its one tier (``pytest -m unit|integration|e2e``)."""
+    conflicts = []
+    for item in items:
+        try:
+            tier = tier_of(item)
+        except ValueError as exc:
+            conflicts.append(str(exc))
+            continue
+        if item.get_closest_marker(tier) is None:
+            item.add_marker(tier)
+    if conflicts:
+        raise pytest.UsageError("tests in more than one tier:\n" + "\n".join(conflicts))
+
+
+@pytest.fixture(autouse=True)
+def _tier_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """Fail a test that does what its tier rules out, even if the code under test
+    caught the exception (the violations are on ``request.node.tier_violations``)."""
+    tier = next((name for name in ("unit", "integration") if request.node.get_closest_marker(name)), None)
+    if tier is None:
+        yield
+        return
+    violations = request.node.tier_violations = forbid(tier, request.node.nodeid, monkeypatch)
+    yield
+    if violations:
+        pytest.fail(f"{tier} test used {'; '.join(violations)}: {ALLOWED[tier]}", pytrace=False)

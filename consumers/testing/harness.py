@@ -32,6 +32,7 @@ import channels.db
 from asgiref.testing import ApplicationCommunicator
 from channels.layers import InMemoryChannelLayer, channel_layers
 
+from consumers.testing.compat_asgiref import started_application
 from gateways.core.specs import InvalidMessage, load_schema
 
 #: Message type prefixes whose messages are checked against ``protocol_specs/<protocol>.schema.json``.
@@ -324,7 +325,7 @@ class ConsumerHarness:
         if self._unraised:
             exc = self._unraised.pop(0)
             raise exc
-        future = self.communicator._future
+        future = started_application(self.communicator)
         if future is not None and future.done() and not future.cancelled():
             exc = future.exception()
             if exc is not None:
@@ -332,7 +333,7 @@ class ConsumerHarness:
 
     def _start(self) -> None:
         """Start the instance (once), and hear of it if it ever stops."""
-        if self.communicator._future is None:
+        if started_application(self.communicator) is None:
             self.communicator.future.add_done_callback(lambda _: self._changed.notify())
 
     # -- input ---------------------------------------------------------------------------

@@ -100,6 +100,8 @@ class SlackStandIn:
         self.hellos = 0
         self._cond = threading.Condition()
         self._sockets: list[web.WebSocketResponse] = []
+        #: Each open socket's TCP transport (by ``id`` of the socket), to cut it without a close.
+        self._transports: dict[int, Any] = {}
         self._tickets: set[str] = set()
         self._refuse_links = 0
         self.links_refused = 0
@@ -163,7 +165,7 @@ class SlackStandIn:
         site = web.TCPSite(self._runner, host, port)
         await site.start()
         self.host = host
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = self._runner.addresses[0][1]
 
     async def _shutdown(self) -> None:
         for ws in list(self._sockets):
@@ -309,7 +311,7 @@ class SlackStandIn:
 
         async def drop() -> None:
             for ws in list(self._sockets):
-                transport = ws._req.transport if ws._req is not None else None  # type: ignore[union-attr]
+                transport = self._transports.get(id(ws))
                 if transport is not None:
                     transport.abort()
 
@@ -529,6 +531,7 @@ class SlackStandIn:
         await ws.prepare(request)
         with self._cond:
             self._sockets.append(ws)
+            self._transports[id(ws)] = request.transport
             self.connections_opened += 1
             count = len(self._sockets)
         await ws.send_json({"type": "hello", "num_connections": count,
@@ -557,6 +560,7 @@ class SlackStandIn:
             with self._cond:
                 if ws in self._sockets:
                     self._sockets.remove(ws)
+                self._transports.pop(id(ws), None)
                 self._cond.notify_all()
         return ws
 

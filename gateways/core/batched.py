@@ -51,6 +51,8 @@ from channels.exceptions import ChannelFull
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
+from gateways.core.compat_channels_redis import copies_per_key, group_key
+from gateways.core.compat_redis import local_address
 from gateways.core.layer_classes import SOCKET_TIMEOUT, GatewayRedisChannelLayer
 
 #: Writes a batch of messages; ARGV = expiry, cutoff, then (key index, capacity,
@@ -227,7 +229,7 @@ class BatchedRedisChannelLayer(GatewayRedisChannelLayer):
         copy per Redis key, naming its member channels; members over capacity are
         skipped and logged), in two round trips shared with other sends."""
         assert self.require_valid_group_name(group), "Group name not valid"
-        key = self._group_key(group)
+        key = group_key(self, group)
         pipe = self.connection(0).pipeline(transaction=False)
         pipe.zremrangebyscore(key, min=0, max=int(time.time()) - self.group_expiry)
         pipe.zrange(key, 0, -1)
@@ -235,7 +237,7 @@ class BatchedRedisChannelLayer(GatewayRedisChannelLayer):
         channel_names = [m.decode("utf8") for m in members]
         if not channel_names:
             return
-        _by_connection, messages, capacities = self._map_channel_keys_to_connection(channel_names, message)
+        messages, capacities = copies_per_key(self, channel_names, message)
         keys = list(messages)
         stored = await self._enqueue([(k.decode() if isinstance(k, bytes) else k, capacities[k], messages[k])
                                       for k in keys])
@@ -437,12 +439,7 @@ class BatchedRedisChannelLayer(GatewayRedisChannelLayer):
 
     async def _unblock(self, connections: list[Any]) -> None:
         """``CLIENT UNBLOCK`` the server side of ``connections`` (found by address)."""
-        addresses = set()
-        for connection in connections:
-            writer = getattr(connection, "_writer", None)
-            sockname = writer.get_extra_info("sockname") if writer is not None else None
-            if isinstance(sockname, tuple):
-                addresses.add(f"{sockname[0]}:{sockname[1]}")
+        addresses = {local_address(connection) for connection in connections} - {None}
         if not addresses:
             return
         client = self.connection(0)

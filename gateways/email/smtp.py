@@ -19,6 +19,8 @@ from typing import Any, Awaitable, Callable
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword
 
+from gateways.email import compat_aiosmtpd
+from gateways.email.compat_aiosmtpd import PathParserHook
 from gateways.email.data_section import read_data_section
 from gateways.email.protocol import Envelope, RecipientPolicy, line_ending_problem
 
@@ -97,19 +99,19 @@ _PLAIN_PATH = re.compile(
     r"@(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*))>[ \t]*+(?![(])(.*)", re.DOTALL)
 
 
-class _SessionMixin:
+class _SessionMixin(PathParserHook):
     """Enhanced status codes for aiosmtpd's built-in size answers, counting, a fast path."""
 
     limits: _Limits
     local_part_limit: int
 
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+    def parse_path(self, arg: str) -> tuple[str | None, str | None]:
         # aiosmtpd builds a typing.Protocol class on every call before the full RFC 5322
         # parse: most of the CPU of MAIL and RCPT. A plain <local@domain> path parses to
         # the same address and rest (tests/email/test_smtp_addresses.py compares them).
         plain = _PLAIN_PATH.fullmatch(arg)
         if plain is None:
-            return super()._getaddr(arg)  # type: ignore[misc]
+            return super().parse_path(arg)
         address, rest = plain.group(1), plain.group(2)
         if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
             return None, None
@@ -117,7 +119,7 @@ class _SessionMixin:
 
     async def smtp_DATA(self, arg: str) -> None:
         # aiosmtpd's DATA, with the section read in bulk (gateways/email/data_section.py).
-        if self._decode_data or "DATA" not in self._handle_hooks:  # type: ignore[attr-defined]
+        if not compat_aiosmtpd.hands_raw_data(self):  # type: ignore[arg-type]
             return await super().smtp_DATA(arg)  # type: ignore[misc]
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):  # type: ignore[attr-defined]
             return
@@ -128,22 +130,23 @@ class _SessionMixin:
             return await self.push("501 Syntax: DATA")
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
-            section = await read_data_section(self._reader, self.data_size_limit,  # type: ignore[attr-defined]
+            section = await read_data_section(compat_aiosmtpd.stream_reader(self),  # type: ignore[arg-type]
+                                              self.data_size_limit,  # type: ignore[attr-defined]
                                               self.line_length_limit)  # type: ignore[attr-defined]
         except asyncio.CancelledError:
             log.info("connection lost during DATA")
-            self._writer.close()  # type: ignore[attr-defined]
+            compat_aiosmtpd.close_connection(self)  # type: ignore[arg-type]
             raise
         except asyncio.IncompleteReadError:  # EOF before the end of the section
             log.info("connection closed during DATA")
-            self._writer.close()  # type: ignore[attr-defined]
+            compat_aiosmtpd.close_connection(self)  # type: ignore[arg-type]
             return
         if section.refusal is not None:
-            self._set_post_data_state()  # type: ignore[attr-defined]
+            compat_aiosmtpd.end_transaction(self)  # type: ignore[arg-type]
             return await self.push(section.refusal)
         envelope.content = envelope.original_content = section.content
-        status = await self._call_handler_hook("DATA")  # type: ignore[attr-defined]
-        self._set_post_data_state()  # type: ignore[attr-defined]
+        status = await compat_aiosmtpd.call_data_hook(self)  # type: ignore[arg-type]
+        compat_aiosmtpd.end_transaction(self)  # type: ignore[arg-type]
         await self.push("250 OK" if status is MISSING else status)
 
     async def push(self, status: Any) -> None:

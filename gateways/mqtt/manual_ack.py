@@ -6,10 +6,18 @@ channel layer accepted the message, so this module turns on paho's
 ``manual_ack`` on the client aiomqtt wraps (``Client._client``) and takes
 over ``_on_message`` (to keep the ``dup`` flag aiomqtt drops),
 ``_on_connect`` (to learn whether the broker kept the session) and
-``_on_socket_open`` (to read a burst of packets per wake-up, not one). Those are
-aiomqtt internals: pyproject pins aiomqtt to 2.5.x and paho-mqtt to
-2.1-2.2, :func:`check_versions` refuses others, and tests/mqtt exercises
-this module against a real broker.
+``_on_socket_open`` (to read a burst of packets per wake-up, not one).
+
+The private members used, all of ``aiomqtt.Client`` unless named: ``_client``,
+``_on_message``, ``_on_connect``, ``_on_socket_open``, ``_queue``,
+``_connected``, ``_disconnected``, ``_loop``, ``_misc_loop``, ``_misc_task``;
+paho's ``Client._sock``. Checked against aiomqtt 2.2.0, 2.3.0, 2.3.2, 2.4.0,
+2.5.0 and 2.5.1 with paho-mqtt 2.2 (aiomqtt 2.1 and older call ``_on_connect``
+with paho's first callback API and lose ``session_present``). pyproject allows
+aiomqtt 2.2-2.5 and paho-mqtt 2.1-2.2, :func:`check_versions` refuses others,
+tests/compat/test_compat_aiomqtt.py fails, naming this module, when an
+installed version no longer has what it relies on, and tests/mqtt exercises it
+against a real broker.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.properties import Properties
 
 #: The aiomqtt minor versions whose internals this module was checked against.
-SUPPORTED_AIOMQTT = ((2, 5),)
+SUPPORTED_AIOMQTT = ((2, 2), (2, 3), (2, 4), (2, 5))
 #: The paho-mqtt minor versions whose ``manual_ack``/``ack`` this module uses.
 SUPPORTED_PAHO = ((2, 1), (2, 2))
 #: Most PUBLISH packets read per wake-up of the socket reader (paho reads one per
@@ -37,10 +45,15 @@ def check_versions() -> None:
     paho_version = _paho_version()
     if aiomqtt_version not in SUPPORTED_AIOMQTT or paho_version not in SUPPORTED_PAHO:
         raise RuntimeError(
-            f"gateways.mqtt.manual_ack supports aiomqtt 2.5 with paho-mqtt 2.1/2.2, found aiomqtt "
+            f"gateways.mqtt.manual_ack supports aiomqtt {_minors(SUPPORTED_AIOMQTT)} with paho-mqtt "
+            f"{_minors(SUPPORTED_PAHO)}, found aiomqtt "
             f"{aiomqtt.__version__} and paho-mqtt {'.'.join(map(str, paho_version))}: check the "
             "module against the new versions before widening the pins"
         )
+
+
+def _minors(versions: tuple[tuple[int, int], ...]) -> str:
+    return "/".join(f"{major}.{minor}" for major, minor in versions)
 
 
 def _paho_version() -> tuple[int, ...]:

@@ -131,6 +131,7 @@ def test_bad_layer_scheme():
     assert any("is not a URL with scheme" in p for p in problems("layer:\n  url: http://x/\n"))
 
 
+@pytest.mark.integration
 def test_gateway_check_cli(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("websocket:\n  listen: 127.0.0.1:x\n  routes: []\n")
@@ -141,6 +142,7 @@ def test_gateway_check_cli(tmp_path):
     assert f"{bad}:3: websocket.routes: at least one route is needed" in result.stderr
 
 
+@pytest.mark.integration
 def test_demo_config_is_valid():
     result = subprocess.run([sys.executable, "-m", "gateways", "check", "--config", "config/demo.yaml"],
                             capture_output=True, text=True)

@@ -32,6 +32,7 @@ def test_unknown_choice_is_refused_with_the_variable_named(monkeypatch):
         eventloop.loop_name()
 
 
+@pytest.mark.integration
 def test_cli_refuses_an_unknown_loop_before_starting(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("layer: {url: 'memory://local'}\n"

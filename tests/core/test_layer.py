@@ -135,6 +135,7 @@ def test_stock_capacity_default_is_raised():
     assert LayerConfig().capacity >= 1000
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("url", ["redis://127.0.0.1:1/0"])
 async def test_unreachable_layer_raises_connection_errors_not_hangs(url):
     layer = layer_for(url)

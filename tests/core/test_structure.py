@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("gateways", "consumers", "protocol_specs")
 #: The gateway packages consumers must not import (they may import gateways.core).
@@ -212,6 +214,7 @@ websocket:
 """
 
 
+@pytest.mark.integration
 def test_worker_finds_channels_and_conversations_without_the_protocol_extras():
     """`gateway worker` runs only Django consumers: what it needs of each protocol
     (the channels to consume, the conversation of a message) comes from the

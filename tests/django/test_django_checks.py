@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
+
 from servers import PYTHON, REPO
+
+# Each test runs `manage.py check` or `gateway check` in a process of its own.
+pytestmark = pytest.mark.integration
 
 BROKEN = """\
 layer:

@@ -56,6 +56,7 @@ def test_every_key_is_documented_in_docs_email_md():
     assert keys == documented, f"undocumented: {sorted(keys - documented)}; stale: {sorted(documented - keys)}"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", ["demo.yaml", "email.example.yaml"])
 def test_example_files_are_valid(name, tmp_path):
     # The example names its certificate where a server keeps it, and the check wants

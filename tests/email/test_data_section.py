@@ -88,6 +88,7 @@ async def _transcript(port: int, section: bytes) -> list[bytes]:
     return answers
 
 
+@pytest.mark.integration
 async def test_sections_over_sockets_match_stock_aiosmtpd():
     stock, stock_seen, stock_port = await _serve(SMTP)
     bulk, bulk_seen, bulk_port = await _serve(type("Bulk", (GatewaySMTP,), {"limits": _Limits(100)}))
@@ -135,6 +136,7 @@ async def _feed(reader: asyncio.StreamReader, pieces: list[bytes]) -> None:
         await asyncio.sleep(0)  # let the reader see each piece alone
 
 
+@pytest.mark.integration
 async def test_every_cut_of_the_stream_reads_the_same():
     reference = await _reference()
     for section in SECTIONS:

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import smtplib
 
+import pytest
+
 from email_stack import Layer, Relay, start_gateway, write_config
 from gateways.core.specs import load_schema
 from gateways.email.spool import Spool
 from servers import free_port
 
 SCHEMA = load_schema("email")
+# Every test starts (and restarts) `gateway email` processes.
+pytestmark = pytest.mark.e2e
 
 
 def send(port: int, subject: str) -> None:

@@ -19,6 +19,8 @@ from gateways.core.specs import load_schema
 from servers import gateway_daemon, require_binary, wait_for_port
 
 SCHEMA = load_schema("email")
+# Every test talks to a `gateway email` process.
+pytestmark = pytest.mark.e2e
 MESSAGE = (b"From: you@example.test\r\nTo: inbox@demo.local\r\nSubject: %s\r\n"
            b"Message-ID: <%s@example.test>\r\n\r\nbody\r\n")
 

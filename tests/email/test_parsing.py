@@ -9,6 +9,7 @@ import smtplib
 import time
 
 import msgpack
+import pytest
 
 from corpus import CORPUS
 from email_stack import Layer, start_gateway, write_config
@@ -24,6 +25,7 @@ def as_layer_sees_it(value):
     return msgpack.unpackb(msgpack.packb(value, use_bin_type=True), raw=False)
 
 
+@pytest.mark.integration
 async def test_child_parses_the_corpus_as_parse_message_does():
     parser = ParserProcess()
     await parser.start()
@@ -37,6 +39,7 @@ async def test_child_parses_the_corpus_as_parse_message_does():
         await parser.close()
 
 
+@pytest.mark.integration
 async def test_a_dead_child_means_parsing_in_place_then_a_new_child():
     parser = ParserProcess()
     await parser.start()
@@ -58,6 +61,7 @@ async def test_a_dead_child_means_parsing_in_place_then_a_new_child():
     assert parser._process is None or parser._process.returncode is not None
 
 
+@pytest.mark.e2e
 async def test_gateway_delivers_parsed_mail_without_its_parser_process(redis_server, tmp_path):
     config, port = write_config(tmp_path, redis_server.url)
     gateway = start_gateway(config, port)
@@ -83,6 +87,7 @@ async def test_gateway_delivers_parsed_mail_without_its_parser_process(redis_ser
         assert gateway.stop() == 0, gateway.log()
 
 
+@pytest.mark.integration
 async def test_a_hung_child_is_replaced_and_its_batch_parsed_elsewhere():
     parser = ParserProcess(timeout=1.0)
     await parser.start()

@@ -11,6 +11,9 @@ import pytest
 from email_stack import Layer, start_gateway, write_config
 from servers import require_binary
 
+# Every test talks to a `gateway email` process.
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory):

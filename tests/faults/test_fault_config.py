@@ -14,6 +14,9 @@ import email_stack
 import mqtt_stack
 from servers import PYTHON, REPO, require_binary
 
+# Each test runs the `gateway` command, or starts a daemon in this process.
+pytestmark = pytest.mark.integration
+
 
 def gateway(*argv: str, cwd=None) -> subprocess.CompletedProcess:
     """Run the `gateway` command to its end (a daemon that starts is a failure: the timeout)."""

@@ -19,8 +19,15 @@ from mqtt_stack import (
     wait_for_count,
     write_config,
 )
+from servers import async_wait_until
 
 pytestmark = pytest.mark.e2e
+
+
+async def _taken(reader: LayerReader, channel: str) -> bool:
+    """Whether everything sent on ``channel`` was received (nothing of it left in Redis)."""
+    layer = reader.layer
+    return await layer.connection(layer.consistent_hash(channel)).zcard(layer.prefix + channel) == 0
 
 
 def payloads(messages: list[dict]) -> list[bytes]:
@@ -84,7 +91,7 @@ async def test_redis_stopped_under_qos1_traffic_loses_nothing(tmp_path, mosquitt
     redis.stop()
     mosquitto_pub(mosquitto.port, "load/1", qos=1, lines=while_down)
     wait_for_count(gateway, "layer refused a message", 1)
-    time.sleep(1.0)  # the gateway holds the messages and keeps retrying
+    time.sleep(1.0)  # deliberate: an outage that lasts; the gateway holds the messages and keeps retrying
     assert gateway.proc.poll() is None
     redis.start()
     mosquitto_pub(mosquitto.port, "load/1", qos=1, lines=after)
@@ -130,7 +137,7 @@ async def test_broker_restart_reconnects_and_restores_every_subscription(tmp_pat
         mosquitto.stop()
         await reader.layer.send("mqtt.send", {"type": "mqtt.publish", "topic": "cfg/3", "payload": b"queued",
                                               "qos": 1, "reply_channel": reply, "id": "q"})
-        await asyncio.sleep(0.5)
+        await async_wait_until(lambda: _taken(reader, "mqtt.send"), 30, "the gateway took the publish off the layer")
         mosquitto.start()
         (published,) = await reader.collect(reply, lambda ms: len(ms) >= 1, timeout=60)
         assert published["ok"] and published["id"] == "q"

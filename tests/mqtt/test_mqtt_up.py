@@ -21,6 +21,7 @@ def section(broker: str):
     return parse_config(f"mqtt:\n  broker: {broker}\n", "t.yaml").sections["mqtt"]
 
 
+@pytest.mark.integration
 def test_stack_service_is_mosquitto_on_the_brokers_port(monkeypatch):
     monkeypatch.setattr(mqtt_daemon.shutil, "which", lambda name: f"/usr/sbin/{name}")
     port = free_port()
@@ -29,6 +30,7 @@ def test_stack_service_is_mosquitto_on_the_brokers_port(monkeypatch):
                                                           port)
 
 
+@pytest.mark.integration
 def test_no_mosquitto_says_in_one_line_how_to_add_mqtt(monkeypatch):
     monkeypatch.setattr(mqtt_daemon.shutil, "which", lambda name: None)
     with pytest.raises(StackUnavailable) as info:

@@ -74,6 +74,7 @@ async def test_retries_are_bounded_and_long_retry_after_is_not_waited(standin):
         await api.close()
 
 
+@pytest.mark.integration
 async def test_network_errors_are_retried_then_reported():
     api = WebApi("http://127.0.0.1:9/api/", "xoxb-x", retries=1)  # discard port: refused
     try:
@@ -110,6 +111,7 @@ async def test_redis_dedup_claims_and_records(redis_server):
         await other.close()
 
 
+@pytest.mark.integration
 async def test_redis_dedup_without_redis_lets_events_through():
     store = RedisDedup("redis://127.0.0.1:9/0", "t", ttl=60)
     try:

@@ -24,6 +24,7 @@ class Exploding(WebSocketConsumer):
         await ws.send(text=ws.text)
 
 
+@pytest.mark.integration
 def test_a_handler_exception_fails_a_pytest_test_with_the_handlers_traceback(tmp_path):
     test_file = tmp_path / "test_user_code.py"
     test_file.write_text(textwrap.dedent('''

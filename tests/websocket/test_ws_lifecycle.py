@@ -7,9 +7,10 @@ import sys
 
 import pytest
 import websockets
+import yaml
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from servers import Daemon
+from servers import Daemon, wait_for_group
 from ws_stack import ORIGIN, PROJECT, REPO, start_gateway, start_worker, write_config
 
 pytestmark = pytest.mark.e2e
@@ -66,7 +67,8 @@ async def test_redis_stopped_and_restarted_under_live_connections(private_redis,
                 connect(port, "/chat/r/") as alice, connect(port, "/chat/r/") as bob:
             await idle.send("warm up")
             assert await asyncio.wait_for(idle.recv(), 10) == "warm up"
-            await asyncio.sleep(0.5)
+            prefix = yaml.safe_load(config.read_text())["layer"]["prefix"]
+            await wait_for_group(private_redis.url, prefix, "chat.r", 2)  # both in the room before the outage
             private_redis.stop()
             await talker.send("into the void")
             with pytest.raises(ConnectionClosed):
@@ -139,6 +141,8 @@ async def test_keepalive_closes_a_silent_client_1011_and_keeps_a_live_one(redis_
         async with connect(port, "/auto/", ping_interval=None) as silent, \
                 connect(port, "/auto/", ping_interval=None) as alive:
             silent.transport.pause_reading()  # it can no longer answer the server's pings
+            # Deliberate: several ping rounds (0.3 s apart, 0.5 s to answer) pass unanswered;
+            # nothing the paused client can observe marks them.
             await asyncio.sleep(2.5)
             silent.transport.resume_reading()
             with pytest.raises(ConnectionClosed):
@@ -152,8 +156,6 @@ async def test_keepalive_closes_a_silent_client_1011_and_keeps_a_live_one(redis_
 def _health(config) -> int:
     import urllib.error
     import urllib.request
-
-    import yaml
 
     listen = yaml.safe_load(config.read_text())["websocket"]["health"]["listen"]
     try:

@@ -157,9 +157,10 @@ async def test_per_channel_capacity_patterns_apply(layers):
 async def test_expired_messages_are_dropped_on_the_next_send(layers, redis_server, writer, trimmer):
     side = {"stock": layers("stock", expiry=1), "batched": layers("batched", expiry=1)}
     await side[writer].send("old", {"type": "t", "n": "stale"})
-    # channels_redis trims with whole seconds: a message is gone once
-    # int(now) - expiry passes its score, at most 2 s later.
-    await asyncio.sleep(2.2)
+    sent = time.time()  # the message's score is at most this
+    # channels_redis trims with whole seconds: a message is gone once int(now) -
+    # expiry reaches its score. Deliberate: the clock must pass that, at most 2 s.
+    await async_wait_until(lambda: int(time.time()) - 1 >= sent, 5, "the stale message expired")
     await side[trimmer].send("old", {"type": "t", "n": "fresh"})
     got = await asyncio.wait_for(side[writer].receive("old"), 10)
     assert got == {"type": "t", "n": "fresh"}
