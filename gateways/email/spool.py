@@ -15,19 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateways.core.store import (  # noqa: F401 - the spool's format, named where the spool is
-    DONE_SUFFIX,
-    FORMAT,
-    IDLE_RETIRE,
-    MAX_BATCH,
-    RECORD,
-    RECORD_MAGIC,
-    SEGMENT_MAGIC,
-    SEGMENT_SIZE,
-    GroupCommit,
-    JournalStore,
-    new_id,
-)
+from gateways.core.store import RECORD_MAGIC, SEGMENT_SIZE, GroupCommit, JournalStore, new_id
+
+__all__ = ["RECORD_MAGIC", "GroupCommit", "Spool", "SpoolEntry", "new_id"]
 
 log = logging.getLogger("gateway.email")
 
