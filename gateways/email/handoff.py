@@ -100,9 +100,9 @@ class Handoff:
         self._timers: list[tuple[float, int, str]] = []
         self._timer_seq = 0
         self._timer_wake = asyncio.Event()
-        # A linger's deliveries to one channel go in one send_many, each after a
-        # failed one's reading, parse or build only loses that one.
-        self.layer = LayerHandoff(self._send, log, runtime.metrics, "email", send_many=self._send_many,
+        # A linger's deliveries to one channel go to the layer in one send_many; a
+        # delivery that cannot be read back or built is left out alone.
+        self.to_layer = LayerHandoff(self._send, log, runtime.metrics, "email", send_many=self._send_many,
                                   batch=HANDOFF_BATCH, concurrency=concurrency, linger=linger,
                                   retry_initial=0.2, retry_max=5.0, prepare=self._prepare,
                                   on_failed=self._failed, spawn=runtime.spawn)
@@ -128,7 +128,7 @@ class Handoff:
                          open=set(range(len(entry.deliveries))))
         self.entries[entry.id] = tracked
         # While the layer is down the queue grows: past a point, re-read from the spool instead.
-        raw = entry.raw if len(self.layer) < MAX_QUEUED_RAW else None
+        raw = entry.raw if len(self.to_layer) < MAX_QUEUED_RAW else None
         for index in range(len(entry.deliveries)):
             delivery = _Delivery(tracked, index)
             self.deliveries[delivery.id] = delivery
@@ -167,7 +167,7 @@ class Handoff:
 
     def _queue(self, delivery: _Delivery, raw: bytes | None) -> None:
         channel = delivery.entry.deliveries[delivery.index]["channel"]
-        self.layer.offer(channel, None, ack=self._handed, context=(delivery, raw))
+        self.to_layer.offer(channel, None, ack=self._handed, context=(delivery, raw))
 
     async def _send(self, channel: str, message: dict[str, Any]) -> None:
         await self.runtime.send(channel, message)
@@ -289,4 +289,4 @@ class Handoff:
             return
         message["dead_letter"] = {"channel": message["channel"], "attempts": delivery.attempts,
                                   "spool_path": str(path)}
-        self.layer.offer(self.dead_letter_channel, message, context=delivery)  # retried until taken
+        self.to_layer.offer(self.dead_letter_channel, message, context=delivery)  # retried until taken

@@ -58,7 +58,7 @@ class HandoffPipeline:
         self.inflight = inflight
         self.qos0_backlog = qos0_backlog
         self._qos0_room = Room(qos0_backlog)
-        self.layer = LayerHandoff(send, log, metrics, "mqtt", send_many=send_many, room=Room(inflight),
+        self.to_layer = LayerHandoff(send, log, metrics, "mqtt", send_many=send_many, room=Room(inflight),
                                   batch=batch, max_sends=concurrency, retry_initial=0.05, retry_max=retry_max,
                                   ack_in_order=True, refused_note="PUBACK waits")
         self._dropped = 0
@@ -66,7 +66,7 @@ class HandoffPipeline:
 
     def __len__(self) -> int:
         """Messages received and not yet settled (handed off and acknowledged, or abandoned)."""
-        return len(self.layer)
+        return len(self.to_layer)
 
     async def put(self, topic: str, channel: str, message: dict[str, Any], qos: int,
                   ack: Callable[[], bool], source: object = None) -> bool:
@@ -86,12 +86,12 @@ class HandoffPipeline:
             source: the connection it came on (see :meth:`abandon`).
         """
         if qos == 0:
-            if self.layer.offer(channel, message, key=topic, source=source, context=0,
+            if self.to_layer.offer(channel, message, key=topic, source=source, context=0,
                                 room=self._qos0_room) is None:
                 self._drop(topic)
                 return False
             return True
-        await self.layer.put(channel, message, key=topic, ack=functools.partial(self._puback, ack),
+        await self.to_layer.put(channel, message, key=topic, ack=functools.partial(self._puback, ack),
                              source=source, context=qos)
         return True
 
@@ -122,11 +122,11 @@ class HandoffPipeline:
         Args:
             source: the connection that closed.
         """
-        return self.layer.abandon(source, keep=_qos0)
+        return self.to_layer.abandon(source, keep=_qos0)
 
     async def drained(self) -> None:
         """Wait until every message taken has been settled."""
-        await self.layer.drained()
+        await self.to_layer.drained()
 
 
 def _qos0(item: HandoffItem) -> bool:
