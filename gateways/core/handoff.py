@@ -432,12 +432,12 @@ class LayerHandoff:
         """``item`` can never be handed off: its hand-off is over (and acknowledged: a
         redelivery would fail the same way)."""
         self.metrics.inc(f"{self.prefix}_handoff_invalid_total", "received messages the layer could never take")
-        where = f"{item.key!r}" if item.key is not None else item.channel
+        where = f"from {item.key!r}" if item.key is not None else f"for {item.channel!r}"
         if isinstance(exc, InvalidMessage):
             # A bug of the translation, not a state that retrying can fix.
-            self.log.error("message for %s does not match the spec, not handed off: %s", where, exc)
+            self.log.error("message %s does not match the spec, not handed off: %s", where, exc)
         else:
-            self.log.error("message for %s could not be handed off, dropped: %s: %s", where,
+            self.log.error("message %s could not be handed off, dropped: %s: %s", where,
                            type(exc).__name__, exc)
         item.failed = True
         if self._on_failed is not None:
