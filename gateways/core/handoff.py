@@ -20,7 +20,7 @@ way, and :class:`LayerHandoff` is that way:
   out the backoff and the others to that channel wait for it;
 - *acknowledgement*: an item's ``ack`` runs once its hand-off is over (the
   layer took it, or it can never take it), in arrival order when asked
-  (MQTT's PUBACKs), else at once; :meth:`HandoffItem.settled` awaits the same;
+  (MQTT's PUBACKs), else at once; :meth:`HandoffItem.wait_settled` awaits the same;
 - *drain*: :meth:`LayerHandoff.drain` waits for every item to settle, for at
   most a grace period.
 
