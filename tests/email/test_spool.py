@@ -7,7 +7,6 @@ import asyncio
 import msgpack
 import pytest
 
-from gateways.email import spool as spool_module
 from gateways.email.spool import RECORD_MAGIC, GroupCommit, Spool, SpoolEntry, new_id
 from servers import wait_until
 
@@ -44,9 +43,9 @@ async def test_concurrent_writes_share_records_and_read_back(tmp_path):
     assert spool.read(one.id, dead.name, dead.parent).raw == one.raw and spool.dead_count() == 1
 
 
-async def test_released_segment_is_deleted_once_idle(tmp_path, monkeypatch):
-    monkeypatch.setattr(spool_module, "IDLE_RETIRE", 0.2)
+async def test_released_segment_is_deleted_once_idle(tmp_path):
     spool = opened(tmp_path)
+    spool.idle_retire = 0.2
     entries = [entry(n) for n in range(3)]
     for e in entries:
         spool.write(e)
@@ -59,7 +58,7 @@ async def test_released_segment_is_deleted_once_idle(tmp_path, monkeypatch):
     spool.sweep()
     assert segments(spool) == [entries[0].batch], "the active segment went while still written to"
     assert spool.needs_sweep()
-    wait_until(spool.sweep, 5, "a sweep deleted the released segment once idle past IDLE_RETIRE")
+    wait_until(spool.sweep, 5, "a sweep deleted the released segment once idle past idle_retire")
     assert segments(spool) == [] and list(spool.new.iterdir()) == []
     later = entry(9)
     spool.write(later)  # a fresh segment, from the spare the sweep made ready
