@@ -15,7 +15,9 @@ import signal
 import threading
 from typing import Any, Coroutine
 
+import protocol_specs
 from gateways.core import eventloop
+from gateways.core.backlog import publish_backlog
 from gateways.core.backoff import Backoff
 from gateways.core.config import Config, split_host_port
 from gateways.core.gateway import Gateway
@@ -86,6 +88,7 @@ class Daemon:
         runtime = self.runtime
         if self.section.health.listen:
             self.health_server = HealthServer(runtime.metrics, self._status)
+            publish_backlog(runtime.metrics, runtime.layer, self._consumer_channels())
             await self.health_server.start(*split_host_port(self.section.health.listen))
         await self.gateway.start()
         runtime.spawn(self._probe_layer(), "layer probe")
@@ -175,6 +178,10 @@ class Daemon:
                 runtime.layer_down(exc)
             else:
                 runtime.layer_up()
+
+    def _consumer_channels(self) -> list[str]:
+        routing = protocol_specs.routing(self.gateway.protocol) or type(self.gateway)
+        return list(routing.consumer_channels(self.section))
 
     def _status(self) -> tuple[bool, dict[str, Any]]:
         ok, details = self.gateway.health()
