@@ -19,6 +19,7 @@ from channels.consumer import AsyncConsumer, get_handler_name
 from channels.db import database_sync_to_async
 
 from consumers.send import DEFAULT_TIMEOUT, request
+from gateways.core import tracing
 from gateways.core.describe import describe
 
 logger = logging.getLogger("consumers")
@@ -91,6 +92,12 @@ class GatewayConsumer(AsyncConsumer):
         message (type, ``id`` and protocol key: see
         :func:`gateways.core.describe.describe`).
         """
+        # The message's trace (when tracing is on) is current while it is handled,
+        # so that what the handler sends carries it on.
+        with tracing.consuming(message, self.scope.get("channel")):
+            await self._dispatch(message)
+
+    async def _dispatch(self, message: dict[str, Any]) -> None:
         try:
             handler = getattr(self, get_handler_name(message), None)
         except ValueError:

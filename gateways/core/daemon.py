@@ -16,7 +16,7 @@ import threading
 from typing import Any, Coroutine
 
 import protocol_specs
-from gateways.core import eventloop
+from gateways.core import eventloop, tracing
 from gateways.core.backlog import publish_backlog
 from gateways.core.backoff import Backoff
 from gateways.core.config import Config, split_host_port
@@ -65,6 +65,7 @@ class Daemon:
         self.exit_watchdog = exit_watchdog
         self.runtime = Runtime(config, section, gateway_class.protocol, layer)
         self.gateway = gateway_class(self.runtime, section)
+        tracing.instrument_gateway(self.runtime, self.gateway)
         self.section = section
         self.log = self.runtime.log
         self.health_server: HealthServer | None = None

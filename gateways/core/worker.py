@@ -35,7 +35,7 @@ import sys
 from typing import Any, Hashable
 
 import protocol_specs
-from gateways.core import eventloop, oldconnections, registry
+from gateways.core import eventloop, oldconnections, registry, tracing
 from gateways.core.asgi_host import AsgiHost, track_groups
 from gateways.core.backoff import Backoff
 from gateways.core.config import Config
@@ -90,6 +90,9 @@ def run_worker(config: Config, channels: list[str]) -> int:
     parallel_sync = config.django.parallel_sync if config.django else False
     worker = ConcurrentWorker(get_default_application(), channels, get_channel_layer(), concurrency,
                               parallel_sync=parallel_sync, gateway_layer=gateway_layer(config))
+    if tracing.setup("gateway-worker"):
+        tracing.instrument_layer(worker.layer)
+        tracing.instrument_layer(worker.transport)
     log.info("Running worker for channels %s (%d at once per channel; sync handlers %s)", channels,
              concurrency, "in parallel, a thread per lane" if parallel_sync else "on one thread")
     return eventloop.run(worker.run())
