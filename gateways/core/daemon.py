@@ -64,8 +64,9 @@ class Daemon:
         section = config.sections[gateway_class.protocol]
         self.exit_watchdog = exit_watchdog
         self.runtime = Runtime(config, section, gateway_class.protocol, layer)
+        tracing.instrument_runtime(self.runtime)  # before the gateway keeps a reference to runtime.send
         self.gateway = gateway_class(self.runtime, section)
-        tracing.instrument_gateway(self.runtime, self.gateway)
+        tracing.instrument_gateway(self.gateway)
         self.section = section
         self.log = self.runtime.log
         self.health_server: HealthServer | None = None

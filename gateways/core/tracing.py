@@ -196,14 +196,18 @@ def consuming(message: Any, channel: str | None) -> ContextManager[Any]:
 # Wiring: each replaces bound methods on one object, and only while tracing is on.
 
 
-def instrument_gateway(runtime: Any, gateway: Any) -> None:
-    """Trace a gateway daemon's hand-offs (``runtime.send``/``send_many``) and its
-    handling of consumers' messages (``gateway.handle``)."""
+def instrument_runtime(runtime: Any) -> None:
+    """Trace a gateway daemon's hand-offs (``runtime.send``/``send_many``)."""
     if not setup(f"gateway-{runtime.protocol}"):
         return
     runtime.send = _traced_send(runtime.send)
     runtime.send_many = _traced_send_many(runtime.send_many)
-    gateway.handle = _traced_handle(gateway.handle)
+
+
+def instrument_gateway(gateway: Any) -> None:
+    """Trace a gateway's handling of consumers' messages (``gateway.handle``)."""
+    if _tracer is not None:
+        gateway.handle = _traced_handle(gateway.handle)
 
 
 def instrument_layer(layer: Any) -> None:

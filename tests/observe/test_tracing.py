@@ -1,6 +1,6 @@
-"""One trace per message: a WebSocket frame through a real gateway, the layer
-and a real `gateway worker`, and the echo going out, as the spans both
-processes export (to a file each, one JSON object per line)."""
+"""One trace per message: a WebSocket frame (an MQTT message) through a real
+gateway, the layer and a real `gateway worker`, and the echo going out, as the
+spans both processes export (to a file each, one JSON object per line)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,14 @@ from pathlib import Path
 
 import pytest
 import websockets
+import yaml
 
 from gateways.core import tracing
-from servers import PYTHON, Daemon, gateway_daemon, wait_for_port, wait_until
+from servers import PYTHON, REPO, Daemon, gateway_daemon, wait_for_port, wait_until
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "websocket"))
+TESTS = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(TESTS / "websocket"), str(TESTS / "mqtt")]
+import mqtt_stack  # noqa: E402
 from ws_stack import CHANNELS, ORIGIN, write_config  # noqa: E402
 
 
@@ -24,6 +27,25 @@ def spans(path: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _chain(gateway_spans: Path, worker_spans: Path, channel: str, inbound: str,
+           outbound: str) -> tuple[dict, dict, dict]:
+    """Wait for the hand-off of ``inbound`` on ``channel``, the worker's span of it and the
+    gateway's span of ``outbound`` going out, each the child of the one before."""
+    handoff = wait_until(lambda: [s for s in spans(gateway_spans) if s["name"] == f"send {channel}"
+                                  and s["attributes"].get("gateway.message.type") == inbound],
+                         15, f"the gateway's span of the {inbound} hand-off")[0]
+    trace_id = handoff["context"]["trace_id"]
+    processed = wait_until(lambda: [s for s in spans(worker_spans) if s["name"] == f"process {channel}"
+                                    and s["context"]["trace_id"] == trace_id],
+                           15, "the worker's span in the same trace")[0]
+    delivered = wait_until(lambda: [s for s in spans(gateway_spans) if s["name"] == f"deliver {outbound}"
+                                    and s["context"]["trace_id"] == trace_id],
+                           15, f"the gateway's span of the {outbound} going out, in the same trace")[0]
+    assert processed["parent_id"] == handoff["context"]["span_id"]
+    assert delivered["parent_id"] == processed["context"]["span_id"]
+    return handoff, processed, delivered
 
 
 def test_tracing_is_off_without_the_environment_asking():
@@ -45,28 +67,44 @@ async def test_a_frame_and_its_echo_share_one_trace(redis_server, tmp_path):
         async with websockets.connect(f"ws://127.0.0.1:{port}/echo/", origin=ORIGIN, open_timeout=15) as ws:
             await ws.send("traced frame")
             assert await asyncio.wait_for(ws.recv(), 15) == "traced frame"
-        handoff = await asyncio.to_thread(wait_until, lambda: [
-            s for s in spans(gateway_spans)
-            if s["name"] == "send websocket.echo" and s["attributes"].get("gateway.message.type") == "websocket.receive"
-        ], 15, "the gateway's span of the frame's hand-off")
-        trace_id = handoff[0]["context"]["trace_id"]
-        processed = await asyncio.to_thread(wait_until, lambda: [
-            s for s in spans(worker_spans)
-            if s["name"] == "process websocket.echo" and s["context"]["trace_id"] == trace_id
-        ], 15, "the worker's span of the frame, in the frame's trace")
-        delivered = await asyncio.to_thread(wait_until, lambda: [
-            s for s in spans(gateway_spans)
-            if s["name"] == "deliver websocket.send" and s["context"]["trace_id"] == trace_id
-        ], 15, "the gateway's span of the echo going out, in the frame's trace")
-        # A chain, not three spans that merely share an id.
-        assert processed[0]["parent_id"] == handoff[0]["context"]["span_id"]
-        assert delivered[0]["parent_id"] == processed[0]["context"]["span_id"]
-        assert handoff[0]["kind"] == "SpanKind.PRODUCER"
-        assert handoff[0]["resource"]["attributes"]["service.name"] == "gateway-websocket"
-        assert processed[0]["resource"]["attributes"]["service.name"] == "gateway-worker"
+        handoff, processed, _ = await asyncio.to_thread(_chain, gateway_spans, worker_spans, "websocket.echo",
+                                                        "websocket.receive", "websocket.send")
+        trace_id = handoff["context"]["trace_id"]
+        assert handoff["kind"] == "SpanKind.PRODUCER"
+        assert handoff["resource"]["attributes"]["service.name"] == "gateway-websocket"
+        assert processed["resource"]["attributes"]["service.name"] == "gateway-worker"
         # Each message its own trace: the connect was another one.
         connects = [s for s in spans(gateway_spans) if s["attributes"].get("gateway.message.type") == "websocket.connect"]
         assert connects and all(s["context"]["trace_id"] != trace_id for s in connects)
     finally:
         worker.stop()
         gateway.stop()
+
+
+@pytest.mark.e2e
+def test_an_mqtt_message_and_its_echo_share_one_trace(redis_server, mosquitto, tmp_path):
+    config = mqtt_stack.write_config(tmp_path, redis_server.url, mosquitto.url,
+                                     [{"filter": "echo/#", "qos": 1, "channel": "mqtt.echo"}])
+    settings = yaml.safe_load(config.read_text())
+    settings["django"]["path"] = [str(REPO / "example")]  # the stack's path is relative to tests/
+    config.write_text(yaml.safe_dump(settings))
+    gateway_spans, worker_spans = tmp_path / "gateway.jsonl", tmp_path / "worker.jsonl"
+    started = []
+    try:
+        worker = Daemon("gateway-worker", [PYTHON, "-m", "gateways", "worker", "--config", str(config), "mqtt.echo"],
+                        env={"DEMO_DATABASE": str(tmp_path / "db.sqlite3"),
+                             tracing.FILE_VARIABLE: str(worker_spans)})
+        started.append(worker)
+        worker.wait_for_log("Running worker for channels", timeout=30)
+        gateway = gateway_daemon("mqtt", config, env={tracing.FILE_VARIABLE: str(gateway_spans)})
+        started.append(gateway)
+        mqtt_stack.wait_for_count(gateway, "subscribed to", 1)
+        subscriber = mqtt_stack.Subscriber(mosquitto.port, "echo-reply/#")
+        started.append(subscriber)
+        subscriber.ready("echo-reply/probe")
+        mqtt_stack.mosquitto_pub(mosquitto.port, "echo/traced", "traced", 1)
+        subscriber.wait_for(lambda lines: any(line.startswith("echo-reply/traced|") for line in lines))
+        _chain(gateway_spans, worker_spans, "mqtt.echo", "mqtt.publish", "mqtt.publish")
+    finally:
+        for process in reversed(started):
+            process.close() if hasattr(process, "close") else process.stop()
