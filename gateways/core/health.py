@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Callable
-
-from aiohttp import web
+from typing import TYPE_CHECKING, Callable
 
 from gateways.core.metrics import CONTENT_TYPE, Metrics
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 
 class HealthServer:
@@ -30,6 +31,9 @@ class HealthServer:
 
     async def start(self, host: str, port: int) -> None:
         """Listen on ``host:port``."""
+        # Imported here: a daemon without the endpoint does not pay aiohttp's import.
+        from aiohttp import web
+
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
@@ -45,10 +49,14 @@ class HealthServer:
             self.runner = None
 
     async def _healthz(self, _request: web.Request) -> web.Response:
+        from aiohttp import web
+
         healthy, details = self.status()
         return web.Response(status=200 if healthy else 503, headers={"Content-Type": "application/json"},
                             body=json.dumps({"healthy": healthy, **details}).encode())
 
     async def _metrics(self, _request: web.Request) -> web.Response:
+        from aiohttp import web
+
         body = await self.metrics.scrape()
         return web.Response(body=body.encode(), headers={"Content-Type": CONTENT_TYPE})
