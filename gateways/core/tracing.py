@@ -257,8 +257,11 @@ def _traced_send_many(send_many: Callable[..., Awaitable[int]]) -> Callable[...,
             try:
                 return await send_many(channel, carried)
             except BaseException as exc:
+                from opentelemetry.trace import Status, StatusCode
+
                 for span in spans:
                     span.record_exception(exc)
+                    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
                 raise
             finally:
                 _batch_spans.reset(token)
