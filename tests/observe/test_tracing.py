@@ -1,11 +1,12 @@
-"""One trace per message: a WebSocket frame (an MQTT message) through a real
-gateway, the layer and a real `gateway worker`, and the echo going out, as the
-spans both processes export (to a file each, one JSON object per line)."""
+"""One trace per message: a WebSocket frame (an MQTT message, a mail) through a
+real gateway, the layer and a real `gateway worker`, and the echo going out, as
+the spans both processes export (to a file each, one JSON object per line)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import smtplib
 import sys
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from gateways.core import tracing
 from servers import PYTHON, REPO, Daemon, gateway_daemon, wait_for_port, wait_until
 
 TESTS = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(TESTS / "websocket"), str(TESTS / "mqtt")]
+sys.path[:0] = [str(TESTS / "websocket"), str(TESTS / "mqtt"), str(TESTS / "email")]
+import email_stack  # noqa: E402
 import mqtt_stack  # noqa: E402
 from ws_stack import CHANNELS, ORIGIN, write_config  # noqa: E402
 
@@ -108,3 +110,27 @@ def test_an_mqtt_message_and_its_echo_share_one_trace(redis_server, mosquitto, t
     finally:
         for process in reversed(started):
             process.close() if hasattr(process, "close") else process.stop()
+
+
+@pytest.mark.e2e
+def test_a_mail_and_its_answer_share_one_trace(redis_server, tmp_path):
+    relay = email_stack.Relay().start()
+    config, port = email_stack.write_config(tmp_path, redis_server.url, django=True, relay=relay.url)
+    gateway_spans, worker_spans = tmp_path / "gateway.jsonl", tmp_path / "worker.jsonl"
+    gateway = gateway_daemon("email", config, env={tracing.FILE_VARIABLE: str(gateway_spans)})
+    worker = Daemon("gateway-worker", [PYTHON, "-m", "gateways", "worker", "--config", str(config),
+                                       "email.receive"],
+                    env={"DEMO_DATABASE": str(tmp_path / "db.sqlite3"), tracing.FILE_VARIABLE: str(worker_spans)})
+    try:
+        wait_for_port(port, timeout=30)
+        worker.wait_for_log("Running worker for channels", timeout=30)
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            client.sendmail("you@example.test", ["echo@demo.local"],
+                            b"From: you@example.test\r\nSubject: traced\r\n\r\nbody\r\n")
+        relay.handler.wait_for(1, timeout=60)
+        # The mail goes to the layer in a batch (send_many): its span is still its own.
+        _chain(gateway_spans, worker_spans, "email.receive", "email.receive", "email.send")
+    finally:
+        worker.stop()
+        gateway.stop()
+        relay.stop()
