@@ -1,6 +1,7 @@
-"""One trace per message: a WebSocket frame (an MQTT message, a mail) through a
-real gateway, the layer and a real `gateway worker`, and the echo going out, as
-the spans both processes export (to a file each, one JSON object per line)."""
+"""One trace per message: a WebSocket frame (an MQTT message, a mail, a Slack
+message) through a real gateway, the layer and a real `gateway worker`, and the
+echo going out, as the spans both processes export (to a file each, one JSON
+object per line)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import json
 import smtplib
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,8 @@ TESTS = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(TESTS / "websocket"), str(TESTS / "mqtt"), str(TESTS / "email")]
 import email_stack  # noqa: E402
 import mqtt_stack  # noqa: E402
+from slack.stack import write_config as slack_config  # noqa: E402
+from slack.standin import SlackStandIn, event_callback, message_event  # noqa: E402
 from ws_stack import CHANNELS, ORIGIN, write_config  # noqa: E402
 
 
@@ -134,3 +138,25 @@ def test_a_mail_and_its_answer_share_one_trace(redis_server, tmp_path):
         worker.stop()
         gateway.stop()
         relay.stop()
+
+
+@pytest.mark.e2e
+def test_a_slack_message_and_its_answer_share_one_trace(redis_server, tmp_path):
+    standin = SlackStandIn().start()
+    config = slack_config(tmp_path, redis_server.url, standin, f"tr{uuid.uuid4().hex[:8]}")
+    gateway_spans, worker_spans = tmp_path / "gateway.jsonl", tmp_path / "worker.jsonl"
+    gateway = gateway_daemon("slack", config, env={tracing.FILE_VARIABLE: str(gateway_spans)})
+    worker = Daemon("gateway-worker", [PYTHON, "-m", "gateways", "worker", "--config", str(config),
+                                       "slack.receive"],
+                    env={"DEMO_DATABASE": str(tmp_path / "db.sqlite3"), tracing.FILE_VARIABLE: str(worker_spans)})
+    try:
+        standin.wait_connections(1, timeout=30)
+        gateway.wait_for_log("Socket Mode connected", timeout=30)
+        worker.wait_for_log("Running worker for channels", timeout=30)
+        standin.send_envelope("events_api", event_callback(message_event("CTRACED", "echo traced")))
+        standin.wait_call("chat.postMessage", channel="CTRACED", text="traced")
+        _chain(gateway_spans, worker_spans, "slack.receive", "slack.message", "slack.send")
+    finally:
+        worker.stop()
+        gateway.stop()
+        standin.stop()
