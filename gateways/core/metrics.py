@@ -19,7 +19,6 @@ import threading
 from typing import Any, Awaitable, Callable, Union
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import disable_created_metrics
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 #: The exposition's Content-Type.
@@ -34,10 +33,18 @@ SCRAPE_TIMEOUT = 2.0
 #: A scrape-time callback: gets the :class:`Metrics`, sets gauges on it; may be ``async``.
 ScrapeCallback = Callable[["Metrics"], Union[None, Awaitable[None]]]
 
-# `<name>_created` doubles the series count and no dashboard of ours reads it.
-disable_created_metrics()
-
 log = logging.getLogger("gateway.metrics")
+
+
+class _Registry(CollectorRegistry):
+    """A registry without the ``<name>_created`` series: they would double the
+    series count and nothing reads them. (The library's switch for that is
+    process-wide, and the worker's process is the Django project's too.)"""
+
+    def collect(self) -> Any:
+        for metric in super().collect():
+            metric.samples = [sample for sample in metric.samples if not sample.name.endswith("_created")]
+            yield metric
 
 
 class Metrics:
@@ -49,7 +56,7 @@ class Metrics:
 
     def __init__(self, namespace: str = "gateway") -> None:
         self.namespace = namespace
-        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry = _Registry(auto_describe=False)
         self._series: dict[str, tuple[Any, tuple[str, ...]]] = {}
         self._lock = threading.Lock()
         self._on_scrape: list[ScrapeCallback] = []
