@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import smtplib
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -160,3 +162,27 @@ def test_a_slack_message_and_its_answer_share_one_trace(redis_server, tmp_path):
         worker.stop()
         gateway.stop()
         standin.stop()
+
+
+def test_without_the_extra_tracing_stays_off_and_says_why(tmp_path):
+    """The environment asks for tracing where opentelemetry cannot be imported:
+    a warning naming the extra, and nothing wrapped."""
+    script = (
+        "import logging, sys\n"
+        "sys.modules['opentelemetry'] = None  # as if the extra were not installed\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        "from gateways.core import tracing\n"
+        "class Runtime:\n"
+        "    protocol = 'websocket'\n"
+        "    async def send(self, channel, message): pass\n"
+        "runtime = Runtime()\n"
+        "tracing.instrument_runtime(runtime)\n"
+        "print('enabled', tracing.enabled(), 'wrapped', 'send' in vars(runtime))\n"
+    )
+    result = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, timeout=60, cwd=REPO,
+                            env={**os.environ, "OTEL_TRACES_EXPORTER": "console",
+                                 tracing.FILE_VARIABLE: str(tmp_path / "spans.jsonl")})
+    assert result.returncode == 0, result.stderr
+    assert "enabled False wrapped False" in result.stdout
+    assert "channels-gateways[otel]" in result.stderr
+    assert not (tmp_path / "spans.jsonl").exists()
