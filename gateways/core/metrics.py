@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 import threading
 from typing import Any, Awaitable, Callable, Union
 
@@ -50,19 +51,28 @@ class _Registry(CollectorRegistry):
 class Metrics:
     """A registry of named series.
 
+    A call that names a series with another kind or other label names than
+    its first use is a bug: it raises :class:`ValueError` when ``strict``,
+    and otherwise is logged (once per series) and dropped, so that a metric
+    never costs a message.
+
     Args:
         namespace: prefix of every metric name, e.g. ``gateway``.
+        strict: raise on such calls (default: when ``GATEWAY_STRICT=1``, as in the tests).
     """
 
-    def __init__(self, namespace: str = "gateway") -> None:
+    def __init__(self, namespace: str = "gateway", strict: bool | None = None) -> None:
         self.namespace = namespace
+        self.strict = os.environ.get("GATEWAY_STRICT") == "1" if strict is None else strict
+        self._misused: set[str] = set()
         self.registry = _Registry(auto_describe=False)
         self._series: dict[str, tuple[Any, tuple[str, ...]]] = {}
         self._lock = threading.Lock()
         self._on_scrape: list[ScrapeCallback] = []
 
     def _metric(self, kind: type, name: str, help_text: str, labels: dict[str, str]) -> Any:
-        """The child of series ``name`` for ``labels``, declaring the series on first use."""
+        """The child of series ``name`` for ``labels``, declaring the series on first use
+        (``None`` for a misuse that is not raised)."""
         names = tuple(sorted(labels))
         known = self._series.get(name)
         if known is None:
@@ -76,27 +86,43 @@ class Metrics:
                                   registry=self.registry, **options)
                     known = self._series[name] = (metric, names)
         metric, declared = known
+        problem = None
         if not isinstance(metric, kind):
-            raise ValueError(f"metric {name!r} is a {type(metric).__name__}, not a {kind.__name__}")
-        if declared != names:
-            raise ValueError(f"metric {name!r} has labels {declared}, not {names}")
-        return metric.labels(**{k: str(v) for k, v in labels.items()}) if names else metric
+            problem = f"metric {name!r} is a {type(metric).__name__}, not a {kind.__name__}"
+        elif declared != names:
+            problem = f"metric {name!r} has labels {declared}, not {names}"
+        if problem is None:
+            return metric.labels(**{k: str(v) for k, v in labels.items()}) if names else metric
+        if self.strict:
+            raise ValueError(problem)
+        if name not in self._misused:
+            self._misused.add(name)
+            log.error("%s: sample dropped (logged once)", problem)
+        return None
 
     def inc(self, name: str, help_text: str = "", amount: float = 1, **labels: str) -> None:
         """Add ``amount`` to counter ``name`` with ``labels``."""
-        self._metric(Counter, name, help_text, labels).inc(amount)
+        series = self._metric(Counter, name, help_text, labels)
+        if series is not None:
+            series.inc(amount)
 
     def set(self, name: str, value: float, help_text: str = "", **labels: str) -> None:
         """Set gauge ``name`` to ``value``."""
-        self._metric(Gauge, name, help_text, labels).set(value)
+        series = self._metric(Gauge, name, help_text, labels)
+        if series is not None:
+            series.set(value)
 
     def add(self, name: str, amount: float, help_text: str = "", **labels: str) -> None:
         """Move gauge ``name`` by ``amount``."""
-        self._metric(Gauge, name, help_text, labels).inc(amount)
+        series = self._metric(Gauge, name, help_text, labels)
+        if series is not None:
+            series.inc(amount)
 
     def observe(self, name: str, seconds: float, help_text: str = "", **labels: str) -> None:
         """Record ``seconds`` in histogram ``name``."""
-        self._metric(Histogram, name, help_text, labels).observe(seconds)
+        series = self._metric(Histogram, name, help_text, labels)
+        if series is not None:
+            series.observe(seconds)
 
     def clear(self, name: str) -> None:
         """Drop every labelled series of ``name`` (a scrape-time gauge whose label

@@ -42,11 +42,20 @@ def test_series_render_with_labels_and_two_registries_keep_apart():
     assert two.value("messages_in_total", type="websocket.receive") == 0
 
 
-def test_a_series_keeps_its_label_names():
-    metrics = Metrics()
-    metrics.inc("handoff_failures_total", "refused", reason="full", type="x")
+def test_a_series_keeps_its_kind_and_label_names(caplog):
+    strict = Metrics(strict=True)
+    strict.inc("handoff_failures_total", "refused", reason="full", type="x")
     with pytest.raises(ValueError, match="labels"):
-        metrics.inc("handoff_failures_total", "refused", reason="full")
+        strict.inc("handoff_failures_total", "refused", reason="full")
+    with pytest.raises(ValueError, match="not a Gauge"):
+        strict.set("handoff_failures_total", 1, reason="full", type="x")
+    lenient = Metrics(strict=False)
+    lenient.inc("handoff_failures_total", "refused", reason="full", type="x")
+    lenient.inc("handoff_failures_total", "refused", reason="full")
+    lenient.inc("handoff_failures_total", "refused", reason="full")
+    assert lenient.value("handoff_failures_total", reason="full", type="x") == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "metric 'handoff_failures_total' has labels ('reason', 'type'), not ('reason',): sample dropped (logged once)"]
 
 
 async def test_scrape_runs_collectors_and_survives_a_broken_one():
