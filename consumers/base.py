@@ -20,6 +20,7 @@ from channels.db import database_sync_to_async
 
 from consumers.failures import RETRIES_SCOPE_KEY, PermanentFailure
 from consumers.send import DEFAULT_TIMEOUT, request
+from gateways.core import tracing
 from gateways.core.describe import describe
 
 logger = logging.getLogger("consumers")
@@ -99,6 +100,12 @@ class GatewayConsumer(AsyncConsumer):
         message (type, ``id`` and protocol key: see
         :func:`gateways.core.describe.describe`).
         """
+        # The message's trace (when tracing is on) is current while it is handled,
+        # so that what the handler sends carries it on.
+        with tracing.consuming(message, self.scope.get("channel")):
+            await self._dispatch(message)
+
+    async def _dispatch(self, message: dict[str, Any]) -> None:
         try:
             handler = getattr(self, get_handler_name(message), None)
         except ValueError:

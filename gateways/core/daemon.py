@@ -15,7 +15,9 @@ import threading
 import time
 from typing import Any, Coroutine
 
-from gateways.core import eventloop
+import protocol_specs
+from gateways.core import eventloop, tracing
+from gateways.core.backlog import publish_backlog
 from gateways.core.backoff import Backoff, receive_with_backoff
 from gateways.core.config import Config, split_host_port
 from gateways.core.deadletters import DeadLetterGauges, describe_error
@@ -65,7 +67,9 @@ class Daemon:
         self.exit_watchdog = exit_watchdog
         self.runtime = Runtime(config, section, gateway_class.protocol, layer,
                                load_schema(gateway_class.protocol, gateway_class.specs_dir))
+        tracing.instrument_runtime(self.runtime)  # before the gateway keeps a reference to runtime.send
         self.gateway = gateway_class(self.runtime, section)
+        tracing.instrument_gateway(self.gateway)
         self.section = section
         self.log = self.runtime.log
         self.health_server: HealthServer | None = None
@@ -83,8 +87,10 @@ class Daemon:
         """Start the gateway, its receive loops and the health endpoint."""
         runtime = self.runtime
         if self.section.health.listen:
-            gauges = DeadLetterGauges(runtime.dead_letters, runtime.metrics) if runtime.dead_letters else None
-            self.health_server = HealthServer(runtime.metrics, self._status, gauges.refresh if gauges else None)
+            self.health_server = HealthServer(runtime.metrics, self._status)
+            if runtime.dead_letters is not None:
+                runtime.metrics.on_scrape(DeadLetterGauges(runtime.dead_letters, runtime.metrics).refresh)
+            publish_backlog(runtime.metrics, runtime.layer, self._consumer_channels())
             await self.health_server.start(*split_host_port(self.section.health.listen))
         await self.gateway.start()
         runtime.spawn(self._probe_layer(), "layer probe")
@@ -176,6 +182,10 @@ class Daemon:
                 runtime.layer_down(exc)
             else:
                 runtime.layer_up()
+
+    def _consumer_channels(self) -> list[str]:
+        routing = protocol_specs.routing(self.gateway.protocol) or type(self.gateway)
+        return list(routing.consumer_channels(self.section))
 
     def _status(self) -> tuple[bool, dict[str, Any]]:
         ok, details = self.gateway.health()

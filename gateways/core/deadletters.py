@@ -396,7 +396,7 @@ class DeadLetterGauges:
         self._read_at = float("-inf")
         self._channels: set[str] = set()
 
-    async def refresh(self) -> None:
+    async def refresh(self, _metrics: Any = None) -> None:
         """Set the gauges from the store, unless the last reading is recent."""
         now = time.monotonic()
         if now - self._read_at < self.max_age:

@@ -1,64 +1,62 @@
-"""The optional HTTP endpoint: ``/healthz`` and Prometheus ``/metrics``."""
+"""The optional HTTP endpoint: ``/healthz`` and Prometheus ``/metrics``, on aiohttp."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from typing import Awaitable, Callable
+from typing import TYPE_CHECKING, Callable
 
-from gateways.core.metrics import Metrics
+from gateways.core.metrics import CONTENT_TYPE, Metrics
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 
 class HealthServer:
-    """A minimal HTTP/1.1 server for two GET paths.
+    """An HTTP server for two GET paths.
+
+    ``/healthz`` answers 200 when healthy and 503 when not, with the JSON
+    ``{"healthy": ..., **details}``; ``/metrics`` runs the scrape-time
+    collectors and answers the exposition text. Any other path is 404, any
+    other method 405.
 
     Args:
         metrics: the registry ``/metrics`` renders.
         status: returns ``(healthy, details)`` for ``/healthz`` (503 when not healthy).
-        refresh: awaited before ``/metrics`` renders, for gauges read at scrape time.
     """
 
-    def __init__(self, metrics: Metrics, status: Callable[[], tuple[bool, dict]],
-                 refresh: Callable[[], Awaitable[None]] | None = None) -> None:
+    def __init__(self, metrics: Metrics, status: Callable[[], tuple[bool, dict]]) -> None:
         self.metrics = metrics
         self.status = status
-        self.refresh = refresh
-        self.server: asyncio.Server | None = None
+        self.runner: web.AppRunner | None = None
 
     async def start(self, host: str, port: int) -> None:
         """Listen on ``host:port``."""
-        self.server = await asyncio.start_server(self._serve, host, port)
+        # Imported here: a daemon without the endpoint does not pay aiohttp's import.
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics)
+        # No access log: a scraper every few seconds would drown the daemon's own lines.
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, host, port).start()
 
     async def close(self) -> None:
         """Stop listening."""
-        if self.server:
-            self.server.close()
-            await self.server.wait_closed()
+        if self.runner:
+            await self.runner.cleanup()
+            self.runner = None
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            method, path, *_ = request.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
-            path = path.split("?", 1)[0]
-            if method != "GET":
-                status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
-            elif path == "/metrics":
-                status, ctype = "200 OK", "text/plain; version=0.0.4"
-                if self.refresh is not None:
-                    await self.refresh()
-                body = self.metrics.render().encode()
-            elif path == "/healthz":
-                healthy, details = self.status()
-                status = "200 OK" if healthy else "503 Service Unavailable"
-                ctype, body = "application/json", json.dumps({"healthy": healthy, **details}).encode()
-            else:
-                status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
-            writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n".encode() + body
-            )
-            await writer.drain()
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError, ValueError):
-            pass
-        finally:
-            writer.close()
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        from aiohttp import web
+
+        healthy, details = self.status()
+        return web.Response(status=200 if healthy else 503, headers={"Content-Type": "application/json"},
+                            body=json.dumps({"healthy": healthy, **details}).encode())
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        from aiohttp import web
+
+        body = await self.metrics.scrape()
+        return web.Response(body=body.encode(), headers={"Content-Type": CONTENT_TYPE})

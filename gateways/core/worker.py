@@ -38,7 +38,7 @@ import sys
 from typing import Any, Hashable
 
 import protocol_specs
-from gateways.core import eventloop, oldconnections, registry
+from gateways.core import eventloop, oldconnections, registry, tracing
 from gateways.core.asgi_host import AsgiHost, track_groups
 from gateways.core.backoff import Backoff
 from gateways.core.config import Config, RetryConfig, WorkerConfig
@@ -98,6 +98,9 @@ def run_worker(config: Config, channels: list[str]) -> int:
     worker = ConcurrentWorker(get_default_application(), channels, layer, concurrency,
                               parallel_sync=parallel_sync, gateway_layer=transport, retries=config.worker,
                               dead_letters=DeadLetters(dead_letter_store(config), transport or layer, settle))
+    if tracing.setup("gateway-worker"):
+        tracing.instrument_layer(worker.layer)
+        tracing.instrument_layer(worker.transport)
     log.info("Running worker for channels %s (%d at once per channel; sync handlers %s)", channels,
              concurrency, "in parallel, a thread per lane" if parallel_sync else "on one thread")
     return eventloop.run(worker.run())
