@@ -92,6 +92,7 @@ async def test_retry_re_delivers_on_the_layer_and_removes_the_entry(config):
         await layer.close_pools()
 
 
+@pytest.mark.integration
 def test_bad_config_and_unreachable_redis(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("layer:\n  url: redis://127.0.0.1:1/0\ndead_letters:\n  max_entries: 0\n")

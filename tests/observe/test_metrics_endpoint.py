@@ -80,6 +80,7 @@ async def test_scrape_runs_collectors_and_survives_a_broken_one():
                                                            "<locals>.broken") == 2
 
 
+@pytest.mark.integration
 async def test_endpoint_answers_healthz_metrics_404_and_405():
     metrics = Metrics()
     metrics.inc("messages_in_total", "messages handed to the layer", type="t")

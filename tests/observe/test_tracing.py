@@ -164,6 +164,7 @@ def test_a_slack_message_and_its_answer_share_one_trace(redis_server, tmp_path):
         standin.stop()
 
 
+@pytest.mark.integration
 def test_without_the_extra_tracing_stays_off_and_says_why(tmp_path):
     """The environment asks for tracing where opentelemetry cannot be imported:
     a warning naming the extra, and nothing wrapped."""

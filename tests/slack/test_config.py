@@ -45,6 +45,7 @@ def test_outbound_channel_is_a_deprecated_name_of_send_channel(caplog):
     assert any("slack.outbound_channel: deprecated name of slack.send_channel, which is also set" in p for p in both)
 
 
+@pytest.mark.integration
 def test_gateway_check_warns_of_the_deprecated_key(tmp_path):
     path = tmp_path / "old.yaml"
     path.write_text("slack:\n  outbound_channel: slack.out\n")

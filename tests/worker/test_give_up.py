@@ -7,6 +7,8 @@ store is a real Redis client pointed at a port where no server listens.
 
 from __future__ import annotations
 
+import pytest
+
 import asyncio
 import logging
 import uuid
@@ -41,6 +43,7 @@ def settle(message):
     return message["reply_channel"], {"type": "email.ack", "id": message["id"]}
 
 
+@pytest.mark.integration
 async def test_an_unreachable_store_leaves_an_error_line_with_the_traceback_and_no_ack(caplog):
     store = DeadLetterStore(aioredis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=2))
     dead_letters = DeadLetters(store, LAYER, settle)

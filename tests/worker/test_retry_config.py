@@ -72,6 +72,7 @@ def test_nonsense_is_reported_at_its_line():
     assert len(info.value.problems) == len(EXPECTED), text
 
 
+@pytest.mark.integration
 def test_gateway_check_rejects_it(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(BAD)

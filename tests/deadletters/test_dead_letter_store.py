@@ -149,6 +149,7 @@ async def test_encrypted_layer_encrypts_entries_at_rest(redis_server):
         await store.close()
 
 
+@pytest.mark.integration
 async def test_entries_survive_a_restart_of_redis_with_persistence():
     server = AofRedis().start()
     prefix = f"dl{uuid.uuid4().hex[:8]}"
@@ -222,6 +223,7 @@ async def test_gauges_keep_their_values_when_redis_is_unreachable(redis_server):
         await store.close()
 
 
+@pytest.mark.integration
 async def test_a_sentinel_layer_url_reaches_the_master():
     """``sentinel://`` as the layer uses it: the store asks the sentinel for the master."""
     import redis
