@@ -27,7 +27,7 @@ import yaml
 from gateways.core.config import load_config
 from gateways.core.deadletters import DeadLetterStore
 from gateways.core.layer import build_layer
-from servers import PYTHON, REPO, Daemon, free_port, gateway_daemon, listening_gateway
+from servers import PYTHON, REPO, Daemon, async_wait_until, free_port, gateway_daemon, listening_gateway
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "mqtt"))
 from mqtt_stack import mosquitto_pub, wait_for_count  # noqa: E402
@@ -219,6 +219,9 @@ async def test_the_last_failed_attempt_dead_letters_with_the_traceback(stack):
         await asyncio.sleep(0.05)
     assert entry is not None, worker.log()
     assert entry.attempts == 4 and "RuntimeError: c-0 fails every time (on purpose)" in entry.error
+    # The give-up line is written once the store took the entry: wait for it, not for the entry.
+    gave_up = f"after 4 attempt(s); dead-lettered as {entry.id}"
+    await async_wait_until(lambda: gave_up in worker.log(), 10, "the give-up log line")
     log = worker.log()
     for n in (1, 2, 3):
         assert f"work id=w-always reply_channel=answers (conversation c), attempt {n}/4: RuntimeError: c-0 fails every time" in log
