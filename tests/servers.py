@@ -6,8 +6,6 @@ A test that needs a server and cannot find its binary fails under CI
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import os
 import shutil
 import socket
@@ -19,12 +17,8 @@ from typing import Any, Awaitable, Callable
 
 import pytest
 
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from gateways.conformance.servers import free_port
+from gateways.conformance.servers import wait_until as kit_wait_until
 
 
 def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
@@ -61,17 +55,9 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = 
 async def async_wait_until(predicate: Callable[[], Any | Awaitable[Any]], timeout: float = 10.0,
                            what: str = "condition", interval: float = 0.05) -> Any:
     """:func:`wait_until` for async tests: ``predicate`` may be a plain or an
-    async function, and the event loop keeps running between polls."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"after {timeout}s still not: {what}")
-        await asyncio.sleep(interval)
+    async function, and the event loop keeps running between polls (the
+    conformance kit's wait, with the suite's default timeout)."""
+    return await kit_wait_until(predicate, timeout, what, interval)
 
 
 async def wait_for_group(url: str, prefix: str, group: str, members: int, timeout: float = 20.0) -> None:
