@@ -69,10 +69,23 @@ class Metrics:
         self._series: dict[str, tuple[Any, tuple[str, ...]]] = {}
         self._lock = threading.Lock()
         self._on_scrape: list[ScrapeCallback] = []
+        # Children already resolved, by (kind, name, labels): the hot paths count
+        # every message, and prometheus_client's labels() lookup costs a lock and
+        # a few allocations each time.
+        self._children: dict[tuple[Any, ...], Any] = {}
 
     def _metric(self, kind: type, name: str, help_text: str, labels: dict[str, str]) -> Any:
-        """The child of series ``name`` for ``labels``, declaring the series on first use
-        (``None`` for a misuse that is not raised)."""
+        """The child of series ``name`` for ``labels`` (``None`` for a misuse that is not raised)."""
+        key = (kind, name, *labels.items())
+        child = self._children.get(key)
+        if child is None:
+            child = self._resolve(kind, name, help_text, labels)
+            if child is not None:
+                self._children[key] = child
+        return child
+
+    def _resolve(self, kind: type, name: str, help_text: str, labels: dict[str, str]) -> Any:
+        """The child of series ``name`` for ``labels``, declaring the series on first use."""
         names = tuple(sorted(labels))
         known = self._series.get(name)
         if known is None:
@@ -130,6 +143,8 @@ class Metrics:
         known = self._series.get(name)
         if known is not None and known[1]:
             known[0].clear()
+            for key in [key for key in self._children if key[1] == name]:
+                del self._children[key]
 
     def value(self, name: str, **labels: str) -> float:
         """The current value of a counter or gauge (0 when never touched)."""

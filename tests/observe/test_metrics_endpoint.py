@@ -58,6 +58,15 @@ def test_a_series_keeps_its_kind_and_label_names(caplog):
         "metric 'handoff_failures_total' has labels ('reason', 'type'), not ('reason',): sample dropped (logged once)"]
 
 
+def test_a_cleared_series_counts_again_when_its_labels_come_back():
+    metrics = Metrics(strict=True)
+    metrics.set("dead_letters", 4, "dead letters", channel="email.receive")
+    metrics.clear("dead_letters")
+    assert 'channel="email.receive"' not in metrics.render()
+    metrics.set("dead_letters", 2, "dead letters", channel="email.receive")
+    assert 'gateway_dead_letters{channel="email.receive"} 2.0' in metrics.render()
+
+
 async def test_scrape_runs_collectors_and_survives_a_broken_one():
     metrics = Metrics()
     depths = {"a": 3}

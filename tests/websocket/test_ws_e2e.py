@@ -172,9 +172,12 @@ def _metrics(config) -> str:
         return response.read().decode()
 
 
-def test_health_and_metrics_endpoints(stack):
+async def test_health_and_metrics_endpoints(stack):
     import yaml
 
+    async with connect(stack["ports"][0], "/echo/") as ws:  # a connect to count, whatever ran before
+        await ws.send("counted")
+        assert await asyncio.wait_for(ws.recv(), 10) == "counted"
     listen = yaml.safe_load(stack["config"].read_text())["websocket"]["health"]["listen"]
     with urllib.request.urlopen(f"http://{listen}/healthz", timeout=5) as response:
         assert json.loads(response.read())["healthy"] is True
